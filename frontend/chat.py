@@ -1,0 +1,166 @@
+"""The chat service: OpenAI request → checked GenerationRequest → streamed chunks, shared by API and UI."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+from frontend.errors import (
+    FrontendError,
+    InvalidRequest,
+    ModelNotFound,
+    UpstreamCancelled,
+    UpstreamUnavailable,
+    spec_for,
+)
+from frontend.generation import GenerationChunk, GenerationParams, GenerationRequest
+from frontend.images import ImageLimits, check_image, decode_data_url, fetch_remote
+from frontend.metrics import FrontendMetrics
+from frontend.schemas import AssistantMessage, ChatCompletionRequest, ImagePart, SystemMessage, TextPart
+from frontend.settings import Settings
+from frontend.triton_client import TritonClient
+
+log = logging.getLogger(__name__)
+
+
+def _join_text(content: str | list[TextPart] | None) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(part.text for part in content)
+
+
+class ChatService:
+    def __init__(self, settings: Settings, triton: TritonClient, metrics: FrontendMetrics) -> None:
+        self.settings = settings
+        self.triton = triton
+        self.metrics = metrics
+        self.limits = ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+
+    @property
+    def model_ids(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((self.settings.served_model_name, self.settings.model_name)))
+
+    async def prepare(self, body: ChatCompletionRequest) -> GenerationRequest:
+        """Validate limits and decode every image; nothing reaches Triton unless this passes."""
+        if body.model not in self.model_ids:
+            raise ModelNotFound(
+                f"model {body.model!r} is not served here; use {self.settings.served_model_name!r}", param="model"
+            )
+        max_tokens = body.requested_max_tokens() or self.settings.default_max_tokens
+        if max_tokens > self.settings.max_tokens_limit:
+            raise InvalidRequest(
+                f"max_tokens is {max_tokens}; the limit is {self.settings.max_tokens_limit}", param="max_tokens"
+            )
+        image_count = sum(
+            1
+            for message in body.messages
+            if not isinstance(message.content, str | None)
+            for part in message.content
+            if isinstance(part, ImagePart)
+        )
+        if image_count > self.settings.max_images_per_request:
+            raise InvalidRequest(
+                f"{image_count} images in the request; the limit is {self.settings.max_images_per_request}",
+                param="messages",
+            )
+        images: list[bytes] = []
+        turns: list[dict[str, Any]] = []
+        for index, message in enumerate(body.messages):
+            if isinstance(message, SystemMessage):
+                turns.append({"role": "system", "content": _join_text(message.content)})
+            elif isinstance(message, AssistantMessage):
+                turns.append({"role": "assistant", "content": _join_text(message.content)})
+            elif isinstance(message.content, str):
+                turns.append({"role": "user", "content": message.content})
+            else:
+                parts: list[dict[str, Any]] = []
+                for part_index, part in enumerate(message.content):
+                    if isinstance(part, TextPart):
+                        parts.append({"type": "text", "text": part.text})
+                        continue
+                    param = f"messages[{index}].content[{part_index}].image_url"
+                    images.append(await self._load_image(part.image_url.url, param=param))
+                    parts.append({"type": "image", "image": len(images) - 1})
+                turns.append({"role": "user", "content": parts})
+        params = GenerationParams(
+            max_tokens=max_tokens,
+            temperature=body.temperature if body.temperature is not None else 0.0,
+            top_p=body.top_p if body.top_p is not None else 1.0,
+            seed=body.seed,
+            stop=tuple(body.stop_list()),
+            stream=body.stream,
+        )
+        return GenerationRequest(
+            request_id=f"chatcmpl-{uuid.uuid4().hex}", messages=turns, images=images, params=params
+        )
+
+    async def _load_image(self, url: str, *, param: str) -> bytes:
+        if url.startswith("data:"):
+            data = decode_data_url(url, self.limits, param=param)
+        elif url.startswith(("http://", "https://")):
+            if not self.settings.allow_remote_images:
+                raise InvalidRequest(
+                    "remote image URLs are disabled on this server; send the image as a data: URL", param=param
+                )
+            data = await fetch_remote(
+                url,
+                self.limits,
+                allowed_hosts=self.settings.remote_image_hosts,
+                timeout_s=self.settings.remote_image_timeout_s,
+                param=param,
+            )
+        else:
+            raise InvalidRequest("image_url must be a data: URL", param=param)
+        checked = await asyncio.to_thread(check_image, data, self.limits, param=param)
+        return checked.data
+
+    def _count_error(self, error: FrontendError) -> None:
+        kind = spec_for(error).upstream_kind
+        if kind is not None:
+            self.metrics.upstream_errors.labels(kind=kind).inc()
+
+    async def generate(self, request: GenerationRequest, *, route: str) -> AsyncIterator[GenerationChunk]:
+        """Stream the answer; while Triton is unavailable and nothing was produced, retry with backoff."""
+        started = time.perf_counter()
+        give_up_at = time.monotonic() + self.settings.unavailable_retry_s
+        backoff = self.settings.retry_initial_backoff_s
+        yielded = False
+        last: GenerationChunk | None = None
+        try:
+            while True:
+                try:
+                    async with aclosing(self.triton.generate(request)) as chunks:
+                        async for chunk in chunks:
+                            if not yielded:
+                                self.metrics.time_to_first_token.labels(route=route).observe(
+                                    time.perf_counter() - started
+                                )
+                                yielded = True
+                            last = chunk
+                            yield chunk
+                    return
+                except UpstreamUnavailable as error:
+                    self._count_error(error)
+                    if yielded or time.monotonic() + backoff > give_up_at:
+                        raise
+                    log.warning("Triton unavailable (%s); retrying in %.2f s", error.message, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self.settings.retry_max_backoff_s)
+                except FrontendError as error:
+                    self._count_error(error)
+                    raise
+        except (asyncio.CancelledError, GeneratorExit):
+            if last is None or last.finish_reason is None:
+                self._count_error(UpstreamCancelled("client went away"))
+            raise
+        finally:
+            if last is not None:
+                self.metrics.prompt_tokens.inc(last.prompt_tokens)
+                self.metrics.generated_tokens.inc(last.completion_tokens)

@@ -1,0 +1,1 @@
+"""HTTP routers: the OpenAI-compatible API and the health/metrics endpoints."""

@@ -1,0 +1,186 @@
+"""The Gradio chat UI. It builds OpenAI requests and runs them through the same ChatService as `/v1`,
+so image caps, limits and error mapping are identical; API keys guard it through Gradio's login."""
+
+from __future__ import annotations
+
+import base64
+import mimetypes
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from pydantic import ValidationError
+
+from frontend.chat import ChatService
+from frontend.errors import FrontendError, InvalidRequest, ui_message
+from frontend.generation import GenerationChunk
+from frontend.metrics import UI_ROUTE
+from frontend.schemas import ChatCompletionRequest
+
+Turn = dict[str, Any]
+ChatMessages = list[dict[str, Any]]
+
+
+def _data_url(path: str) -> str:
+    mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(Path(path).read_bytes()).decode('ascii')}"
+
+
+def build_request(
+    turns: list[Turn], *, model: str, system_prompt: str, max_tokens: int, temperature: float, top_p: float
+) -> ChatCompletionRequest:
+    """The conversation as an OpenAI request with images inlined as data: URLs."""
+    messages: list[dict[str, Any]] = []
+    if system_prompt.strip():
+        messages.append({"role": "system", "content": system_prompt.strip()})
+    for turn in turns:
+        if turn["role"] == "assistant":
+            messages.append({"role": "assistant", "content": turn["text"]})
+            continue
+        parts: list[dict[str, Any]] = [
+            {"type": "image_url", "image_url": {"url": _data_url(path)}} for path in turn["images"]
+        ]
+        if turn["text"]:
+            parts.append({"type": "text", "text": turn["text"]})
+        messages.append({"role": "user", "content": parts})
+    try:
+        return ChatCompletionRequest.model_validate({
+            "model": model,
+            "messages": messages,
+            "max_tokens": int(max_tokens),
+            "temperature": float(temperature),
+            "top_p": float(top_p),
+            "stream": True,
+        })
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidRequest(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def format_stats(ttft_s: float | None, elapsed_s: float, last: GenerationChunk | None, *, stopped: bool) -> str:
+    if last is None:
+        return "Stopped before the first token." if stopped else ""
+    decode_s = elapsed_s - (ttft_s or 0.0)
+    rate = (last.completion_tokens - 1) / decode_s if decode_s > 0 and last.completion_tokens > 1 else 0.0
+    ttft = f"{ttft_s:.2f} s" if ttft_s is not None else "n/a"
+    used = last.prompt_tokens + last.completion_tokens
+    head = "Stopped. " if stopped else ""
+    return (
+        f"{head}Time to first token: **{ttft}** · Speed: **{rate:.1f} tokens/s** · "
+        f"Tokens used: **{used}** ({last.prompt_tokens} prompt + {last.completion_tokens} generated)"
+    )
+
+
+def build_ui(service: ChatService) -> gr.Blocks:
+    settings = service.settings
+
+    def add_user_turn(box: dict[str, Any] | None, turns: list[Turn], chat: ChatMessages):
+        box = box or {}
+        text = (box.get("text") or "").strip()
+        files = [f if isinstance(f, str) else f.get("path") for f in box.get("files") or []]
+        files = [f for f in files if f]
+        if not text and not files:
+            return gr.update(), turns, chat, gr.update()
+        turns = [*turns, {"role": "user", "text": text, "images": files}]
+        content: list[Any] = [{"path": path} for path in files]
+        if text:
+            content.append(text)
+        chat = [*chat, {"role": "user", "content": content}]
+        return gr.update(value=None), turns, chat, ""
+
+    async def respond(
+        turns: list[Turn], chat: ChatMessages, system_prompt: str, max_tokens: float, temperature: float, top_p: float
+    ) -> AsyncIterator[tuple[ChatMessages, list[Turn], str]]:
+        if not turns or turns[-1]["role"] != "user":
+            yield chat, turns, gr.update()
+            return
+        started = time.perf_counter()
+        ttft: float | None = None
+        last: GenerationChunk | None = None
+        text = ""
+        try:
+            body = build_request(
+                turns, model=settings.served_model_name, system_prompt=system_prompt or "",
+                max_tokens=int(max_tokens), temperature=temperature, top_p=top_p,
+            )
+            generation = await service.prepare(body)
+            async with aclosing(service.generate(generation, route=UI_ROUTE)) as chunks:
+                async for chunk in chunks:
+                    if ttft is None:
+                        ttft = time.perf_counter() - started
+                    last = chunk
+                    text += chunk.text
+                    answer = {"role": "assistant", "content": text}
+                    yield [*chat, answer], [*turns, {"role": "assistant", "text": text}], "Generating…"
+        except FrontendError as error:
+            error_message = {"role": "assistant", "content": ui_message(error)}
+            if last is None:
+                # The request never produced text: drop the turn so the conversation stays sendable.
+                yield [*chat, error_message], turns[:-1], ""
+            else:
+                partial = {"role": "assistant", "content": text}
+                yield [*chat, partial, error_message], [*turns, {"role": "assistant", "text": text}], ""
+            return
+        final = [*chat, {"role": "assistant", "content": text or "(empty answer)"}]
+        stats = format_stats(ttft, time.perf_counter() - started, last, stopped=False)
+        yield final, [*turns, {"role": "assistant", "text": text}], stats
+
+    def drop_last_answer(turns: list[Turn], chat: ChatMessages):
+        while turns and turns[-1]["role"] == "assistant":
+            turns = turns[:-1]
+        while chat and chat[-1]["role"] == "assistant":
+            chat = chat[:-1]
+        return turns, chat, ""
+
+    def clear():
+        return [], [], "", None
+
+    with gr.Blocks(title="Qwen3-VL chat", analytics_enabled=False, fill_height=True) as demo:
+        gr.Markdown("## Qwen3-VL chat\nAsk about one or more images; answers stream as they are generated.")
+        turns_state = gr.State([])
+        chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="chatbot", buttons=["copy"])
+        stats = gr.Markdown("", elem_id="stats")
+        prompt = gr.MultimodalTextbox(
+            placeholder="Type a message, attach images with the clip…",
+            file_types=["image"],
+            file_count="multiple",
+            sources=["upload"],
+            show_label=False,
+            elem_id="prompt",
+        )
+        with gr.Row():
+            stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
+            regenerate_button = gr.Button("Regenerate", elem_id="regenerate")
+            clear_button = gr.Button("Clear", elem_id="clear")
+        with gr.Accordion("Settings", open=False, elem_id="settings"):
+            system_prompt = gr.Textbox(label="System prompt", lines=2, elem_id="system-prompt")
+            max_tokens = gr.Slider(
+                1, settings.max_tokens_limit, value=settings.default_max_tokens, step=1,
+                label="Max new tokens", elem_id="max-tokens",
+            )
+            temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature", elem_id="temperature")
+            top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p", elem_id="top-p")
+
+        generation_inputs = [turns_state, chatbot, system_prompt, max_tokens, temperature, top_p]
+        generation_outputs = [chatbot, turns_state, stats]
+
+        submitted = prompt.submit(
+            add_user_turn, [prompt, turns_state, chatbot], [prompt, turns_state, chatbot, stats], queue=False
+        )
+        answering = submitted.then(respond, generation_inputs, generation_outputs, concurrency_limit=None)
+
+        regenerating = regenerate_button.click(
+            drop_last_answer, [turns_state, chatbot], [turns_state, chatbot, stats], queue=False
+        )
+        reanswering = regenerating.then(respond, generation_inputs, generation_outputs, concurrency_limit=None)
+
+        stop_button.click(
+            lambda: "Stopped.", None, [stats], cancels=[answering, reanswering], queue=False
+        )
+        clear_button.click(
+            clear, None, [chatbot, turns_state, stats, prompt], cancels=[answering, reanswering], queue=False
+        )
+    return demo
