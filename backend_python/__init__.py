@@ -1,0 +1,1 @@
+"""Qwen3-VL serving library: everything the Triton Python-backend model delegates to."""

@@ -1,0 +1,98 @@
+"""Engine configuration, read once when the model instance starts.
+
+Values come from the ``parameters`` block of the Triton model config (strings),
+with ``MODEL_PATH`` from the environment as the model location when the config
+leaves it empty. Nothing here is read at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a single request may ask for; requests over a limit get INVALID_ARG."""
+
+    max_images: int = 4
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    max_messages: int = 64
+    max_stop_strings: int = 8
+    max_new_tokens: int = 2048
+    default_max_tokens: int = 256
+    max_prompt_tokens: int = 8192
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model_path: str = ""
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    slots: int = 8  # sequences generated at once (KV cache slots)
+    max_seq_len: int = 4096  # prompt + generated tokens per sequence
+    kv_cache_budget_gib: float = 0.0  # 0: size the cache from slots x max_seq_len
+    prefills_per_step: int = 4  # new sequences admitted between two decode steps
+    cuda_graphs: bool = True  # captured decode steps on CUDA devices
+    image_min_pixels: int = 0  # 0: the processor's own defaults
+    image_max_pixels: int = 0
+    stream_interval_ms: float = 0.0  # coalesce streamed deltas (0: every token)
+    limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def from_parameters(
+        cls, parameters: Mapping[str, Any], environ: Mapping[str, str] | None = None
+    ) -> "EngineConfig":
+        """Build from Triton's ``parameters`` (``{"key": {"string_value": "..."}}`` or plain strings)."""
+        environ = os.environ if environ is None else environ
+        flat = {k: _string_value(v) for k, v in parameters.items()}
+        flat = {k: v for k, v in flat.items() if v != ""}
+        unknown = set(flat) - _field_names(cls) - _field_names(Limits)
+        if unknown:
+            raise ValueError(f"unknown model parameters: {sorted(unknown)}")
+        engine = {k: _coerce(cls, k, v) for k, v in flat.items() if k in _field_names(cls)}
+        limits = {k: _coerce(Limits, k, v) for k, v in flat.items() if k in _field_names(Limits)}
+        engine.setdefault("model_path", environ.get("MODEL_PATH", ""))
+        config = cls(**engine, limits=Limits(**limits))
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if not self.model_path:
+            raise ValueError(
+                "no model: set the model parameter 'model_path' or the environment variable "
+                "MODEL_PATH to a Hugging Face checkpoint folder (or hub id)"
+            )
+        if self.slots < 1 or self.max_seq_len < 16 or self.prefills_per_step < 1:
+            raise ValueError("slots, max_seq_len and prefills_per_step must be positive")
+        if self.limits.max_prompt_tokens + 1 > self.max_seq_len:
+            raise ValueError("max_prompt_tokens must leave room for generation within max_seq_len")
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls) if f.name != "limits"}
+
+
+def _string_value(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return str(value.get("string_value", ""))
+    return str(value)
+
+
+def _coerce(cls: type, name: str, raw: str) -> Any:
+    kind = {f.name: f.type for f in dataclasses.fields(cls)}[name]
+    try:
+        if kind in ("bool", bool):
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1", "yes")
+        if kind in ("int", int):
+            return int(raw)
+        if kind in ("float", float):
+            return float(raw)
+        return raw
+    except ValueError:
+        raise ValueError(f"model parameter {name!r}: {raw!r} is not a valid {kind}") from None

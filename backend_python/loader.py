@@ -1,0 +1,56 @@
+"""Loading the processor and the model onto the right device in the right precision."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from .config import EngineConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    processor: object
+    device: torch.device
+    dtype: torch.dtype
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked for, but no CUDA device is visible")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """bfloat16 on GPUs, float32 on CPUs (bfloat16 matmuls are slow there) unless told otherwise."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"dtype must be one of auto, {', '.join(dtypes)}; got {name!r}")
+    return dtypes[name]
+
+
+def load(config: EngineConfig) -> LoadedModel:
+    """The same code path for the local checkpoint and a real Qwen3-VL (folder or hub id)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    processor = AutoProcessor.from_pretrained(config.model_path)
+    tokenizer = processor.tokenizer
+    tokenizer.padding_side = "left"
+    model = AutoModelForImageTextToText.from_pretrained(
+        config.model_path, dtype=dtype, attn_implementation="sdpa"
+    )
+    model.to(device).eval()
+    log.info("loaded %s on %s in %s", config.model_path, device, dtype)
+    return LoadedModel(model=model, processor=processor, device=device, dtype=dtype)

@@ -1,0 +1,72 @@
+"""Turning a validated request into model inputs with the checkpoint's own processor and chat template."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .config import EngineConfig
+from .errors import LimitExceeded
+from .media import decode_image
+from .request import GenerationRequest
+
+
+@dataclass
+class Prompt:
+    """One tokenized prompt, on the CPU, ready for the engine to collate."""
+
+    input_ids: torch.Tensor  # (L,)
+    mm_token_type_ids: torch.Tensor  # (L,)
+    pixel_values: torch.Tensor | None  # (patches, C*T*P*P)
+    image_grid_thw: torch.Tensor | None  # (images, 3)
+
+    @property
+    def length(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+class PromptBuilder:
+    def __init__(self, processor: Any, config: EngineConfig):
+        self._processor = processor
+        self._limits = config.limits
+        self._images_kwargs: dict[str, Any] = {}
+        if config.image_min_pixels or config.image_max_pixels:
+            size = dict(processor.image_processor.size)
+            if config.image_min_pixels:
+                size["shortest_edge"] = config.image_min_pixels
+            if config.image_max_pixels:
+                size["longest_edge"] = config.image_max_pixels
+            self._images_kwargs["size"] = size
+
+    def build(self, request: GenerationRequest) -> Prompt:
+        images = [decode_image(data, self._limits, i) for i, data in enumerate(request.images)]
+        # The chat template sees image placeholders in the order the parts name them.
+        ordered = []
+        messages = []
+        for message in request.messages:
+            parts = []
+            for part in message.content:
+                if part["type"] == "image":
+                    ordered.append(images[part["image"]])
+                    parts.append({"type": "image"})
+                else:
+                    parts.append({"type": "text", "text": part["text"]})
+            messages.append({"role": message.role, "content": parts})
+        text = self._processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        inputs = self._processor(
+            text=[text], images=ordered or None, return_tensors="pt", **self._images_kwargs
+        )
+        length = int(inputs["input_ids"].shape[1])
+        if length > self._limits.max_prompt_tokens:
+            raise LimitExceeded(
+                f"invalid request: the prompt has {length} tokens (images included), "
+                f"at most {self._limits.max_prompt_tokens}"
+            )
+        return Prompt(
+            input_ids=inputs["input_ids"][0],
+            mm_token_type_ids=inputs["mm_token_type_ids"][0],
+            pixel_values=inputs.get("pixel_values"),
+            image_grid_thw=inputs.get("image_grid_thw"),
+        )

@@ -1,0 +1,219 @@
+"""The request and response contract of the ``qwen3_vl`` model, and its one conversion to and from tensors.
+
+Tensor names and meanings are documented in docs/contracts.md. ``from_tensors``
+is the single place where client input is validated; everything downstream may
+trust a ``GenerationRequest``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from .config import Limits
+from .errors import InvalidRequest, LimitExceeded
+
+ROLES = ("system", "user", "assistant")
+FINISH_STOP = "stop"
+FINISH_LENGTH = "length"
+FINISH_CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    # Parts are {"type": "text", "text": str} or {"type": "image", "image": int}.
+    content: tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    messages: tuple[ChatMessage, ...]
+    images: tuple[bytes, ...]
+    sampling: SamplingParams
+    stream: bool = True
+    request_id: str = ""
+
+    @classmethod
+    def from_tensors(
+        cls, tensors: Mapping[str, np.ndarray | None], limits: Limits, request_id: str = ""
+    ) -> "GenerationRequest":
+        raw = _scalar(tensors, "messages")
+        if raw is None:
+            raise InvalidRequest("invalid request: the input 'messages' is required")
+        images = tuple(bytes(b) for b in _flat(tensors.get("images")))
+        messages = parse_messages(raw, len(images), limits)
+        if len(images) > limits.max_images:
+            raise LimitExceeded(
+                f"invalid request: {len(images)} images, at most {limits.max_images} per request"
+            )
+        max_tokens = _scalar(tensors, "max_tokens")
+        max_tokens = limits.default_max_tokens if max_tokens is None else int(max_tokens)
+        if not 1 <= max_tokens <= limits.max_new_tokens:
+            raise InvalidRequest(
+                f"invalid request: max_tokens must be between 1 and {limits.max_new_tokens}, got {max_tokens}"
+            )
+        temperature = _float(tensors, "temperature", 0.0)
+        if not 0.0 <= temperature <= 2.0:
+            raise InvalidRequest(f"invalid request: temperature must be in [0, 2], got {temperature}")
+        top_p = _float(tensors, "top_p", 1.0)
+        if not 0.0 < top_p <= 1.0:
+            raise InvalidRequest(f"invalid request: top_p must be in (0, 1], got {top_p}")
+        seed = _scalar(tensors, "seed")
+        stop = tuple(_text(s, "stop") for s in _flat(tensors.get("stop")))
+        if len(stop) > limits.max_stop_strings:
+            raise InvalidRequest(
+                f"invalid request: {len(stop)} stop strings, at most {limits.max_stop_strings}"
+            )
+        if any(not s for s in stop):
+            raise InvalidRequest("invalid request: stop strings must not be empty")
+        stream = _scalar(tensors, "stream")
+        ignore_eos = _scalar(tensors, "ignore_eos")
+        sampling = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=None if seed is None else int(seed),
+            stop=stop,
+            ignore_eos=bool(ignore_eos) if ignore_eos is not None else False,
+        )
+        return cls(
+            messages=messages,
+            images=images,
+            sampling=sampling,
+            stream=True if stream is None else bool(stream),
+            request_id=request_id,
+        )
+
+
+@dataclass
+class GenerationChunk:
+    """One response: a text delta (or the whole text), and the usage so far."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str = ""
+    token_ids: list[int] = field(default_factory=list)
+
+    def to_tensors(self) -> dict[str, np.ndarray]:
+        return {
+            "text_output": np.array([self.text.encode("utf-8")], dtype=np.object_),
+            "finish_reason": np.array([self.finish_reason.encode("utf-8")], dtype=np.object_),
+            "prompt_tokens": np.array([self.prompt_tokens], dtype=np.int32),
+            "completion_tokens": np.array([self.completion_tokens], dtype=np.int32),
+        }
+
+
+def parse_messages(raw: Any, n_images: int, limits: Limits) -> tuple[ChatMessage, ...]:
+    """Validate the chat turns; every image part must name an image that was sent."""
+    try:
+        data = json.loads(_text(raw, "messages"))
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"invalid request: 'messages' is not valid JSON ({exc.msg})") from None
+    if not isinstance(data, list) or not data:
+        raise InvalidRequest("invalid request: 'messages' must be a non-empty JSON list of turns")
+    if len(data) > limits.max_messages:
+        raise LimitExceeded(f"invalid request: {len(data)} messages, at most {limits.max_messages}")
+    messages = []
+    used: set[int] = set()
+    for i, turn in enumerate(data):
+        if not isinstance(turn, dict) or turn.get("role") not in ROLES:
+            raise InvalidRequest(
+                f"invalid request: messages[{i}] must be an object with a role in {list(ROLES)}"
+            )
+        content = turn.get("content")
+        if isinstance(content, str):
+            parts: list[dict[str, Any]] = [{"type": "text", "text": content}]
+        elif isinstance(content, list) and content:
+            parts = [_parse_part(p, i, j, n_images, used) for j, p in enumerate(content)]
+        else:
+            raise InvalidRequest(
+                f"invalid request: messages[{i}].content must be a string or a non-empty list of parts"
+            )
+        if turn["role"] != "user" and any(p["type"] == "image" for p in parts):
+            raise InvalidRequest(f"invalid request: messages[{i}]: only user turns may carry images")
+        messages.append(ChatMessage(role=turn["role"], content=tuple(parts)))
+    if not any(m.role == "user" for m in messages):
+        raise InvalidRequest("invalid request: the conversation has no user turn")
+    if messages[-1].role == "assistant":
+        raise InvalidRequest("invalid request: the last turn must be a user (or system) turn")
+    unused = set(range(n_images)) - used
+    if unused:
+        raise InvalidRequest(
+            f"invalid request: images {sorted(unused)} are sent but no message part refers to them"
+        )
+    return tuple(messages)
+
+
+def _parse_part(part: Any, i: int, j: int, n_images: int, used: set[int]) -> dict[str, Any]:
+    where = f"messages[{i}].content[{j}]"
+    if not isinstance(part, dict):
+        raise InvalidRequest(f"invalid request: {where} must be an object")
+    kind = part.get("type")
+    if kind == "text":
+        if not isinstance(part.get("text"), str):
+            raise InvalidRequest(f"invalid request: {where}.text must be a string")
+        return {"type": "text", "text": part["text"]}
+    if kind == "image":
+        index = part.get("image")
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n_images:
+            raise InvalidRequest(
+                f"invalid request: {where}.image must be an index into 'images' (0..{n_images - 1})"
+            )
+        used.add(index)
+        return {"type": "image", "image": index}
+    raise InvalidRequest(f"invalid request: {where}.type must be 'text' or 'image', got {kind!r}")
+
+
+def _flat(array: np.ndarray | None) -> list[Any]:
+    return [] if array is None else list(np.asarray(array).reshape(-1))
+
+
+def _scalar(tensors: Mapping[str, np.ndarray | None], name: str) -> Any:
+    values = _flat(tensors.get(name))
+    if not values:
+        return None
+    if len(values) != 1:
+        raise InvalidRequest(f"invalid request: '{name}' must hold exactly one value")
+    value = values[0]
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _float(tensors: Mapping[str, np.ndarray | None], name: str, default: float) -> float:
+    value = _scalar(tensors, name)
+    if value is None:
+        return default
+    value = float(value)
+    if not math.isfinite(value):
+        raise InvalidRequest(f"invalid request: {name} must be a finite number")
+    return value
+
+
+def _text(value: Any, name: str) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequest(f"invalid request: '{name}' is not valid UTF-8") from None
+    if isinstance(value, str):
+        return value
+    raise InvalidRequest(f"invalid request: '{name}' must be text")
