@@ -1,0 +1,1 @@
+"""Monitoring for the platform: Prometheus rules, Grafana dashboards, dcgm-exporter counters."""

@@ -1,0 +1,1 @@
+"""dcgm-exporter configuration: the counters it exports and their parser."""
