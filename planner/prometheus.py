@@ -1,0 +1,145 @@
+"""Metrics as Prometheus sees them: scraped samples, rate() with Prometheus' extrapolation,
+and the recording rules of docs/contracts.md evaluated on their own interval.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from dataclasses import dataclass, field
+
+STALENESS_SECONDS = 300.0
+
+
+def extrapolated_rate(samples: list[tuple[float, float]], range_start: float, range_end: float) -> float | None:
+    """rate() of a counter over (range_start, range_end], the way Prometheus 2.x computes it:
+    counter resets added back, then extrapolated towards the window edges (at most half an
+    average sample interval past the samples, and never below zero)."""
+    if len(samples) < 2:
+        return None
+    first_t, first_v = samples[0]
+    last_t, last_v = samples[-1]
+    result = last_v - first_v
+    prev = first_v
+    for _, v in samples[1:]:
+        if v < prev:
+            result += prev
+        prev = v
+    sampled = last_t - first_t
+    if sampled <= 0:
+        return None
+    to_start = first_t - range_start
+    to_end = range_end - last_t
+    average = sampled / (len(samples) - 1)
+    if result > 0 and first_v >= 0:
+        to_zero = sampled * (first_v / result)
+        to_start = min(to_start, to_zero)
+    threshold = average * 1.1
+    interval = sampled
+    interval += to_start if to_start < threshold else average / 2
+    interval += to_end if to_end < threshold else average / 2
+    return result * (interval / sampled) / (range_end - range_start)
+
+
+@dataclass
+class Series:
+    """Scraped samples of one pod's counters and gauges."""
+
+    times: list[float] = field(default_factory=list)
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, t: float, sample: dict[str, float]) -> None:
+        self.times.append(t)
+        for name, v in sample.items():
+            self.values.setdefault(name, []).append(v)
+
+    def window(self, name: str, start: float, end: float) -> list[tuple[float, float]]:
+        lo = bisect_left(self.times, start + 1e-9)
+        hi = bisect_left(self.times, end + 1e-9)
+        vals = self.values.get(name, [])
+        return list(zip(self.times[lo:hi], vals[lo:hi]))
+
+    def latest(self, name: str, at: float) -> float | None:
+        hi = bisect_left(self.times, at + 1e-9)
+        if hi == 0 or at - self.times[hi - 1] > STALENESS_SECONDS:
+            return None
+        return self.values[name][hi - 1]
+
+    def trim(self, before: float) -> None:
+        cut = bisect_left(self.times, before)
+        if cut > 64:
+            del self.times[:cut]
+            for v in self.values.values():
+                del v[:cut]
+
+
+@dataclass
+class RuleValues:
+    """The namespace-level recording rules KEDA queries, as of one evaluation."""
+
+    queue_time: float = math.nan
+    pending: float = math.nan
+    gpu_utilization: float = math.nan
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+class Prometheus:
+    """Scrapes pods and evaluates the recording rules; KEDA reads the last evaluation."""
+
+    def __init__(self, scrape_interval: float = 15.0, eval_interval: float = 15.0, rate_window: float = 60.0):
+        if scrape_interval <= 0 or eval_interval <= 0 or rate_window <= 0:
+            raise ValueError("scrape interval, evaluation interval and rate window must be > 0")
+        self.scrape_interval = scrape_interval
+        self.eval_interval = eval_interval
+        self.rate_window = rate_window
+        self.series: dict[int, Series] = {}
+        self.rules = RuleValues()
+        self.rules_at = -math.inf
+        self.down = False
+
+    def scrape(self, t: float, targets: dict[int, dict[str, float]]) -> None:
+        for pod_id, sample in targets.items():
+            self.series.setdefault(pod_id, Series()).add(t, sample)
+
+    def forget_stale(self, t: float) -> None:
+        for pod_id in [p for p, s in self.series.items() if not s.times or t - s.times[-1] > STALENESS_SECONDS]:
+            del self.series[pod_id]
+        for s in self.series.values():
+            s.trim(t - self.rate_window - 4 * self.scrape_interval)
+
+    def evaluate(self, t: float) -> None:
+        """`triton:queue_time_per_request_seconds:avg1m` = rate(queue_us)/rate(success)/1e6 per pod
+        (pods with no finished request in the window drop out), averaged per namespace;
+        `triton:pending_requests` summed; `triton:gpu_utilization:avg` averaged."""
+        start = t - self.rate_window
+        queue_times: list[float] = []
+        pending: list[float] = []
+        gpu: list[float] = []
+        for s in self.series.values():
+            p = s.latest("pending", t)
+            if p is None:
+                continue
+            pending.append(p)
+            g = s.latest("gpu_util", t)
+            if g is not None:
+                gpu.append(g)
+            q = extrapolated_rate(s.window("queue_us", start, t), start, t)
+            n = extrapolated_rate(s.window("success", start, t), start, t)
+            if q is not None and n:
+                queue_times.append(q / n / 1e6)
+        self.rules = RuleValues(
+            queue_time=_mean(queue_times),
+            pending=float(sum(pending)) if pending else math.nan,
+            gpu_utilization=_mean(gpu),
+        )
+        self.rules_at = t
+
+    def query(self, signal: str, t: float) -> float | None:
+        if self.down:
+            return None
+        if t - self.rules_at > STALENESS_SECONDS:
+            return math.nan
+        return getattr(self.rules, signal)

@@ -1,0 +1,180 @@
+"""Read the KEDA ScaledObject from a built kustomize overlay (never re-typed)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from planner.hpa import Behavior
+
+# Recording rules KEDA may query (docs/contracts.md) and the simulated signal behind each.
+SIGNALS = {
+    "triton:queue_time_per_request_seconds:avg1m:namespace": "queue_time",
+    "triton:pending_requests:namespace": "pending",
+    "triton:gpu_utilization:avg:namespace": "gpu_utilization",
+}
+METRIC_TYPES = ("Value", "AverageValue", "Utilization")
+
+
+class ScaledObjectError(ValueError):
+    """The overlay has no usable ScaledObject, or it holds something the simulator cannot model."""
+
+
+@dataclass(frozen=True)
+class Trigger:
+    name: str
+    type: str
+    signal: str
+    metric_type: str
+    threshold: float
+    activation_threshold: float = 0.0
+    query: str = ""
+
+
+@dataclass(frozen=True)
+class Fallback:
+    failure_threshold: int
+    replicas: int
+    behavior: str = "static"
+
+
+@dataclass(frozen=True)
+class ScaledObjectSpec:
+    name: str
+    triggers: tuple[Trigger, ...]
+    min_replica_count: int = 0
+    max_replica_count: int = 100
+    polling_interval: float = 30.0
+    cooldown_period: float = 300.0
+    initial_cooldown_period: float = 0.0
+    fallback: Fallback | None = None
+    behavior: Behavior = field(default_factory=Behavior)
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.triggers:
+            raise ScaledObjectError(f"ScaledObject {self.name}: no triggers")
+        if self.min_replica_count < 0 or self.max_replica_count < max(self.min_replica_count, 1):
+            raise ScaledObjectError(
+                f"ScaledObject {self.name}: need 0 <= minReplicaCount <= maxReplicaCount and maxReplicaCount >= 1"
+            )
+        if self.polling_interval <= 0:
+            raise ScaledObjectError(f"ScaledObject {self.name}: pollingInterval must be > 0")
+
+
+def _float(value, where: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        raise ScaledObjectError(f"{where} must be a number, got {value!r}") from exc
+
+
+def _signal_for(query: str, where: str) -> str:
+    for rule in sorted(SIGNALS, key=len, reverse=True):
+        if rule in query:
+            return SIGNALS[rule]
+    raise ScaledObjectError(
+        f"{where}: the query names none of the recording rules the simulator models "
+        f"({', '.join(SIGNALS)}): {query!r}"
+    )
+
+
+def parse_trigger(index: int, doc: dict) -> Trigger:
+    where = f"triggers[{index}]"
+    if not isinstance(doc, dict):
+        raise ScaledObjectError(f"{where} must be a mapping")
+    kind = doc.get("type")
+    meta = doc.get("metadata") or {}
+    name = str(doc.get("name") or f"{kind}-{index}")
+    if kind == "prometheus":
+        query = meta.get("query")
+        if not query:
+            raise ScaledObjectError(f"{where}: prometheus trigger without metadata.query")
+        metric_type = doc.get("metricType", "AverageValue")
+        if metric_type not in ("Value", "AverageValue"):
+            raise ScaledObjectError(f"{where}: metricType must be Value or AverageValue, got {metric_type!r}")
+        threshold = _float(meta.get("threshold"), f"{where}.metadata.threshold")
+        if threshold <= 0:
+            raise ScaledObjectError(f"{where}.metadata.threshold must be > 0")
+        return Trigger(
+            name=name,
+            type=kind,
+            signal=_signal_for(str(query), where),
+            metric_type=metric_type,
+            threshold=threshold,
+            activation_threshold=_float(meta.get("activationThreshold", 0), f"{where}.metadata.activationThreshold"),
+            query=str(query),
+        )
+    if kind == "cpu":
+        metric_type = doc.get("metricType") or meta.get("type") or "Utilization"
+        if metric_type != "Utilization":
+            raise ScaledObjectError(f"{where}: only cpu metricType Utilization is modelled, got {metric_type!r}")
+        return Trigger(name, kind, "cpu", "Utilization", _float(meta.get("value"), f"{where}.metadata.value"))
+    raise ScaledObjectError(f"{where}: trigger type {kind!r} is not modelled (prometheus and cpu are)")
+
+
+def parse_scaled_object(doc: dict, source: str = "") -> ScaledObjectSpec:
+    if not isinstance(doc, dict) or doc.get("kind") != "ScaledObject":
+        raise ScaledObjectError("not a ScaledObject")
+    name = str((doc.get("metadata") or {}).get("name", "scaledobject"))
+    spec = doc.get("spec") or {}
+    triggers = tuple(parse_trigger(i, t) for i, t in enumerate(spec.get("triggers") or []))
+    fallback = None
+    if spec.get("fallback"):
+        fb = spec["fallback"]
+        try:
+            fallback = Fallback(int(fb["failureThreshold"]), int(fb["replicas"]), str(fb.get("behavior", "static")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ScaledObjectError(f"ScaledObject {name}: fallback needs failureThreshold and replicas") from exc
+    hpa_config = ((spec.get("advanced") or {}).get("horizontalPodAutoscalerConfig") or {})
+    try:
+        behavior = Behavior.from_spec(hpa_config.get("behavior"))
+    except ValueError as exc:
+        raise ScaledObjectError(f"ScaledObject {name}: {exc}") from exc
+    return ScaledObjectSpec(
+        name=name,
+        triggers=triggers,
+        min_replica_count=int(spec.get("minReplicaCount", 0)),
+        max_replica_count=int(spec.get("maxReplicaCount", 100)),
+        polling_interval=_float(spec.get("pollingInterval", 30), "pollingInterval"),
+        cooldown_period=_float(spec.get("cooldownPeriod", 300), "cooldownPeriod"),
+        initial_cooldown_period=_float(spec.get("initialCooldownPeriod", 0), "initialCooldownPeriod"),
+        fallback=fallback,
+        behavior=behavior,
+        source=source,
+    )
+
+
+def pick_scaled_object(text: str, source: str, name: str | None = None) -> ScaledObjectSpec:
+    docs = [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
+    found = [d for d in docs if d.get("kind") == "ScaledObject"]
+    if name is not None:
+        found = [d for d in found if (d.get("metadata") or {}).get("name") == name]
+    if not found:
+        raise ScaledObjectError(f"{source}: no ScaledObject{' named ' + name if name else ''} in the built output")
+    if len(found) > 1:
+        names = [(d.get("metadata") or {}).get("name") for d in found]
+        raise ScaledObjectError(f"{source}: several ScaledObjects {names}; pick one with --scaledobject NAME")
+    return parse_scaled_object(found[0], source)
+
+
+def build_overlay(overlay: str | Path) -> str:
+    """`kubectl kustomize DIR`: the manifests exactly as they would be applied."""
+    overlay = Path(overlay)
+    if not (overlay / "kustomization.yaml").is_file() and not (overlay / "kustomization.yml").is_file():
+        raise ScaledObjectError(f"{overlay} is not a kustomize directory (no kustomization.yaml)")
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        raise ScaledObjectError("kubectl is not on PATH: it builds the overlay (kubectl kustomize)")
+    proc = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise ScaledObjectError(f"kubectl kustomize {overlay} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def load_scaled_object(overlay: str | Path, name: str | None = None) -> ScaledObjectSpec:
+    return pick_scaled_object(build_overlay(overlay), str(overlay), name)
