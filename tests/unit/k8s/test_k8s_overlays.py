@@ -1,0 +1,150 @@
+"""Each overlay renders with `kubectl kustomize` and gives what its name promises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from k8s_manifests import K8S, NAMESPACE, OVERLAYS, copy_overlay, find, kustomize, write_kustomization
+
+pytestmark = pytest.mark.unit
+
+CLUSTER_SCOPED = {"Namespace"}
+
+
+def triton_container(objects: list[dict]) -> dict:
+    pod = find(objects, "Deployment", "triton")["spec"]["template"]["spec"]
+    return next(c for c in pod["containers"] if c["name"] == "triton")
+
+
+def env_of(container: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def config_map_data(objects: list[dict], prefix: str) -> dict[str, str]:
+    matches = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith(prefix)]
+    assert len(matches) == 1, f"expected one ConfigMap named {prefix}*"
+    return matches[0]["data"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_builds_with_kubectl_kustomize(overlay: str) -> None:
+    objects = kustomize(K8S / "overlays" / overlay)
+    kinds = {o["kind"] for o in objects}
+    assert {"Namespace", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
+
+
+@pytest.mark.parametrize("build", [*OVERLAYS, "gpu+ingress"])
+def test_every_object_lands_in_the_namespace_with_the_platform_label(rendered, build: str) -> None:
+    for obj in rendered[build]:
+        meta = obj["metadata"]
+        if obj["kind"] not in CLUSTER_SCOPED:
+            assert meta.get("namespace") == NAMESPACE, f"{obj['kind']}/{meta['name']}"
+        assert meta["labels"]["app.kubernetes.io/part-of"] == "qwen3-vl-platform", f"{obj['kind']}/{meta['name']}"
+
+
+@pytest.mark.parametrize("build", [*OVERLAYS, "gpu+ingress"])
+def test_parameters_are_substituted_and_never_applied(rendered, build: str) -> None:
+    text = yaml.safe_dump_all(rendered[build])
+    assert "PROMETHEUS_SERVER_ADDRESS" not in text
+    assert "PROMETHEUS_NAMESPACE" not in text
+    assert not [o for o in rendered[build] if o["metadata"]["name"] == "platform-params"]
+
+
+def test_dev_is_one_cpu_replica_with_the_tiny_checkpoint_and_no_cluster_addons(rendered) -> None:
+    objects = rendered["dev"]
+    triton = find(objects, "Deployment", "triton")
+    assert triton["spec"].get("replicas", 1) == 1
+    container = triton_container(objects)
+    assert env_of(container)["TRITON_MODEL_CONFIG"] == "cpu"
+    assert not [k for k in container["resources"].get("limits", {}) if k.startswith("nvidia.com/")]
+    assert config_map_data(objects, "model-source")["MODEL_PATH"] == "/models/tiny"
+    assert "backend_python.checkpoint" in config_map_data(objects, "model-source")["MODEL_FILL_COMMAND"]
+    # Nothing that needs CRDs or GPUs: plain kind/minikube can apply it.
+    assert {o["apiVersion"].split("/")[0] for o in objects}.isdisjoint({"keda.sh", "monitoring.coreos.com"})
+    assert not [o for o in objects if o["kind"] == "DaemonSet"]
+
+
+def test_gpu_gives_each_pod_one_gpu_the_real_model_and_two_warm_replicas(rendered) -> None:
+    objects = rendered["gpu"]
+    container = triton_container(objects)
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert env_of(container)["TRITON_MODEL_CONFIG"] == "gpu"
+    assert env_of(container)["TRITON_ALLOW_GPU_METRICS"] == "true"
+    source = config_map_data(objects, "model-source")
+    assert source["MODEL_PATH"] == "/models/Qwen3-VL-4B-Instruct"
+    assert "Qwen/Qwen3-VL-4B-Instruct" in source["MODEL_FILL_COMMAND"]
+    scaled = find(objects, "ScaledObject", "triton")["spec"]
+    assert scaled["minReplicaCount"] >= 2
+    assert scaled["maxReplicaCount"] > scaled["minReplicaCount"]
+    assert [t["name"] for t in scaled["triggers"]] == ["queue-time", "pending-requests", "gpu-utilization"]
+
+
+def test_gpu_cache_is_node_local_and_preferred_where_warm(rendered) -> None:
+    pod = find(rendered["gpu"], "Deployment", "triton")["spec"]["template"]["spec"]
+    cache = next(v for v in pod["volumes"] if v["name"] == "model-cache")
+    assert set(cache) == {"name", "hostPath"}, "the emptyDir of the base must be gone"
+    preferred = pod["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    keys = {e["key"] for term in preferred for e in term["preference"]["matchExpressions"]}
+    assert "qwen3-vl.io/model-cache" in keys
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in pod["affinity"]["nodeAffinity"]
+    init_names = [c["name"] for c in pod["initContainers"]]
+    assert init_names == ["prepare-model-cache", "fill-model-cache"], "chown must run before the fill"
+
+
+def test_gpu_shared_takes_a_mig_slice_and_drops_the_gpu_utilization_trigger(rendered) -> None:
+    objects = rendered["gpu-shared"]
+    resources = triton_container(objects)["resources"]
+    assert resources["requests"]["nvidia.com/mig-2g.20gb"] == 1
+    assert resources["limits"]["nvidia.com/mig-2g.20gb"] == 1
+    assert "nvidia.com/gpu" not in resources["requests"]
+    assert "nvidia.com/gpu" not in resources["limits"]
+    triggers = find(objects, "ScaledObject", "triton")["spec"]["triggers"]
+    assert [t["name"] for t in triggers] == ["queue-time", "pending-requests"]
+
+
+def test_ingress_component_routes_to_the_frontend_service(rendered) -> None:
+    objects = rendered["gpu+ingress"]
+    ingress = find(objects, "Ingress", "frontend")
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    service = find(objects, "Service", backend["name"])
+    assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+
+
+def test_prometheus_address_is_one_parameter_an_overlay_can_override(tmp_path: Path) -> None:
+    """An overlay that merges its own platform-params changes every use, not just one."""
+    overlay = copy_overlay("gpu", tmp_path)
+    overlay["configMapGenerator"] = [
+        {
+            "name": "platform-params",
+            "behavior": "merge",
+            "literals": ["PROMETHEUS_SERVER_ADDRESS=https://thanos.example:9091", "PROMETHEUS_NAMESPACE=observability"],
+        }
+    ]
+    write_kustomization(tmp_path, overlay)
+    objects = kustomize(tmp_path)
+    addresses = {t["metadata"]["serverAddress"] for t in find(objects, "ScaledObject", "triton")["spec"]["triggers"]}
+    assert addresses == {"https://thanos.example:9091"}
+    for name in ("triton", "dcgm-exporter"):
+        policy = find(objects, "NetworkPolicy", name)
+        selectors = [
+            peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+            for rule in policy["spec"]["ingress"]
+            for peer in rule.get("from", [])
+            if "namespaceSelector" in peer
+        ]
+        assert selectors == ["observability"], name
+
+
+def test_default_prometheus_address_comes_from_params_env(rendered) -> None:
+    params = dict(
+        line.split("=", 1)
+        for line in (K8S / "base" / "params.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    for build in ("gpu", "gpu-shared"):
+        triggers = find(rendered[build], "ScaledObject", "triton")["spec"]["triggers"]
+        assert {t["metadata"]["serverAddress"] for t in triggers} == {params["PROMETHEUS_SERVER_ADDRESS"]}
