@@ -1,0 +1,407 @@
+"""The Grafana dashboards, as code (grafana-foundation-sdk); the JSON beside it is generated.
+
+    python -m monitoring.grafana.dashboards --out monitoring/grafana/dashboards/
+
+Panels read the recording rules of monitoring/prometheus/rules/ wherever one
+exists, so the dashboard, the alerts and the autoscaler show the same numbers.
+Each panel's description says what it tells an SRE; monitoring/README.md
+repeats them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from grafana_foundation_sdk.builders import common as common_builders
+from grafana_foundation_sdk.builders import dashboard as dashboard_builders
+from grafana_foundation_sdk.builders import prometheus, stat, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models.dashboard import (
+    DashboardCursorSync,
+    DataSourceRef,
+    Threshold,
+    ThresholdsMode,
+    VariableRefresh,
+    VariableSort,
+)
+
+DASHBOARDS_DIR = Path(__file__).with_name("dashboards")
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
+NS = 'namespace="$namespace"'
+PODS = 'namespace="$namespace", pod=~"$pod"'
+API_ROUTES = 'route=~"/v1/.*"'
+# The KEDA target and the alert's objective for queue time (k8s/ ScaledObject, rules/alerts.yml).
+QUEUE_TIME_TARGET_S = 0.5
+QUEUE_TIME_OBJECTIVE_S = 1.0
+
+
+@dataclass(frozen=True)
+class Query:
+    expr: str
+    legend: str
+
+
+@dataclass(frozen=True)
+class PanelSpec:
+    title: str
+    description: str
+    queries: tuple[Query, ...]
+    unit: str = "short"
+    kind: str = "timeseries"  # or "stat"
+    width: int = 8
+    height: int = 8
+    thresholds: tuple[tuple[float, str], ...] = field(default_factory=tuple)
+    minimum: float | None = 0
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    title: str
+    panels: tuple[PanelSpec, ...]
+
+
+def _latency_quantile(q: float) -> Query:
+    return Query(
+        f"histogram_quantile({q}, sum by (le) (rate(frontend_request_duration_seconds_bucket"
+        f"{{{NS}, {API_ROUTES}}}[$__rate_interval])))",
+        f"p{round(q * 100)}",
+    )
+
+
+SRE_OVERVIEW_ROWS: tuple[RowSpec, ...] = (
+    RowSpec("Now", (
+        PanelSpec(
+            "Request rate", "Requests per second the API is serving right now (all statuses).",
+            (Query(f"sum(frontend:requests:rate1m{{{NS}, {API_ROUTES}}})", "requests/s"),),
+            unit="reqps", kind="stat", width=4, height=4,
+        ),
+        PanelSpec(
+            "Time to first token p95", "95th percentile of the wait a user sees before the answer starts.",
+            (Query(f"frontend:time_to_first_token_seconds:p95_5m{{{NS}}}", "p95"),),
+            unit="s", kind="stat", width=4, height=4, thresholds=((2, "orange"), (5, "red")),
+        ),
+        PanelSpec(
+            "Queue time", "Mean time a request waits in Triton's queue (what KEDA scales on).",
+            (Query(f"triton:queue_time_per_request_seconds:avg1m:namespace{{{NS}}}", "queue time"),),
+            unit="s", kind="stat", width=4, height=4,
+            thresholds=((QUEUE_TIME_TARGET_S, "orange"), (QUEUE_TIME_OBJECTIVE_S, "red")),
+        ),
+        PanelSpec(
+            "Pending requests", "Requests waiting in Triton's queues of all pods, right now.",
+            (Query(f"triton:pending_requests:namespace{{{NS}}}", "pending"),),
+            kind="stat", width=4, height=4,
+        ),
+        PanelSpec(
+            "GPU utilization", "Mean DCGM utilization of the Triton pods' GPUs (what KEDA scales on).",
+            (Query(f"triton:gpu_utilization:avg:namespace{{{NS}}}", "GPU %"),),
+            unit="percent", kind="stat", width=4, height=4, thresholds=((80, "orange"), (95, "red")),
+        ),
+        PanelSpec(
+            "Error ratio", "Share of API requests failing upstream for any reason in the last 5 minutes.",
+            (Query(f"sum(frontend:error_ratio:rate5m{{{NS}}})", "errors"),),
+            unit="percentunit", kind="stat", width=4, height=4, thresholds=((0.01, "orange"), (0.05, "red")),
+        ),
+    )),
+    RowSpec("Traffic and latency", (
+        PanelSpec(
+            "Requests by route and status",
+            "Frontend requests per second; a rise of 4xx/5xx next to a flat total points at errors, "
+            "a drop of the total at the clients or the ingress.",
+            (Query(f'sum by (route, status) (frontend:requests:rate1m{{{NS}, route!~"/metrics|/healthz|/readyz"}})',
+                   "{{route}} {{status}}"),),
+            unit="reqps",
+        ),
+        PanelSpec(
+            "End-to-end latency",
+            "p50/p95/p99 of the whole API request, streaming included: what callers experience. "
+            "Grows with the answer length, so read it next to tokens/s and time to first token.",
+            (_latency_quantile(0.5), _latency_quantile(0.95), _latency_quantile(0.99)),
+            unit="s",
+        ),
+        PanelSpec(
+            "Time to first token",
+            "How long users wait before text appears: p95 at the frontend (rule) and at the model, per pod. "
+            "A gap between the two is time spent in the frontend, the network or Triton's queue.",
+            (
+                Query(f"frontend:time_to_first_token_seconds:p95_5m{{{NS}}}", "frontend p95"),
+                Query("histogram_quantile(0.95, sum by (pod, le) (rate(qwen3vl_time_to_first_token_seconds_bucket"
+                      f"{{{PODS}}}[$__rate_interval])))", "model p95 {{pod}}"),
+            ),
+            unit="s",
+        ),
+        PanelSpec(
+            "Tokens per second",
+            "Generated tokens per second per pod (rule) and prompt tokens processed: the useful work. "
+            "Flat tokens/s under rising traffic means the pods are saturated.",
+            (
+                Query(f"qwen3vl:generated_tokens:rate1m{{{PODS}}}", "generated {{pod}}"),
+                Query(f"sum by (pod) (rate(qwen3vl_prompt_tokens_total{{{PODS}}}[$__rate_interval]))",
+                      "prompt {{pod}}"),
+            ),
+        ),
+        PanelSpec(
+            "Inference requests per pod",
+            "Requests per second each Triton pod completes (rule): a pod far from the others is not getting "
+            "its share (gRPC connections are long-lived; check the load balancing).",
+            (Query(f"triton:requests:rate1m{{{PODS}}}", "{{pod}}"),),
+            unit="reqps",
+        ),
+        PanelSpec(
+            "Requests in flight",
+            "Requests the frontend holds open, by route: streams in progress plus waiting ones.",
+            (Query(f"sum by (route) (frontend_requests_in_flight{{{NS}}})", "{{route}}"),),
+        ),
+    )),
+    RowSpec("Queue and batching", (
+        PanelSpec(
+            "Queue time per request",
+            "Mean time a request waited in Triton's queue per pod and for the namespace (rules). "
+            "Orange: the KEDA target (scale out); red: the objective (alert).",
+            (
+                Query(f"triton:queue_time_per_request_seconds:avg1m{{{PODS}}}", "{{pod}}"),
+                Query(f"triton:queue_time_per_request_seconds:avg1m:namespace{{{NS}}}", "namespace mean"),
+            ),
+            unit="s", width=6, thresholds=((QUEUE_TIME_TARGET_S, "orange"), (QUEUE_TIME_OBJECTIVE_S, "red")),
+        ),
+        PanelSpec(
+            "Pending requests",
+            "Requests waiting in Triton's queue now, per pod and in total (rules). Moves before queue time "
+            "does, since queue time is known only when a request completes.",
+            (
+                Query(f"triton:pending_requests{{{PODS}}}", "{{pod}}"),
+                Query(f"triton:pending_requests:namespace{{{NS}}}", "total"),
+            ),
+            width=6,
+        ),
+        PanelSpec(
+            "Queue to compute ratio",
+            "Time queued per unit of time computing (rule). Above 1 a request waits longer than it runs: "
+            "add replicas rather than tune the model.",
+            (Query(f"triton:queue_to_compute_ratio:avg1m{{{PODS}}}", "{{pod}}"),),
+            width=6,
+        ),
+        PanelSpec(
+            "Batch size",
+            "Mean sequences per decode step (rule) against the engine's slots and the sequences it holds. "
+            "Batch size near the slot count means the engine is full.",
+            (
+                Query(f"qwen3vl:batch_size:avg1m{{{PODS}}}", "mean batch {{pod}}"),
+                Query(f"sum by (pod) (qwen3vl_sequences_in_flight{{{PODS}}})", "in flight {{pod}}"),
+                Query(f"sum by (pod) (qwen3vl_slots{{{PODS}}})", "slots {{pod}}"),
+            ),
+            width=6,
+        ),
+    )),
+    RowSpec("Errors", (
+        PanelSpec(
+            "Errors by reason",
+            "Upstream errors per request by kind (rule). overloaded/deadline: capacity; unavailable: pods "
+            "not ready; invalid_argument/cancelled: the callers.",
+            (Query(f"frontend:error_ratio:rate5m{{{NS}}}", "{{kind}}"),),
+            unit="percentunit", width=12,
+        ),
+        PanelSpec(
+            "Finished requests by reason",
+            "How generations end at the model (stop, length, cancelled, error) and Triton's own failures "
+            "by reason, per second.",
+            (
+                Query(f"sum by (reason) (rate(qwen3vl_requests_finished_total{{{PODS}}}[$__rate_interval]))",
+                      "{{reason}}"),
+                Query(f"sum by (reason) (rate(nv_inference_request_failure{{{PODS}}}[$__rate_interval]))",
+                      "triton failure {{reason}}"),
+            ),
+            unit="reqps", width=12,
+        ),
+    )),
+    RowSpec("GPU", (
+        PanelSpec(
+            "GPU utilization",
+            "DCGM utilization per Triton pod (rule) and the graphics engine's active ratio. Utilization counts "
+            "time with any kernel running; engine active shows how busy the GPU really is.",
+            (
+                Query(f"triton:gpu_utilization:avg{{{PODS}}}", "utilization {{pod}}"),
+                Query(f"100 * avg by (pod) (DCGM_FI_PROF_GR_ENGINE_ACTIVE{{{PODS}}})", "engine active {{pod}}"),
+                Query(f"100 * avg by (pod) (DCGM_FI_PROF_SM_ACTIVE{{{PODS}}})", "SM active {{pod}}"),
+            ),
+            unit="percent", width=6,
+        ),
+        PanelSpec(
+            "GPU memory",
+            "Framebuffer used per GPU. Above 95% (alert) a longer prompt or a larger batch can run out "
+            "of memory.",
+            (
+                Query(f"sum by (pod, gpu) (DCGM_FI_DEV_FB_USED{{{PODS}}}) / (sum by (pod, gpu) "
+                      f"(DCGM_FI_DEV_FB_USED{{{PODS}}}) + sum by (pod, gpu) (DCGM_FI_DEV_FB_FREE{{{PODS}}}))",
+                      "{{pod}} GPU {{gpu}}"),
+            ),
+            unit="percentunit", width=6, thresholds=((0.95, "red"),),
+        ),
+        PanelSpec(
+            "GPU power",
+            "Power draw per pod. Near the power limit with the SM clock dropping means the GPU is power "
+            "capped: more replicas help, a bigger batch does not.",
+            (Query(f"sum by (pod) (DCGM_FI_DEV_POWER_USAGE{{{PODS}}})", "{{pod}}"),),
+            unit="watt", width=6,
+        ),
+        PanelSpec(
+            "GPU temperature",
+            "Hottest GPU per pod; a GPU near its slowdown temperature throttles its clocks.",
+            (Query(f"max by (pod) (DCGM_FI_DEV_GPU_TEMP{{{PODS}}})", "{{pod}}"),),
+            unit="celsius", width=6, thresholds=((85, "red"),),
+        ),
+    )),
+    RowSpec("Capacity and autoscaling", (
+        PanelSpec(
+            "Replicas",
+            "Triton replicas: current and desired from KEDA's HPA (kube-state-metrics), its maximum, and "
+            "the pods Prometheus scrapes. Current at max for long: see the pinned-at-max alert.",
+            (
+                Query(f'sum(kube_horizontalpodautoscaler_status_current_replicas{{{NS}, '
+                      f'horizontalpodautoscaler=~"keda-hpa-.*"}})', "current"),
+                Query(f'sum(kube_horizontalpodautoscaler_status_desired_replicas{{{NS}, '
+                      f'horizontalpodautoscaler=~"keda-hpa-.*"}})', "desired"),
+                Query(f'sum(kube_horizontalpodautoscaler_spec_max_replicas{{{NS}, '
+                      f'horizontalpodautoscaler=~"keda-hpa-.*"}})', "max"),
+                Query(f'count(up{{job="triton", {NS}}} == 1)', "scraped pods"),
+            ),
+        ),
+        PanelSpec(
+            "KEDA scaler metrics",
+            "The value of each trigger as KEDA last read it from Prometheus. Differs from the queue and GPU "
+            "panels only by KEDA's polling delay; a flat or missing line means KEDA cannot query Prometheus.",
+            (Query(f"sum by (scaler, metric) (keda_scaler_metrics_value{{{NS}}})", "{{metric}}"),),
+        ),
+        PanelSpec(
+            "Model load time",
+            "Seconds each Triton pod took to load the model at start-up: a cold start costs this plus the "
+            "image pull, which is why the autoscaler scales down slowly.",
+            (Query(f"max by (pod) (qwen3vl_model_load_seconds{{{PODS}}})", "{{pod}}"),),
+            unit="s",
+        ),
+    )),
+)
+
+
+def _thresholds(steps: tuple[tuple[float, str], ...]) -> dashboard_builders.ThresholdsConfig:
+    return (
+        dashboard_builders.ThresholdsConfig()
+        .mode(ThresholdsMode.ABSOLUTE)
+        .steps([Threshold(value=None, color="green"), *(Threshold(value=v, color=c) for v, c in steps)])
+    )
+
+
+def _targets(spec: PanelSpec) -> list[prometheus.Dataquery]:
+    return [
+        prometheus.Dataquery().ref_id(chr(ord("A") + index)).datasource(DATASOURCE)
+        .expr(query.expr).legend_format(query.legend)
+        for index, query in enumerate(spec.queries)
+    ]
+
+
+def _panel(spec: PanelSpec, panel_id: int) -> stat.Panel | timeseries.Panel:
+    if spec.kind == "stat":
+        panel = (
+            stat.Panel()
+            .graph_mode(common.BigValueGraphMode.AREA)
+            .color_mode(common.BigValueColorMode.VALUE)
+            .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        )
+    elif spec.kind == "timeseries":
+        panel = (
+            timeseries.Panel()
+            .line_width(1)
+            .fill_opacity(10)
+            .span_nulls(False)
+            .legend(common_builders.VizLegendOptions().display_mode(common.LegendDisplayMode.LIST)
+                    .placement(common.LegendPlacement.BOTTOM).show_legend(True).calcs([]))
+            .tooltip(common_builders.VizTooltipOptions().mode(common.TooltipDisplayMode.MULTI)
+                     .sort(common.SortOrder.DESCENDING))
+        )
+        if spec.thresholds:
+            panel = panel.thresholds_style(
+                common_builders.GraphThresholdsStyleConfig().mode(common.GraphTresholdsStyleMode.DASHED)
+            )
+    else:
+        raise ValueError(f"panel {spec.title!r}: unknown kind {spec.kind!r}")
+    panel = (
+        panel.id(panel_id).title(spec.title).description(spec.description).datasource(DATASOURCE)
+        .unit(spec.unit).span(spec.width).height(spec.height).targets(_targets(spec))
+        .thresholds(_thresholds(spec.thresholds))
+    )
+    if spec.minimum is not None:
+        panel = panel.min(spec.minimum)
+    return panel
+
+
+def _variables() -> list:
+    return [
+        dashboard_builders.DatasourceVariable("datasource").label("Data source").type("prometheus"),
+        dashboard_builders.QueryVariable("namespace").label("Namespace").datasource(DATASOURCE)
+        .query('label_values(up{job="triton"}, namespace)')
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).sort(VariableSort.ALPHABETICAL_ASC),
+        dashboard_builders.QueryVariable("pod").label("Triton pod").datasource(DATASOURCE)
+        .query('label_values(up{job="triton", namespace="$namespace"}, pod)')
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).sort(VariableSort.ALPHABETICAL_ASC)
+        .multi(True).include_all(True).all_value(".*"),
+    ]
+
+
+def build_dashboard(uid: str, title: str, description: str, rows: tuple[RowSpec, ...]) -> object:
+    builder = (
+        dashboard_builders.Dashboard(title).uid(uid).description(description)
+        .tags(["qwen3-vl", "triton", "sre"]).time("now-1h", "now").refresh("30s").timezone("browser")
+        .tooltip(DashboardCursorSync.CROSSHAIR)
+    )
+    for variable in _variables():
+        builder = builder.with_variable(variable)
+    panel_id = 0
+    for row in rows:
+        panel_id += 1
+        builder = builder.with_row(dashboard_builders.Row(row.title).id(panel_id))
+        for spec in row.panels:
+            panel_id += 1
+            builder = builder.with_panel(_panel(spec, panel_id))
+    return builder.build()
+
+
+def sre_overview() -> object:
+    return build_dashboard(
+        "qwen3-vl-sre-overview",
+        "Qwen3-VL serving: SRE overview",
+        "Traffic, latency, queueing, batching, errors, GPUs and autoscaling of the Qwen3-VL Triton platform.",
+        SRE_OVERVIEW_ROWS,
+    )
+
+
+DASHBOARDS: dict[str, Callable[[], object]] = {"sre-overview.json": sre_overview}
+
+
+def render(dashboard: object) -> str:
+    return json.dumps(dashboard, cls=JSONEncoder, indent=2, sort_keys=True) + "\n"
+
+
+def write_all(out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, make in DASHBOARDS.items():
+        path = out_dir / name
+        path.write_text(render(make()), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Generate the Grafana dashboards' JSON.")
+    parser.add_argument("--out", type=Path, default=DASHBOARDS_DIR, help=f"output directory (default {DASHBOARDS_DIR})")
+    args = parser.parse_args(argv)
+    for path in write_all(args.out):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
