@@ -1,0 +1,148 @@
+"""Stream a Qwen3-VL answer from Triton over gRPC: a small command-line client, and the helpers tests and benchmarks use.
+
+    python -m clients.triton_stream --url 127.0.0.1:8001 --image cat.jpg "What is in this picture?"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+MODEL = "qwen3_vl"
+
+
+def user_turn(prompt: str, n_images: int = 0) -> list[dict]:
+    parts = [{"type": "image", "image": i} for i in range(n_images)] + [{"type": "text", "text": prompt}]
+    return [{"role": "user", "content": parts}]
+
+
+def build_inputs(messages: list[dict], images: list[bytes] = (), *, max_tokens: int | None = None,
+                 temperature: float | None = None, top_p: float | None = None, seed: int | None = None,
+                 stop: list[str] = (), stream: bool = True, ignore_eos: bool = False) -> list[grpcclient.InferInput]:
+    """The request tensors of docs/contracts.md, with a batch dimension of 1."""
+    tensors: list[tuple[str, np.ndarray, str]] = [
+        ("messages", np.array([[json.dumps(messages).encode()]], dtype=np.object_), "BYTES"),
+        ("stream", np.array([[stream]], dtype=bool), "BOOL"),
+    ]
+    if images:
+        tensors.append(("images", np.array([list(images)], dtype=np.object_), "BYTES"))
+    if max_tokens is not None:
+        tensors.append(("max_tokens", np.array([[max_tokens]], dtype=np.int32), "INT32"))
+    if temperature is not None:
+        tensors.append(("temperature", np.array([[temperature]], dtype=np.float32), "FP32"))
+    if top_p is not None:
+        tensors.append(("top_p", np.array([[top_p]], dtype=np.float32), "FP32"))
+    if seed is not None:
+        tensors.append(("seed", np.array([[seed]], dtype=np.int64), "INT64"))
+    if stop:
+        tensors.append(("stop", np.array([[s.encode() for s in stop]], dtype=np.object_), "BYTES"))
+    if ignore_eos:
+        tensors.append(("ignore_eos", np.array([[True]], dtype=bool), "BOOL"))
+    inputs = []
+    for name, value, dtype in tensors:
+        tensor = grpcclient.InferInput(name, list(value.shape), dtype)
+        tensor.set_data_from_numpy(value)
+        inputs.append(tensor)
+    return inputs
+
+
+@dataclass
+class StreamResult:
+    text: str = ""
+    deltas: list[str] = field(default_factory=list)
+    finish_reason: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: Exception | None = None
+    started: float = 0.0
+    first_token_at: float | None = None
+    token_times: list[float] = field(default_factory=list)
+    finished_at: float = 0.0
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self.started
+
+
+def stream(url: str, inputs: list[grpcclient.InferInput], *, timeout: float = 120.0,
+           on_delta=None, cancel_after: int | None = None) -> StreamResult:
+    """Send one request on its own gRPC stream and collect every response until the final one."""
+    responses: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(url)
+    result = StreamResult(started=time.monotonic())
+    try:
+        client.start_stream(callback=lambda result, error: responses.put((result, error)))
+        client.async_stream_infer(MODEL, inputs, request_id=uuid.uuid4().hex, enable_empty_final_response=True)
+        while True:
+            try:
+                response, error = responses.get(timeout=timeout)
+            except queue.Empty:
+                result.error = TimeoutError(f"no response within {timeout} s")
+                break
+            if error is not None:
+                result.error = error
+                break
+            now = time.monotonic()
+            delta = response.as_numpy("text_output")
+            if delta is not None:
+                text = delta.reshape(-1)[0].decode()
+                if text:
+                    result.first_token_at = result.first_token_at or now
+                    result.deltas.append(text)
+                    result.token_times.append(now)
+                    result.text += text
+                    if on_delta:
+                        on_delta(text)
+                result.finish_reason = response.as_numpy("finish_reason").reshape(-1)[0].decode()
+                result.prompt_tokens = int(response.as_numpy("prompt_tokens").reshape(-1)[0])
+                result.completion_tokens = int(response.as_numpy("completion_tokens").reshape(-1)[0])
+            if response.get_response().parameters["triton_final_response"].bool_param:
+                break
+            if cancel_after is not None and len(result.deltas) >= cancel_after:
+                client.stop_stream(cancel_requests=True)
+                result.finish_reason = "cancelled"
+                break
+    finally:
+        result.finished_at = time.monotonic()
+        client.stop_stream(cancel_requests=True)
+        client.close()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Ask Qwen3-VL on Triton a question, streaming the answer.")
+    parser.add_argument("prompt")
+    parser.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC address")
+    parser.add_argument("--image", action="append", default=[], type=Path, help="an image file (repeatable)")
+    parser.add_argument("--system", default=None, help="a system prompt")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--stop", action="append", default=[])
+    args = parser.parse_args()
+    messages = user_turn(args.prompt, len(args.image))
+    if args.system:
+        messages.insert(0, {"role": "system", "content": args.system})
+    inputs = build_inputs(messages, [p.read_bytes() for p in args.image], max_tokens=args.max_tokens,
+                          temperature=args.temperature, top_p=args.top_p, seed=args.seed, stop=args.stop)
+    result = stream(args.url, inputs, on_delta=lambda text: print(text, end="", flush=True))
+    print()
+    if result.error:
+        print(f"error: {result.error}", file=sys.stderr)
+        sys.exit(1)
+    print(f"[{result.finish_reason}; prompt {result.prompt_tokens} tokens, completion "
+          f"{result.completion_tokens} tokens; first token after {result.ttft or 0:.3f} s]", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

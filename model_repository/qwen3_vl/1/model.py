@@ -1,0 +1,85 @@
+"""Triton Python-backend adapter for Qwen3-VL: parse Triton's arguments, build the library's objects, delegate.
+
+All model logic lives in ``backend_python``; this file only converts between
+Triton's request/response objects and the library's typed ones.
+"""
+
+import json
+import logging
+import time
+
+import triton_python_backend_utils as pb_utils
+
+from backend_python.config import EngineConfig
+from backend_python.engine import Engine
+from backend_python.errors import EngineFailure, ServingError, wire_status
+from backend_python.loader import load
+from backend_python.metrics import TritonMetrics
+from backend_python.prompt import PromptBuilder
+from backend_python.request import GenerationRequest
+
+log = logging.getLogger("qwen3_vl")
+
+INPUTS = ("messages", "images", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "ignore_eos")
+
+
+class TritonSink:
+    """Sends one sequence's responses through Triton's decoupled response sender."""
+
+    def __init__(self, sender):
+        self._sender = sender
+
+    def send(self, chunk, final):
+        outputs = [pb_utils.Tensor(name, value) for name, value in chunk.to_tensors().items()]
+        flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
+        self._sender.send(pb_utils.InferenceResponse(output_tensors=outputs), flags=flags)
+
+    def fail(self, error):
+        code = getattr(pb_utils.TritonError, wire_status(error).triton)
+        response = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), code))
+        self._sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def is_cancelled(self):
+        return self._sender.is_cancelled()
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        model_config = json.loads(args["model_config"])
+        if not pb_utils.using_decoupled_model_transaction_policy(model_config):
+            raise pb_utils.TritonModelException("qwen3_vl streams tokens: set model_transaction_policy { decoupled: true }")
+        try:
+            self.config = EngineConfig.from_parameters(model_config.get("parameters", {}))
+        except ValueError as exc:
+            raise pb_utils.TritonModelException(str(exc)) from None
+        self.metrics = TritonMetrics(pb_utils, {"model": args["model_name"], "version": args["model_version"]})
+        started = time.monotonic()
+        loaded = load(self.config)
+        self.prompts = PromptBuilder(loaded.processor, self.config)
+        self.engine = Engine(loaded, self.config, self.metrics).start()
+        self.metrics.model_load(time.monotonic() - started)
+        log.warning("qwen3_vl ready: %s on %s, %d slots", self.config.model_path, loaded.device, self.config.slots)
+
+    def execute(self, requests):
+        for request in requests:
+            sink = TritonSink(request.get_response_sender())
+            try:
+                tensors = {name: _input(request, name) for name in INPUTS}
+                generation = GenerationRequest.from_tensors(tensors, self.config.limits, request.request_id())
+                prompt = self.prompts.build(generation)
+                # Blocks while the engine is full, so waiting requests stay in Triton's queue.
+                self.engine.submit(generation, prompt, sink)
+            except ServingError as exc:
+                sink.fail(exc)
+            except Exception as exc:
+                log.exception("request %s failed", request.request_id())
+                sink.fail(EngineFailure(f"internal error: {exc}"))
+        return None
+
+    def finalize(self):
+        self.engine.stop()
+
+
+def _input(request, name):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()

@@ -1,0 +1,1 @@
+"""The local stack: real processes (Triton, the frontend, Prometheus) started the way `make run` and the tests start them."""
