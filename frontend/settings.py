@@ -30,9 +30,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(20 * 1024 * 1024, gt=0)
     max_image_bytes: int = Field(10 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(16_777_216, gt=0)
-    max_images_per_request: int = Field(8, ge=0)
-    max_tokens_limit: int = Field(4096, ge=1)
-    default_max_tokens: int = Field(512, ge=1)
+    max_images_per_request: int = Field(4, ge=0)
+    max_tokens_limit: int = Field(2048, ge=1)
+    default_max_tokens: int = Field(256, ge=1)
 
     api_keys: CommaList = []
     api_keys_file: Path | None = None
