@@ -1,0 +1,335 @@
+"""Objects that name each other agree: what a live cluster would only reveal as a silent no-op."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from k8s_manifests import NAMESPACE, OVERLAYS, REPO, find
+
+pytestmark = pytest.mark.unit
+
+BUILDS = [*OVERLAYS, "gpu+ingress"]
+WORKLOAD_KINDS = {"Deployment", "DaemonSet"}
+RULES_DIR = REPO / "monitoring" / "prometheus" / "rules"
+COUNTERS_CSV = REPO / "monitoring" / "dcgm" / "counters.csv"
+# docs/contracts.md: which metric type KEDA uses for each namespace-level rule.
+CONTRACT_METRIC_TYPES = {
+    "triton:queue_time_per_request_seconds:avg1m:namespace": "Value",
+    "triton:pending_requests:namespace": "AverageValue",
+    "triton:gpu_utilization:avg:namespace": "Value",
+}
+QUERY = re.compile(r'^(?P<rule>[a-zA-Z_:][a-zA-Z0-9_:]*)\{namespace="(?P<namespace>[^"]+)"\}$')
+ENV_REFERENCE = re.compile(r"\$\((?P<name>[A-Z0-9_]+)\)")
+
+
+def workloads(objects: list[dict]) -> list[dict]:
+    return [o for o in objects if o["kind"] in WORKLOAD_KINDS]
+
+
+def pod_labels(workload: dict) -> dict[str, str]:
+    return workload["spec"]["template"]["metadata"]["labels"]
+
+
+def selected(objects: list[dict], match_labels: dict[str, str]) -> list[dict]:
+    return [w for w in workloads(objects) if match_labels.items() <= pod_labels(w).items()]
+
+
+def container_ports(workload: dict) -> dict[str | int, int]:
+    """Every port of every container, by name and by number."""
+    ports: dict[str | int, int] = {}
+    for container in workload["spec"]["template"]["spec"]["containers"]:
+        for port in container.get("ports", []):
+            ports[port["containerPort"]] = port["containerPort"]
+            if "name" in port:
+                ports[port["name"]] = port["containerPort"]
+    return ports
+
+
+def resolved_env(container: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def expand(argument: str, env: dict[str, str]) -> str:
+    """The kubelet's $(VAR) expansion of command arguments."""
+    return ENV_REFERENCE.sub(lambda m: env[m.group("name")], argument)
+
+
+def recording_rules() -> dict[str, str]:
+    rules: dict[str, str] = {}
+    for path in sorted(RULES_DIR.glob("*.yml")):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                if "record" in rule:
+                    rules[rule["record"]] = rule["expr"]
+    return rules
+
+
+def metric_names(expr: str) -> set[str]:
+    """Identifiers in a PromQL expression that can be metric or rule names."""
+    without_strings = re.sub(r'"[^"]*"', "", expr)
+    without_ranges = re.sub(r"\[[^\]]*\]", "", without_strings)
+    return set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", without_ranges))
+
+
+def dcgm_fields_behind(rule: str, rules: dict[str, str]) -> set[str]:
+    """The DCGM fields a recording rule reads, following rules that read other rules."""
+    fields: set[str] = set()
+    pending, seen = [rule], set()
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for ident in metric_names(rules[name]):
+            if ident.startswith("DCGM_FI_"):
+                fields.add(ident)
+            elif ident in rules:
+                pending.append(ident)
+    return fields
+
+
+def enabled_counters(text: str) -> set[str]:
+    rows = csv.reader(line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+    return {row[0].strip() for row in rows}
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_workload_selectors_match_their_own_pod_labels(rendered, build: str) -> None:
+    for workload in workloads(rendered[build]):
+        assert workload["spec"]["selector"]["matchLabels"].items() <= pod_labels(workload).items()
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_services_select_one_workload_and_target_its_container_ports(rendered, build: str) -> None:
+    for service in (o for o in rendered[build] if o["kind"] == "Service"):
+        targets = selected(rendered[build], service["spec"]["selector"])
+        assert len(targets) == 1, f"Service {service['metadata']['name']} selects {len(targets)} workloads"
+        ports = container_ports(targets[0])
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in ports, f"Service {service['metadata']['name']} port {port['name']}"
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_probes_hit_ports_their_container_declares(rendered, build: str) -> None:
+    for workload in workloads(rendered[build]):
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            names = {p.get("name") for p in container.get("ports", [])}
+            numbers = {p["containerPort"] for p in container.get("ports", [])}
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                if probe in container:
+                    port = container[probe]["httpGet"]["port"]
+                    assert port in names | numbers, f"{container['name']} {probe} port {port}"
+            assert "readinessProbe" in container and "livenessProbe" in container, container["name"]
+
+
+def test_triton_probes_use_the_kserve_health_endpoints(rendered) -> None:
+    for build in OVERLAYS:
+        pod = find(rendered[build], "Deployment", "triton")["spec"]["template"]["spec"]
+        triton = next(c for c in pod["containers"] if c["name"] == "triton")
+        assert triton["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+        assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+        assert triton["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+        startup = triton["startupProbe"]
+        # Model load from the cache volume can take minutes; liveness must not kill it first.
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_volume_mounts_config_maps_and_secrets_exist(rendered, build: str) -> None:
+    objects = rendered[build]
+    config_maps = {o["metadata"]["name"]: o.get("data", {}) for o in objects if o["kind"] == "ConfigMap"}
+    secrets = {o["metadata"]["name"]: o.get("data", {}) for o in objects if o["kind"] == "Secret"}
+    for workload in workloads(objects):
+        pod = workload["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            for mount in container.get("volumeMounts", []):
+                assert mount["name"] in volumes, f"{container['name']} mounts {mount['name']}"
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {}).get("configMapKeyRef")
+                if ref:
+                    assert ref["key"] in config_maps[ref["name"]], f"{env['name']} -> {ref}"
+        for volume in volumes.values():
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in config_maps
+    for auth in (o for o in objects if o["kind"] == "TriggerAuthentication"):
+        for ref in auth["spec"]["secretTargetRef"]:
+            assert ref["key"] in secrets[ref["name"]], f"TriggerAuthentication -> {ref}"
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_disruption_budgets_and_autoscalers_point_at_real_workloads(rendered, build: str) -> None:
+    objects = rendered[build]
+    for pdb in (o for o in objects if o["kind"] == "PodDisruptionBudget"):
+        assert len(selected(objects, pdb["spec"]["selector"]["matchLabels"])) == 1, pdb["metadata"]["name"]
+    for hpa in (o for o in objects if o["kind"] == "HorizontalPodAutoscaler"):
+        ref = hpa["spec"]["scaleTargetRef"]
+        target = find(objects, ref["kind"], ref["name"])
+        requests = target["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]
+        assert "cpu" in requests, "CPU utilization is measured against the request"
+
+
+@pytest.mark.parametrize("build", ["gpu", "gpu-shared"])
+def test_scaled_object_targets_the_triton_deployment(rendered, build: str) -> None:
+    objects = rendered[build]
+    spec = find(objects, "ScaledObject", "triton")["spec"]
+    ref = spec["scaleTargetRef"]
+    assert (ref.get("kind", "Deployment"), ref["name"]) == ("Deployment", "triton")
+    assert "replicas" not in find(objects, "Deployment", "triton")["spec"], "KEDA's HPA owns the count"
+    hpas = [o for o in objects if o["kind"] == "HorizontalPodAutoscaler"]
+    assert all(h["spec"]["scaleTargetRef"]["name"] != "triton" for h in hpas), "two autoscalers would fight"
+    auth = {o["metadata"]["name"] for o in objects if o["kind"] == "TriggerAuthentication"}
+    for trigger in spec["triggers"]:
+        assert trigger["authenticationRef"]["name"] in auth
+
+
+@pytest.mark.parametrize("build", ["gpu", "gpu-shared"])
+def test_scaled_object_queries_are_the_namespace_recording_rules(rendered, build: str) -> None:
+    rules = recording_rules()
+    scaled = find(rendered[build], "ScaledObject", "triton")
+    for trigger in scaled["spec"]["triggers"]:
+        assert trigger["type"] == "prometheus"
+        match = QUERY.match(trigger["metadata"]["query"])
+        assert match, f"trigger {trigger['name']}: query is not `rule{{namespace=...}}`"
+        assert match["rule"] in rules, f"{match['rule']} is not recorded in monitoring/prometheus/rules"
+        assert match["namespace"] == scaled["metadata"]["namespace"] == NAMESPACE
+        assert trigger["metricType"] == CONTRACT_METRIC_TYPES[match["rule"]], trigger["name"]
+        assert float(trigger["metadata"]["activationThreshold"]) < float(trigger["metadata"]["threshold"])
+
+
+def test_gpu_trigger_reads_a_dcgm_field_the_exporter_collects(rendered) -> None:
+    rules = recording_rules()
+    objects = rendered["gpu"]
+    query = next(
+        t["metadata"]["query"] for t in find(objects, "ScaledObject", "triton")["spec"]["triggers"]
+        if t["name"] == "gpu-utilization"
+    )
+    fields = dcgm_fields_behind(QUERY.match(query)["rule"], rules)
+    assert fields == {"DCGM_FI_DEV_GPU_UTIL"}
+    assert fields <= enabled_counters(COUNTERS_CSV.read_text())
+    deployed = next(
+        o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("dcgm-exporter-counters")
+    )
+    assert fields <= enabled_counters(deployed["data"]["counters.csv"])
+
+
+def test_dcgm_exporter_maps_gpus_to_pods(rendered) -> None:
+    daemonset = find(rendered["gpu"], "DaemonSet", "dcgm-exporter")
+    pod = daemonset["spec"]["template"]["spec"]
+    exporter = pod["containers"][0]
+    assert resolved_env(exporter)["DCGM_EXPORTER_KUBERNETES"] == "true"
+    mounts = {m["mountPath"]: m["name"] for m in exporter["volumeMounts"]}
+    volume = next(v for v in pod["volumes"] if v["name"] == mounts["/var/lib/kubelet/pod-resources"])
+    assert volume["hostPath"]["path"] == "/var/lib/kubelet/pod-resources"
+    counters_path = exporter["args"][exporter["args"].index("-f") + 1]
+    assert counters_path in mounts
+    monitor = find(rendered["gpu"], "PodMonitor", "dcgm-exporter")
+    assert all(e["honorLabels"] for e in monitor["spec"]["podMetricsEndpoints"]), (
+        "without honorLabels the exporter's pod label becomes exported_pod and the GPU rule joins nothing"
+    )
+
+
+@pytest.mark.parametrize("build", OVERLAYS)
+def test_grace_period_covers_prestop_and_triton_exit_timeout(rendered, build: str) -> None:
+    pod = find(rendered[build], "Deployment", "triton")["spec"]["template"]["spec"]
+    triton = next(c for c in pod["containers"] if c["name"] == "triton")
+    env = resolved_env(triton)
+    args = [expand(a, env) for a in triton["args"]]
+    timeout = [int(a.split("=", 1)[1]) for a in args if a.startswith("--exit-timeout-secs=")]
+    assert len(timeout) == 1
+    pre_stop = triton["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    assert pod["terminationGracePeriodSeconds"] > int(pre_stop[1]) + timeout[0]
+
+
+@pytest.mark.parametrize("build", OVERLAYS)
+def test_triton_command_line_resolves_to_an_existing_model_config(rendered, build: str) -> None:
+    pod = find(rendered[build], "Deployment", "triton")["spec"]["template"]["spec"]
+    triton = next(c for c in pod["containers"] if c["name"] == "triton")
+    args = [expand(a, resolved_env(triton)) for a in triton["args"]]
+    flags = dict(a.split("=", 1) for a in args)
+    assert flags["--model-repository"] == "/opt/platform/model_repository"
+    assert flags["--model-config-name"] == ("cpu" if build == "dev" else "gpu")
+    assert {int(flags["--http-port"]), int(flags["--grpc-port"]), int(flags["--metrics-port"])} == set(
+        container_ports(find(rendered[build], "Deployment", "triton")).values()
+    )
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_network_policies_admit_only_the_intended_peers(rendered, build: str) -> None:
+    objects = rendered[build]
+    triton = find(objects, "NetworkPolicy", "triton")
+    triton_ports = container_ports(find(objects, "Deployment", "triton"))
+    admitted: dict[int, list[dict]] = {}
+    for rule in triton["spec"]["ingress"]:
+        for port in rule["ports"]:
+            admitted.setdefault(triton_ports[port["port"]], []).extend(rule["from"])
+    frontend_only = [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "frontend"}}}]
+    assert admitted[8001] == frontend_only and admitted[8000] == frontend_only
+    assert [p["podSelector"]["matchLabels"] for p in admitted[8002]] == [{"app.kubernetes.io/name": "prometheus"}]
+    assert all("namespaceSelector" in p for p in admitted[8002])
+    default_deny = find(objects, "NetworkPolicy", "default-deny-ingress")["spec"]
+    assert default_deny["podSelector"] == {} and "ingress" not in default_deny
+    for policy in (o for o in objects if o["kind"] == "NetworkPolicy" and o["spec"]["podSelector"]):
+        for workload in selected(objects, policy["spec"]["podSelector"]["matchLabels"]):
+            ports = container_ports(workload)
+            for rule in policy["spec"].get("ingress", []):
+                for port in rule["ports"]:
+                    assert port["port"] in ports, f"NetworkPolicy {policy['metadata']['name']} port {port['port']}"
+
+
+@pytest.mark.parametrize("build", ["gpu", "gpu-shared"])
+def test_monitors_scrape_ports_that_exist(rendered, build: str) -> None:
+    objects = rendered[build]
+    services = [o for o in objects if o["kind"] == "Service"]
+    for monitor in (o for o in objects if o["kind"] == "ServiceMonitor"):
+        matching = [s for s in services if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()]
+        assert len(matching) == 1, monitor["metadata"]["name"]
+        names = {p["name"] for p in matching[0]["spec"]["ports"]}
+        assert {e["port"] for e in monitor["spec"]["endpoints"]} <= names
+    for monitor in (o for o in objects if o["kind"] == "PodMonitor"):
+        for workload in selected(objects, monitor["spec"]["selector"]["matchLabels"]):
+            assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= set(container_ports(workload))
+
+
+@pytest.mark.parametrize("build", OVERLAYS)
+def test_scrape_annotations_name_a_declared_port(rendered, build: str) -> None:
+    for workload in workloads(rendered[build]):
+        annotations = workload["spec"]["template"]["metadata"].get("annotations", {})
+        assert annotations.get("prometheus.io/scrape") == "true", workload["metadata"]["name"]
+        assert int(annotations["prometheus.io/port"]) in container_ports(workload).values()
+
+
+def test_frontend_reaches_triton_through_its_grpc_service_port(rendered) -> None:
+    objects = rendered["gpu"]
+    frontend = find(objects, "Deployment", "frontend")["spec"]["template"]["spec"]["containers"][0]
+    host, port = resolved_env(frontend)["FRONTEND_TRITON_GRPC_URL"].split(":")
+    service = find(objects, "Service", host)
+    grpc = next(p for p in service["spec"]["ports"] if p["port"] == int(port))
+    assert grpc["name"] == "grpc" and grpc["appProtocol"] == "kubernetes.io/h2c"
+
+
+def test_frontend_environment_is_accepted_by_its_settings(rendered, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The variables the manifest sets are the ones frontend/settings.py reads, with valid values."""
+    from frontend.settings import Settings
+
+    frontend = find(rendered["gpu"], "Deployment", "frontend")["spec"]["template"]["spec"]["containers"][0]
+    env = {k: v for k, v in resolved_env(frontend).items() if k.startswith("FRONTEND_")}
+    fields = {f"FRONTEND_{name.upper()}" for name in Settings.model_fields}
+    assert set(env) <= fields, f"unknown frontend settings: {set(env) - fields}"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.triton_grpc_url == "triton:8001"
+    assert settings.model_name == "qwen3_vl"
+
+
+def test_fill_script_in_the_config_map_is_the_file_in_the_tree(rendered) -> None:
+    script = next(
+        o for o in rendered["gpu"] if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("model-cache-fill")
+    )
+    assert script["data"]["fill-model-cache.sh"] == (Path(REPO) / "k8s" / "base" / "fill-model-cache.sh").read_text()

@@ -1,0 +1,67 @@
+"""The init container's fill script: fill an empty cache once, never refill a warm one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from k8s_manifests import K8S
+
+pytestmark = pytest.mark.unit
+
+SCRIPT = K8S / "base" / "fill-model-cache.sh"
+# Stands in for `hf download`: writes a config file and counts how often it ran.
+FAKE_DOWNLOAD = 'echo run >> "$RUNS" && echo "{}" > "$MODEL_PATH/config.json"'
+
+
+def fill(model_path: Path, command: str | None, runs: Path) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ["PATH"], "MODEL_PATH": str(model_path), "RUNS": str(runs)}
+    if command is not None:
+        env["MODEL_FILL_COMMAND"] = command
+    return subprocess.run(["sh", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_empty_cache_is_filled_then_reused(tmp_path: Path) -> None:
+    model, runs = tmp_path / "models" / "m", tmp_path / "runs"
+    first = fill(model, FAKE_DOWNLOAD, runs)
+    assert first.returncode == 0, first.stderr
+    assert (model / "config.json").is_file()
+    assert not (model / ".fill-in-progress").exists()
+    second = fill(model, FAKE_DOWNLOAD, runs)
+    assert second.returncode == 0
+    assert "model cache warm" in second.stdout
+    assert runs.read_text().count("run") == 1
+
+
+def test_interrupted_fill_is_redone(tmp_path: Path) -> None:
+    model, runs = tmp_path / "models" / "m", tmp_path / "runs"
+    failed = fill(model, 'echo partial > "$MODEL_PATH/part-1.safetensors"; exit 7', runs)
+    assert failed.returncode == 7
+    assert (model / ".fill-in-progress").exists()
+    retried = fill(model, FAKE_DOWNLOAD, runs)
+    assert retried.returncode == 0, retried.stderr
+    assert not (model / "part-1.safetensors").exists(), "the half-written download is discarded"
+    assert (model / "config.json").is_file()
+
+
+def test_a_cache_filled_by_hand_is_kept(tmp_path: Path) -> None:
+    model, runs = tmp_path / "models" / "m", tmp_path / "runs"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    result = fill(model, FAKE_DOWNLOAD, runs)
+    assert result.returncode == 0
+    assert not runs.exists()
+
+
+def test_a_fill_command_that_writes_nothing_fails_the_pod(tmp_path: Path) -> None:
+    result = fill(tmp_path / "models" / "m", "true", tmp_path / "runs")
+    assert result.returncode == 1
+    assert "wrote nothing" in result.stderr
+
+
+def test_missing_configuration_is_a_clear_error(tmp_path: Path) -> None:
+    result = fill(tmp_path / "models" / "m", None, tmp_path / "runs")
+    assert result.returncode != 0
+    assert "MODEL_FILL_COMMAND must say how to fill MODEL_PATH" in result.stderr
