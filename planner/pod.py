@@ -39,7 +39,7 @@ class Pod:
     __slots__ = (
         "id", "created", "ready_at", "state", "ended", "kill_at", "queue", "held", "active", "run_start",
         "run_step", "step_time", "next_done", "busy_acc", "busy_since", "success", "failure", "queue_us",
-        "slots", "batch", "qmax", "table", "prefill_base", "prefill_tok", "req", "last_busy", "last_scrape",
+        "slots", "batch", "qmax", "table", "prefill_base", "prefill_tok", "req", "last_busy", "last_scrape", "metrics_from",
     )  # fmt: skip
 
     def __init__(self, pod_id: int, created: float, ready_at: float, profile: PodProfile, table: list[float], req: Requests):
@@ -70,6 +70,7 @@ class Pod:
         self.req = req
         self.last_busy = 0.0
         self.last_scrape = created
+        self.metrics_from = created + profile.cold_start.image_pull_seconds
 
     def arrive(self, i: int, t: float) -> None:
         if t >= self.next_done:

@@ -33,6 +33,7 @@ class Trigger:
     threshold: float
     activation_threshold: float = 0.0
     query: str = ""
+    metadata: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class ScaledObjectSpec:
     fallback: Fallback | None = None
     behavior: Behavior = field(default_factory=Behavior)
     source: str = ""
+    target: str = ""
 
     def __post_init__(self) -> None:
         if not self.triggers:
@@ -108,6 +110,7 @@ def parse_trigger(index: int, doc: dict) -> Trigger:
             threshold=threshold,
             activation_threshold=_float(meta.get("activationThreshold", 0), f"{where}.metadata.activationThreshold"),
             query=str(query),
+            metadata=tuple((str(k), str(v)) for k, v in meta.items()),
         )
     if kind == "cpu":
         metric_type = doc.get("metricType") or meta.get("type") or "Utilization"
@@ -146,6 +149,7 @@ def parse_scaled_object(doc: dict, source: str = "") -> ScaledObjectSpec:
         fallback=fallback,
         behavior=behavior,
         source=source,
+        target=str((spec.get("scaleTargetRef") or {}).get("name", "")),
     )
 
 
@@ -160,6 +164,34 @@ def pick_scaled_object(text: str, source: str, name: str | None = None) -> Scale
         names = [(d.get("metadata") or {}).get("name") for d in found]
         raise ScaledObjectError(f"{source}: several ScaledObjects {names}; pick one with --scaledobject NAME")
     return parse_scaled_object(found[0], source)
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    """What the scaled Deployment says about start-up and shutdown."""
+
+    termination_grace_seconds: float = 30.0
+    readiness_period: float = 10.0
+
+
+def pod_settings(text: str, target: str) -> PodSettings:
+    """terminationGracePeriodSeconds and the readiness probe period of the ScaledObject's target
+    (Kubernetes defaults where the Deployment leaves them out)."""
+    for doc in yaml.safe_load_all(text):
+        if not isinstance(doc, dict) or doc.get("kind") != "Deployment":
+            continue
+        if (doc.get("metadata") or {}).get("name") != target:
+            continue
+        pod = ((doc.get("spec") or {}).get("template") or {}).get("spec") or {}
+        grace = float(pod.get("terminationGracePeriodSeconds", 30))
+        period = 10.0
+        for container in pod.get("containers") or []:
+            probe = container.get("readinessProbe")
+            if probe:
+                period = float(probe.get("periodSeconds", 10))
+                break
+        return PodSettings(grace, period)
+    return PodSettings()
 
 
 def build_overlay(overlay: str | Path) -> str:
@@ -178,3 +210,9 @@ def build_overlay(overlay: str | Path) -> str:
 
 def load_scaled_object(overlay: str | Path, name: str | None = None) -> ScaledObjectSpec:
     return pick_scaled_object(build_overlay(overlay), str(overlay), name)
+
+
+def load_overlay(overlay: str | Path, name: str | None = None) -> tuple[ScaledObjectSpec, PodSettings]:
+    text = build_overlay(overlay)
+    so = pick_scaled_object(text, str(overlay), name)
+    return so, pod_settings(text, so.target)

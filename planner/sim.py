@@ -156,6 +156,7 @@ class Simulation:
         self.pods.append(pod)
         if warm:
             pod.state = READY
+            pod.metrics_from = now
             self.ready.append(pod)
         else:
             self._schedule(ready_at, "ready", pod)
@@ -177,7 +178,6 @@ class Simulation:
 
     def _scrape(self, now: float) -> None:
         targets = {}
-        triton_up = self.profile.cold_start.image_pull_seconds
         gpu_pct = self.profile.gpu_busy_utilization_percent
         prof = self.profile
         for p in self.pods:
@@ -191,7 +191,7 @@ class Simulation:
                 self.cpu_util[p.id] = (
                     100.0 * (prof.cpu_idle_cores + (prof.cpu_busy_cores - prof.cpu_idle_cores) * frac) / prof.cpu_request_cores
                 )
-            if p.state == DRAINING or now < p.created + triton_up:
+            if p.state == DRAINING or now < p.metrics_from:
                 continue
             targets[p.id] = {"success": p.success, "queue_us": p.queue_us, "pending": p.pending(), "gpu_util": gpu_pct * frac}
         self.prom.scrape(now, targets)

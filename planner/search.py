@@ -1,0 +1,100 @@
+"""`--search`: thresholds and min/max for the ScaledObject that meet the objective with the
+fewest GPU-hours on a trace, found by simulating a grid around the values as built."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from itertools import product
+
+import yaml
+
+from planner.policies import pod_capacity, run_policies
+from planner.profile import PodProfile
+from planner.report import Summary
+from planner.scaledobject import ScaledObjectSpec
+from planner.sim import Policy, SimConfig
+from planner.traffic import Trace
+
+QUEUE_TIME_GRID = (0.1, 0.25, 0.5, 1.0)
+PENDING_GRID = (2.0, 4.0, 8.0, 16.0)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    so: ScaledObjectSpec
+    summary: Summary
+
+
+def _with_thresholds(so: ScaledObjectSpec, thresholds: dict[str, float], drop: set[str]) -> ScaledObjectSpec:
+    triggers = tuple(
+        replace(t, threshold=thresholds.get(t.signal, t.threshold)) for t in so.triggers if t.signal not in drop
+    )
+    return replace(so, triggers=triggers)
+
+
+def _grid(so: ScaledObjectSpec) -> list[ScaledObjectSpec]:
+    signals = {t.signal for t in so.triggers}
+    q_values = QUEUE_TIME_GRID if "queue_time" in signals else (None,)
+    p_values = PENDING_GRID if "pending" in signals else (None,)
+    gpu_options = (False, True) if "gpu_utilization" in signals and len(signals) > 1 else (False,)
+    out = []
+    for q, p, drop_gpu in product(q_values, p_values, gpu_options):
+        thresholds = {k: v for k, v in (("queue_time", q), ("pending", p)) if v is not None}
+        out.append(_with_thresholds(so, thresholds, {"gpu_utilization"} if drop_gpu else set()))
+    return out
+
+
+def _evaluate(specs, trace, profile, config, seed, slo_ttft, workers) -> list[Candidate]:
+    policies = [Policy(f"candidate {i}", scaled_object=s) for i, s in enumerate(specs)]
+    digests = run_policies(trace, profile, policies, config, seed, slo_ttft, workers)
+    return [Candidate(s, d.summary) for s, d in zip(specs, digests)]
+
+
+def _best(candidates: list[Candidate], share: float) -> Candidate | None:
+    feasible = [c for c in candidates if c.summary.meets(share)]
+    if not feasible:
+        return None
+    return min(feasible, key=lambda c: (round(c.summary.gpu_hours, 3), -c.summary.within_slo))
+
+
+def search(
+    so: ScaledObjectSpec,
+    profile: PodProfile,
+    trace: Trace,
+    config: SimConfig,
+    seed: int,
+    slo_ttft: float,
+    share: float,
+    workers: int,
+) -> tuple[Candidate | None, list[Candidate]]:
+    """Stage 1: thresholds (and keeping the GPU trigger or not) with min/max as built.
+    Stage 2: minReplicaCount 0..3 and maxReplicaCount around the peak need, thresholds fixed."""
+    stage1 = _evaluate(_grid(so), trace, profile, config, seed, slo_ttft, workers)
+    best = _best(stage1, share) or max(stage1, key=lambda c: c.summary.within_slo)
+    need = math.ceil(trace.peak_rps() / pod_capacity(profile, trace))
+    max_options = sorted({so.max_replica_count, need + 1, need + 2, max(need * 3 // 2, need + 3)})
+    specs = [
+        replace(best.so, min_replica_count=lo, max_replica_count=hi)
+        for lo, hi in product((0, 1, 2, 3), max_options)
+        if hi >= max(lo, 1) and (lo, hi) != (best.so.min_replica_count, best.so.max_replica_count)
+    ]
+    stage2 = _evaluate(specs, trace, profile, config, seed, slo_ttft, workers)
+    everything = stage1 + stage2
+    return _best(everything, share), everything
+
+
+def scaledobject_snippet(so: ScaledObjectSpec) -> str:
+    """The ScaledObject fields to set, as YAML to merge into the overlay."""
+    triggers = []
+    for t in so.triggers:
+        meta = dict(t.metadata)
+        meta["threshold"] = f"{t.threshold:g}"
+        triggers.append({"type": t.type, "name": t.name, "metricType": t.metric_type, "metadata": meta})
+    doc = {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": so.name},
+        "spec": {"minReplicaCount": so.min_replica_count, "maxReplicaCount": so.max_replica_count, "triggers": triggers},
+    }
+    return yaml.safe_dump(doc, sort_keys=False)

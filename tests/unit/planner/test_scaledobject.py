@@ -1,0 +1,57 @@
+"""The ScaledObject is read from a built overlay with the real kubectl kustomize."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from planner.scaledobject import ScaledObjectError, build_overlay, load_overlay, parse_scaled_object, pick_scaled_object
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[3]
+DATA = Path(__file__).parent / "data"
+
+
+def _raw(overlay):
+    return next(d for d in yaml.safe_load_all(build_overlay(overlay)) if d and d["kind"] == "ScaledObject")
+
+
+@pytest.mark.parametrize("overlay", [ROOT / "k8s/overlays/gpu", DATA / "overlay"])
+def test_values_match_the_built_yaml(overlay):
+    raw = _raw(overlay)["spec"]
+    so, pod = load_overlay(overlay)
+    assert so.min_replica_count == raw.get("minReplicaCount", 0)
+    assert so.max_replica_count == raw.get("maxReplicaCount", 100)
+    assert so.polling_interval == raw.get("pollingInterval", 30)
+    assert so.cooldown_period == raw.get("cooldownPeriod", 300)
+    assert [t.name for t in so.triggers] == [t["name"] for t in raw["triggers"]]
+    assert [t.threshold for t in so.triggers] == [float(t["metadata"]["threshold"]) for t in raw["triggers"]]
+    assert [t.metric_type for t in so.triggers] == [t.get("metricType", "AverageValue") for t in raw["triggers"]]
+    down = raw["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+    assert so.behavior.scale_down.stabilization_window_seconds == down["stabilizationWindowSeconds"]
+    assert [p.value for p in so.behavior.scale_down.policies] == [p["value"] for p in down["policies"]]
+    assert so.fallback.replicas == raw["fallback"]["replicas"]
+    assert pod.termination_grace_seconds > 0
+
+
+def test_signals_come_from_the_recording_rule_names():
+    so, _ = load_overlay(ROOT / "k8s/overlays/gpu")
+    assert {t.signal for t in so.triggers} == {"queue_time", "pending", "gpu_utilization"}
+
+
+def test_unknown_query_is_a_clear_error():
+    doc = {"kind": "ScaledObject", "metadata": {"name": "x"}, "spec": {"triggers": [
+        {"type": "prometheus", "metadata": {"query": "sum(up)", "threshold": "1"}}]}}
+    with pytest.raises(ScaledObjectError, match="recording rules"):
+        parse_scaled_object(doc)
+
+
+def test_no_scaledobject_is_a_clear_error():
+    with pytest.raises(ScaledObjectError, match="no ScaledObject"):
+        pick_scaled_object("kind: Deployment\nmetadata: {name: a}\n", "test")
+
+
+def test_not_a_kustomize_directory(tmp_path):
+    with pytest.raises(ScaledObjectError, match="kustomization.yaml"):
+        load_overlay(tmp_path)
