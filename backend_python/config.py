@@ -24,7 +24,7 @@ class Limits:
     max_stop_strings: int = 8
     max_new_tokens: int = 2048
     default_max_tokens: int = 256
-    max_prompt_tokens: int = 8192
+    max_prompt_tokens: int = 2048
 
 
 @dataclass(frozen=True)

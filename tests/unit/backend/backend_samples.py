@@ -1,0 +1,32 @@
+"""Shared sample data for the backend tests: images made on the fly, requests built like clients build them."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+from PIL import Image
+
+
+def png(width: int = 64, height: int = 48, colour=(200, 40, 40)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def tensors(messages, images=(), **scalars) -> dict:
+    out = {"messages": np.array([json.dumps(messages).encode()], dtype=np.object_)}
+    if images:
+        out["images"] = np.array(list(images), dtype=np.object_)
+    for name, value in scalars.items():
+        if name == "stop":
+            out[name] = np.array([s.encode() for s in value], dtype=np.object_)
+        else:
+            out[name] = np.array([value])
+    return out
+
+
+def user(text: str, n_images: int = 0) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image", "image": i} for i in range(n_images)]
+             + [{"type": "text", "text": text}]}]

@@ -1,0 +1,31 @@
+"""Engine settings come from Triton's parameters, once, with clear errors for mistakes."""
+
+import pytest
+
+from backend_python.config import EngineConfig
+
+pytestmark = pytest.mark.unit
+
+
+def test_parameters_are_typed_and_model_path_falls_back_to_the_environment():
+    config = EngineConfig.from_parameters(
+        {"slots": {"string_value": "3"}, "cuda_graphs": {"string_value": "false"},
+         "max_images": {"string_value": "2"}, "model_path": {"string_value": ""}},
+        environ={"MODEL_PATH": "/models/qwen"},
+    )
+    assert (config.slots, config.cuda_graphs, config.limits.max_images, config.model_path) == (3, False, 2, "/models/qwen")
+
+
+def test_an_unknown_parameter_is_refused():
+    with pytest.raises(ValueError, match="unknown model parameters: \\['slot'\\]"):
+        EngineConfig.from_parameters({"slot": "3"}, environ={"MODEL_PATH": "x"})
+
+
+def test_a_bad_value_names_the_parameter():
+    with pytest.raises(ValueError, match="'slots': 'many' is not a valid int"):
+        EngineConfig.from_parameters({"slots": "many"}, environ={"MODEL_PATH": "x"})
+
+
+def test_no_model_is_a_clear_error():
+    with pytest.raises(ValueError, match="MODEL_PATH"):
+        EngineConfig.from_parameters({}, environ={})

@@ -1,0 +1,177 @@
+"""The engine on the tiny checkpoint: continuous batching gives the same answers as one request alone,
+and as transformers' own generate."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from backend_samples import png, tensors, user
+
+from backend_python.checkpoint import build
+from backend_python.config import EngineConfig, Limits
+from backend_python.engine import Engine
+from backend_python.errors import LimitExceeded, Overloaded
+from backend_python.loader import load
+from backend_python.prompt import PromptBuilder
+from backend_python.request import GenerationRequest
+
+pytestmark = pytest.mark.unit
+CHECKPOINT = Path(__file__).resolve().parents[3] / "var" / "checkpoints" / "tiny"
+
+
+class Sink:
+    def __init__(self, cancel_after: int | None = None):
+        self.chunks, self.error, self.done = [], None, threading.Event()
+        self.cancel_after = cancel_after
+
+    def send(self, chunk, final):
+        self.chunks.append(chunk)
+        if final:
+            self.done.set()
+
+    def fail(self, error):
+        self.error = error
+        self.done.set()
+
+    def is_cancelled(self):
+        return self.cancel_after is not None and len(self.chunks) >= self.cancel_after
+
+    @property
+    def text(self):
+        return "".join(c.text for c in self.chunks)
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    if not (CHECKPOINT / "config.json").exists():
+        build(CHECKPOINT)
+    config = EngineConfig(model_path=str(CHECKPOINT), slots=4, max_seq_len=512,
+                          limits=Limits(max_prompt_tokens=400, max_new_tokens=100),
+                          image_min_pixels=32 * 32 * 4, image_max_pixels=128 * 128)
+    return config, load(config)
+
+
+@pytest.fixture(scope="module")
+def engine(loaded):
+    config, model = loaded
+    engine = Engine(model, config).start()
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture(scope="module")
+def prompts(loaded):
+    config, model = loaded
+    return PromptBuilder(model.processor, config)
+
+
+def request(text, images=(), **scalars):
+    return GenerationRequest.from_tensors(tensors(user(text, len(images)), images, **scalars),
+                                          Limits(max_new_tokens=200, default_max_tokens=16))
+
+
+def run(engine, prompts, requests, sinks=None):
+    sinks = sinks or [Sink() for _ in requests]
+    for r, s in zip(requests, sinks):
+        engine.submit(r, prompts.build(r), s)
+    for s in sinks:
+        assert s.done.wait(60), "no final response"
+    return sinks
+
+
+REQUESTS = [
+    dict(text="Describe this picture.", images=(png(64, 48),), max_tokens=12),
+    dict(text="What is two plus two?", max_tokens=20),
+    dict(text="A much longer question about the colours in this image, please.", images=(png(90, 60, (0, 0, 255)),), max_tokens=7),
+    dict(text="hi", max_tokens=16),
+]
+
+
+def test_batched_answers_equal_single_answers(engine, prompts):
+    requests = [request(**r) for r in REQUESTS]
+    alone = [run(engine, prompts, [r])[0].text for r in requests]
+    together = [s.text for s in run(engine, prompts, requests)]
+    assert together == alone
+    assert all(alone)
+
+
+def test_greedy_output_equals_transformers_generate(engine, prompts, loaded):
+    _, model = loaded
+    for spec in REQUESTS[:3]:
+        r = request(**spec)
+        p = prompts.build(r)
+        inputs = dict(input_ids=p.input_ids[None], attention_mask=torch.ones_like(p.input_ids)[None],
+                      mm_token_type_ids=p.mm_token_type_ids[None])
+        if p.pixel_values is not None:
+            inputs.update(pixel_values=p.pixel_values, image_grid_thw=p.image_grid_thw)
+        out = model.model.generate(**inputs, max_new_tokens=r.sampling.max_tokens, do_sample=False)
+        expected = model.processor.decode(out[0, p.length:], skip_special_tokens=True)
+        assert run(engine, prompts, [r])[0].text == expected
+
+
+def test_streamed_deltas_join_to_the_whole_answer(engine, prompts):
+    streamed = run(engine, prompts, [request("Tell me a story.", max_tokens=24)])[0]
+    whole = run(engine, prompts, [request("Tell me a story.", max_tokens=24, stream=False)])[0]
+    assert len(streamed.chunks) > 2 and len(whole.chunks) == 1
+    assert streamed.text == whole.text
+    last = streamed.chunks[-1]
+    assert (last.finish_reason, last.completion_tokens) == ("length", 24)
+    assert last.prompt_tokens == prompts.build(request("Tell me a story.")).length
+
+
+def test_max_tokens_bounds_the_answer(engine, prompts):
+    sink = run(engine, prompts, [request("Count.", max_tokens=5, ignore_eos=True)])[0]
+    assert sink.chunks[-1].completion_tokens == 5 and sink.chunks[-1].finish_reason == "length"
+
+
+def test_a_stop_string_ends_the_answer_before_it(engine, prompts):
+    full = run(engine, prompts, [request("Describe this picture.", images=(png(64, 48),), max_tokens=30)])[0].text
+    stop = full[len(full) // 2: len(full) // 2 + 3]
+    assert len(stop) == 3
+    stopped = run(engine, prompts, [request("Describe this picture.", images=(png(64, 48),), max_tokens=30,
+                                            stop=[stop])])[0]
+    assert stopped.text == full[: full.index(stop)]
+    assert stopped.chunks[-1].finish_reason == "stop"
+
+
+def test_a_seed_makes_sampling_reproducible_in_any_batch(engine, prompts):
+    seeded = dict(text="Say something.", max_tokens=16, temperature=1.0, top_p=0.9, seed=1234)
+    alone = run(engine, prompts, [request(**seeded)])[0].text
+    neighbours = [request(**seeded)] + [request(**r) for r in REQUESTS[:2]]
+    assert run(engine, prompts, neighbours)[0].text == alone
+    other = run(engine, prompts, [request(**{**seeded, "seed": 99})])[0].text
+    assert other != alone
+
+
+def test_a_cancelled_sequence_stops_and_frees_its_slot(engine, prompts):
+    sink = Sink(cancel_after=2)
+    run(engine, prompts, [request("Go on forever.", max_tokens=100, ignore_eos=True)], [sink])
+    assert sink.chunks[-1].completion_tokens < 100
+    deadline = time.monotonic() + 5
+    while engine.in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.in_flight == 0
+
+
+def test_a_prompt_over_the_context_is_refused(engine, prompts):
+    r = request("word " * 370, max_tokens=200)
+    with pytest.raises(LimitExceeded, match="exceeds the context of 512 tokens"):
+        engine.submit(r, prompts.build(r), Sink())
+
+
+def test_a_full_engine_applies_backpressure(loaded, prompts):
+    config, model = loaded
+    small = Engine(model, EngineConfig(model_path=config.model_path, slots=1, max_seq_len=512)).start()
+    try:
+        first = Sink()
+        r = request("Keep going.", max_tokens=60, ignore_eos=True)
+        small.submit(r, prompts.build(r), first)
+        with pytest.raises(Overloaded):
+            small.submit(r, prompts.build(r), Sink(), timeout=0.01)
+        assert first.done.wait(60) and first.chunks[-1].completion_tokens == 60
+    finally:
+        small.stop()

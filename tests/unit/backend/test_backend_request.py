@@ -1,0 +1,100 @@
+"""The request contract: what clients may send, and the message they get when they may not."""
+
+import json
+
+import numpy as np
+import pytest
+from backend_samples import png, tensors, user
+
+from backend_python.config import Limits
+from backend_python.errors import InvalidRequest, LimitExceeded
+from backend_python.request import GenerationChunk, GenerationRequest
+
+pytestmark = pytest.mark.unit
+LIMITS = Limits(max_images=2, max_new_tokens=64, default_max_tokens=16)
+
+
+def parse(t):
+    return GenerationRequest.from_tensors(t, LIMITS)
+
+
+def test_a_full_request_is_parsed_with_its_settings():
+    req = parse(tensors(
+        [{"role": "system", "content": "Be brief."}] + user("What is this?", 1), [png()],
+        max_tokens=8, temperature=0.5, top_p=0.9, seed=7, stop=["\n\n"], stream=False,
+    ))
+    assert [m.role for m in req.messages] == ["system", "user"]
+    assert req.messages[1].content[0] == {"type": "image", "image": 0}
+    assert req.images[0].startswith(b"\x89PNG")
+    s = req.sampling
+    assert (s.max_tokens, s.temperature, s.top_p, s.seed, s.stop) == (8, 0.5, pytest.approx(0.9), 7, ("\n\n",))
+    assert req.stream is False
+
+
+def test_defaults_are_greedy_streaming_and_the_configured_max_tokens():
+    req = parse(tensors(user("hi")))
+    assert req.sampling.greedy and req.stream and req.sampling.max_tokens == 16
+
+
+@pytest.mark.parametrize(
+    "messages, fragment",
+    [
+        ("not json", "not valid JSON"),
+        ([], "non-empty JSON list"),
+        ([{"role": "robot", "content": "hi"}], "role"),
+        ([{"role": "user"}], "content must be"),
+        ([{"role": "system", "content": "only a system turn"}], "no user turn"),
+        ([{"role": "user", "content": [{"type": "audio"}]}], "'text' or 'image'"),
+        ([{"role": "user", "content": [{"type": "image", "image": 3}]}], "index into 'images'"),
+        ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], "last turn"),
+        ([{"role": "user", "content": [{"type": "text", "text": 5}]}], "must be a string"),
+    ],
+)
+def test_malformed_messages_are_rejected_with_the_reason(messages, fragment):
+    raw = messages if isinstance(messages, str) else json.dumps(messages)
+    with pytest.raises(InvalidRequest, match=fragment):
+        parse({"messages": np.array([raw.encode()], dtype=np.object_)})
+
+
+def test_missing_messages_are_rejected():
+    with pytest.raises(InvalidRequest, match="'messages' is required"):
+        parse({})
+
+
+def test_an_image_no_message_refers_to_is_rejected():
+    with pytest.raises(InvalidRequest, match="no message part refers"):
+        parse(tensors(user("hi"), [png()]))
+
+
+def test_too_many_images_are_rejected():
+    with pytest.raises(LimitExceeded, match="at most 2"):
+        parse(tensors(user("hi", 3), [png(), png(), png()]))
+
+
+@pytest.mark.parametrize(
+    "name, value, fragment",
+    [
+        ("max_tokens", 0, "max_tokens must be between 1 and 64"),
+        ("max_tokens", 65, "max_tokens must be between 1 and 64"),
+        ("temperature", -0.1, "temperature must be in"),
+        ("temperature", 2.5, "temperature must be in"),
+        ("temperature", float("nan"), "finite"),
+        ("top_p", 0.0, "top_p must be in"),
+        ("top_p", 1.5, "top_p must be in"),
+    ],
+)
+def test_parameters_out_of_range_are_rejected(name, value, fragment):
+    with pytest.raises(InvalidRequest, match=fragment):
+        parse(tensors(user("hi"), **{name: value}))
+
+
+def test_empty_stop_strings_are_rejected():
+    with pytest.raises(InvalidRequest, match="must not be empty"):
+        parse(tensors(user("hi"), stop=[""]))
+
+
+def test_a_chunk_becomes_the_output_tensors_of_the_contract():
+    out = GenerationChunk(text="héllo", prompt_tokens=12, completion_tokens=3, finish_reason="stop").to_tensors()
+    assert out["text_output"][0].decode() == "héllo"
+    assert out["finish_reason"][0] == b"stop"
+    assert out["prompt_tokens"].dtype == np.int32 and out["completion_tokens"][0] == 3
