@@ -333,3 +333,29 @@ def test_fill_script_in_the_config_map_is_the_file_in_the_tree(rendered) -> None
         o for o in rendered["gpu"] if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("model-cache-fill")
     )
     assert script["data"]["fill-model-cache.sh"] == (Path(REPO) / "k8s" / "base" / "fill-model-cache.sh").read_text()
+
+
+def sanitized(label: str) -> str:
+    """Prometheus' service discovery name for a Kubernetes label."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", label)
+
+
+@pytest.mark.parametrize("job", ["triton", "frontend", "dcgm-exporter"])
+def test_plain_prometheus_scrape_jobs_find_each_workload_on_its_metrics_port(rendered, job: str) -> None:
+    """monitoring/prometheus/prometheus.yml keeps pods by label and port name: those must exist here."""
+    config = yaml.safe_load((REPO / "monitoring" / "prometheus" / "prometheus.yml").read_text())
+    keeps = [
+        (r["source_labels"][0], r["regex"])
+        for r in next(j for j in config["scrape_configs"] if j["job_name"] == job)["relabel_configs"]
+        if r.get("action") == "keep"
+    ]
+    scraped = []
+    for workload in workloads(rendered["gpu"]):
+        labels = {f"__meta_kubernetes_pod_label_{sanitized(k)}": v for k, v in pod_labels(workload).items()}
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            for port in container.get("ports", []):
+                meta = {**labels, "__meta_kubernetes_pod_container_port_name": port.get("name", "")}
+                if all(re.fullmatch(regex, meta.get(source, "")) for source, regex in keeps):
+                    scraped.append((workload["metadata"]["name"], port["containerPort"]))
+    expected = {"triton": [("triton", 8002)], "frontend": [("frontend", 8080)], "dcgm-exporter": [("dcgm-exporter", 9400)]}
+    assert scraped == expected[job]
