@@ -148,3 +148,27 @@ def test_default_prometheus_address_comes_from_params_env(rendered) -> None:
     for build in ("gpu", "gpu-shared"):
         triggers = find(rendered[build], "ScaledObject", "triton")["spec"]["triggers"]
         assert {t["metadata"]["serverAddress"] for t in triggers} == {params["PROMETHEUS_SERVER_ADDRESS"]}
+
+
+@pytest.mark.parametrize("build", OVERLAYS)
+def test_platform_pods_run_the_release_images_unprivileged_on_a_read_only_root(rendered, build: str) -> None:
+    images = {"triton": "qwen3-vl-platform/triton:0.1.0", "frontend": "qwen3-vl-platform/frontend:0.1.0"}
+    for name, image in images.items():
+        pod = find(rendered[build], "Deployment", name)["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == 1000
+        assert pod["automountServiceAccountToken"] is False
+        for container in pod["containers"]:
+            assert container["image"] == image
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"]["drop"] == ["ALL"]
+            assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}
+    triton_pod = find(rendered[build], "Deployment", "triton")["spec"]["template"]["spec"]
+    shm = next(v for v in triton_pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    root_steps = [
+        c["name"] for c in triton_pod.get("initContainers", []) if c["securityContext"].get("runAsUser") == 0
+    ]
+    assert root_steps == ([] if build == "dev" else ["prepare-model-cache"])
