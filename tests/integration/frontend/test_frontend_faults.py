@@ -1,0 +1,60 @@
+"""Triton goes away and comes back while the frontend keeps running (its own Triton, not the shared one)."""
+
+import threading
+import time
+
+import httpx
+import pytest
+from frontend_harness import image_question, start_frontend
+
+from stack.ports import free_port
+from stack.triton import TritonServer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def own_triton(tmp_path_factory):
+    log = tmp_path_factory.mktemp("triton") / "triton.log"
+    server = TritonServer(
+        http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log_file=str(log)
+    ).start(timeout=300)
+    yield server
+    server.stop()
+
+
+def _ask(url: str, **fields) -> httpx.Response:
+    return httpx.post(f"{url}/v1/chat/completions", json=image_question(max_tokens=4, **fields), timeout=120)
+
+
+def test_unavailable_is_reported_clearly_and_recovery_needs_no_frontend_restart(own_triton, tmp_path_factory):
+    impatient = start_frontend(own_triton, tmp_path_factory, "impatient", FRONTEND_UNAVAILABLE_RETRY_S="2")
+    patient = start_frontend(own_triton, tmp_path_factory, "patient", FRONTEND_UNAVAILABLE_RETRY_S="240")
+    try:
+        assert _ask(impatient.url).status_code == 200
+
+        own_triton.stop()
+        for response in (_ask(impatient.url), _ask(impatient.url, stream=True)):
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]["code"] == "server_unavailable"
+        ready = httpx.get(f"{impatient.url}/readyz")
+        assert ready.status_code == 503 and "not reachable" in ready.json()["reason"]
+        metrics = httpx.get(f"{impatient.url}/metrics").text
+        assert 'frontend_upstream_errors_total{kind="unavailable"}' in metrics
+        assert 'route="/v1/chat/completions",status="503"' in metrics
+
+        # A request sent while Triton restarts waits (retry with backoff) instead of failing.
+        during_restart: dict[str, httpx.Response] = {}
+        waiting = threading.Thread(target=lambda: during_restart.setdefault("r", _ask(patient.url)))
+        waiting.start()
+        time.sleep(1)
+        own_triton.start(timeout=300)
+        waiting.join(timeout=240)
+        assert during_restart["r"].status_code == 200, during_restart["r"].text
+
+        recovered = _ask(impatient.url)
+        assert recovered.status_code == 200, recovered.text
+        assert httpx.get(f"{impatient.url}/readyz").status_code == 200
+    finally:
+        impatient.stop()
+        patient.stop()
