@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from k8s_manifests import K8S
+from k8s_manifests import K8S, REPO
 
 pytestmark = pytest.mark.unit
 
@@ -65,3 +66,22 @@ def test_missing_configuration_is_a_clear_error(tmp_path: Path) -> None:
     result = fill(tmp_path / "models" / "m", None, tmp_path / "runs")
     assert result.returncode != 0
     assert "MODEL_FILL_COMMAND must say how to fill MODEL_PATH" in result.stderr
+
+
+def test_dev_fill_command_builds_the_tiny_checkpoint(rendered, tmp_path: Path) -> None:
+    """The dev overlay's own MODEL_FILL_COMMAND, run for real with this interpreter."""
+    source = next(
+        o["data"] for o in rendered["dev"] if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("model-source")
+    )
+    model = tmp_path / "models" / Path(source["MODEL_PATH"]).name
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PYTHONPATH": str(REPO),
+        "HOME": str(tmp_path),
+        "MODEL_PATH": str(model),
+        "MODEL_FILL_COMMAND": source["MODEL_FILL_COMMAND"],
+    }
+    result = subprocess.run(["sh", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (model / "config.json").is_file()
+    assert list(model.glob("*.safetensors"))
