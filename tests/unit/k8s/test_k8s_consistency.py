@@ -359,3 +359,33 @@ def test_plain_prometheus_scrape_jobs_find_each_workload_on_its_metrics_port(ren
                     scraped.append((workload["metadata"]["name"], port["containerPort"]))
     expected = {"triton": [("triton", 8002)], "frontend": [("frontend", 8080)], "dcgm-exporter": [("dcgm-exporter", 9400)]}
     assert scraped == expected[job]
+
+
+@pytest.mark.parametrize("build", ["gpu", "gpu-shared"])
+def test_scaled_object_passes_keda_admission_rules(rendered, build: str) -> None:
+    """The checks KEDA 2.17's admission webhook applies, which no schema expresses."""
+    spec = find(rendered[build], "ScaledObject", "triton")["spec"]
+    assert 0 < spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    names = [t["name"] for t in spec["triggers"]]
+    assert len(names) == len(set(names))
+    fallback = spec["fallback"]
+    assert fallback["failureThreshold"] > 0
+    assert spec["minReplicaCount"] <= fallback["replicas"] <= spec["maxReplicaCount"]
+    # KEDA 2.17 refuses a fallback unless some trigger other than cpu/memory is AverageValue.
+    assert any(
+        t.get("metricType", "AverageValue") == "AverageValue" and t["type"] not in {"cpu", "memory"}
+        for t in spec["triggers"]
+    )
+
+
+@pytest.mark.parametrize("build", ["gpu", "gpu-shared"])
+def test_scale_up_is_immediate_and_scale_down_is_stabilized(rendered, build: str) -> None:
+    spec = find(rendered[build], "ScaledObject", "triton")["spec"]
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleUp"]["stabilizationWindowSeconds"] == 0
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 300
+    pods_per_period = [
+        p["value"] / p["periodSeconds"] for p in behavior["scaleDown"]["policies"] if p["type"] == "Pods"
+    ]
+    assert pods_per_period and max(pods_per_period) <= 1 / 60, "at most one pod a minute goes"
+    assert spec["pollingInterval"] <= 30
