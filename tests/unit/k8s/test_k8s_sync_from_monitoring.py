@@ -97,3 +97,27 @@ def test_a_rule_file_that_is_not_one_is_refused(repo_copy: Path) -> None:
     result = run_script(repo_copy, "--check")
     assert result.returncode != 0
     assert "not a Prometheus rule file" in result.stderr
+
+
+@pytest.mark.parametrize("build", ["gpu", "gpu-shared"])
+def test_every_dashboard_ships_as_a_config_map_for_the_grafana_sidecar(rendered, build: str) -> None:
+    shipped = {
+        name: obj for obj in rendered[build] if obj["kind"] == "ConfigMap"
+        for name in obj.get("data", {}) if name.endswith(".json")
+    }
+    sources = {path.name: path for path in (REPO / "monitoring" / "grafana" / "dashboards").glob("*.json")}
+    assert sources and set(shipped) == set(sources)
+    for name, config_map in shipped.items():
+        assert config_map["data"][name] == sources[name].read_text()
+        assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+def test_check_names_a_removed_dashboard_left_behind(repo_copy: Path) -> None:
+    dashboard = sorted((repo_copy / "monitoring" / "grafana" / "dashboards").glob("*.json"))[0]
+    dashboard.rename(dashboard.with_name(f"renamed-{dashboard.name}"))
+    check = run_script(repo_copy, "--check")
+    assert check.returncode == 1
+    assert f"k8s/components/grafana-dashboards/{dashboard.name}" in check.stderr
+    assert run_script(repo_copy).returncode == 0
+    assert not (repo_copy / "k8s" / "components" / "grafana-dashboards" / dashboard.name).exists()
+    assert run_script(repo_copy, "--check").returncode == 0
