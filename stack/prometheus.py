@@ -190,9 +190,10 @@ class PrometheusServer:
             raise PrometheusError(f"{body.get('errorType')}: {body.get('error')} (GET {url})")
         return body["data"]
 
-    def query(self, expr: str) -> list[dict]:
-        """Instant query; the result vector (each item has `metric` and `value`)."""
-        data = self.api("query", query=expr)
+    def query(self, expr: str, at: float | None = None) -> list[dict]:
+        """Instant query, now or at Unix time `at`; the result vector (items have `metric` and `value`)."""
+        params = {"query": expr} if at is None else {"query": expr, "time": f"{at:.3f}"}
+        data = self.api("query", **params)
         if data["resultType"] != "vector":
             raise PrometheusError(f"{expr!r} returned a {data['resultType']}, not a vector")
         return data["result"]
