@@ -389,3 +389,16 @@ def test_scale_up_is_immediate_and_scale_down_is_stabilized(rendered, build: str
     ]
     assert pods_per_period and max(pods_per_period) <= 1 / 60, "at most one pod a minute goes"
     assert spec["pollingInterval"] <= 30
+
+
+def test_frontend_command_starts_the_app_factory_on_its_container_port(rendered) -> None:
+    import importlib
+
+    frontend = find(rendered["gpu"], "Deployment", "frontend")["spec"]["template"]["spec"]["containers"][0]
+    command = frontend["command"]
+    assert command[0] == "uvicorn" and "--factory" in command
+    module, attribute = next(a for a in command[1:] if ":" in a and not a.startswith("-")).split(":")
+    assert callable(getattr(importlib.import_module(module), attribute))
+    port = int(command[command.index("--port") + 1])
+    assert port == container_ports(find(rendered["gpu"], "Deployment", "frontend"))["http"]
+    assert command[command.index("--host") + 1] == "0.0.0.0"
