@@ -127,7 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.ui_enabled:
         import gradio as gr
 
-        from frontend.ui import build_ui
+        from frontend.ui import build_ui, theme
 
         auth = (lambda _user, password: api_keys.is_valid(password)) if api_keys.enabled else None
         gr.mount_gradio_app(
@@ -140,5 +140,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ssr_mode=False,
             footer_links=[],
             show_error=False,
+            theme=theme(),
         )
     return app

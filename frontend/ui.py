@@ -74,6 +74,15 @@ def format_stats(ttft_s: float | None, elapsed_s: float, last: GenerationChunk |
     )
 
 
+def theme() -> gr.themes.Base:
+    """System fonts only: the default theme fetches Google Fonts, which air-gapped clusters cannot reach."""
+    return gr.themes.Soft(
+        primary_hue="indigo",
+        font=["ui-sans-serif", "system-ui", "sans-serif"],
+        font_mono=["ui-monospace", "monospace"],
+    )
+
+
 def build_ui(service: ChatService) -> gr.Blocks:
     settings = service.settings
 
@@ -138,31 +147,34 @@ def build_ui(service: ChatService) -> gr.Blocks:
     def clear():
         return [], [], "", None
 
-    with gr.Blocks(title="Qwen3-VL chat", analytics_enabled=False, fill_height=True) as demo:
+    with gr.Blocks(title="Qwen3-VL chat", analytics_enabled=False) as demo:
         gr.Markdown("## Qwen3-VL chat\nAsk about one or more images; answers stream as they are generated.")
         turns_state = gr.State([])
-        chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="chatbot", buttons=["copy"])
-        stats = gr.Markdown("", elem_id="stats")
-        prompt = gr.MultimodalTextbox(
-            placeholder="Type a message, attach images with the clip…",
-            file_types=["image"],
-            file_count="multiple",
-            sources=["upload"],
-            show_label=False,
-            elem_id="prompt",
-        )
-        with gr.Row():
-            stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
-            regenerate_button = gr.Button("Regenerate", elem_id="regenerate")
-            clear_button = gr.Button("Clear", elem_id="clear")
-        with gr.Accordion("Settings", open=False, elem_id="settings"):
-            system_prompt = gr.Textbox(label="System prompt", lines=2, elem_id="system-prompt")
-            max_tokens = gr.Slider(
-                1, settings.max_tokens_limit, value=settings.default_max_tokens, step=1,
-                label="Max new tokens", elem_id="max-tokens",
-            )
-            temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature", elem_id="temperature")
-            top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p", elem_id="top-p")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(label="Conversation", height=480, elem_id="chatbot", buttons=["copy"])
+                stats = gr.Markdown("", elem_id="stats")
+                prompt = gr.MultimodalTextbox(
+                    placeholder="Type a message, attach images with the clip…",
+                    file_types=["image"],
+                    file_count="multiple",
+                    sources=["upload"],
+                    show_label=False,
+                    elem_id="prompt",
+                )
+                with gr.Row():
+                    stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
+                    regenerate_button = gr.Button("Regenerate", elem_id="regenerate")
+                    clear_button = gr.Button("Clear", elem_id="clear")
+            with gr.Column(scale=1, min_width=260, elem_id="settings"):
+                gr.Markdown("### Settings")
+                system_prompt = gr.Textbox(label="System prompt", lines=3, elem_id="system-prompt")
+                max_tokens = gr.Slider(
+                    1, settings.max_tokens_limit, value=settings.default_max_tokens, step=1,
+                    label="Max new tokens", elem_id="max-tokens",
+                )
+                temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature", elem_id="temperature")
+                top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p", elem_id="top-p")
 
         generation_inputs = [turns_state, chatbot, system_prompt, max_tokens, temperature, top_p]
         generation_outputs = [chatbot, turns_state, stats]

@@ -1,0 +1,184 @@
+"""The web UI in Debian's headless Chromium, driven by Playwright, against the real Triton.
+
+The model is a tiny random-weight checkpoint: its words are gibberish, so these tests
+look at structure (text appears, grows, stops), never at content.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image, ImageDraw
+from playwright.sync_api import Page, expect, sync_playwright
+
+from stack.frontend import FrontendServer
+from stack.ports import free_port
+from stack.triton import TritonServer
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshots" / "webui.png"
+BOT = '#chatbot [data-testid="bot"]'
+USER = '#chatbot [data-testid="user"]'
+
+
+def _scene(path: Path, size: tuple[int, int] = (320, 240)) -> Path:
+    image = Image.new("RGB", size, "skyblue")
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((size[0] // 3, size[1] // 5, size[0] * 2 // 3, size[1] * 3 // 4), fill="gold")
+    draw.rectangle((0, size[1] * 4 // 5, size[0], size[1]), fill="forestgreen")
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def _cancelled_on_triton(triton: TritonServer) -> float:
+    total = 0.0
+    for line in httpx.get(triton.metrics_url, timeout=10).text.splitlines():
+        if line.startswith("qwen3vl_requests_finished_total{") and 'reason="cancelled"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Iterator[tuple[TritonServer, FrontendServer]]:
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium")
+    logs = tmp_path_factory.mktemp("logs")
+    triton = TritonServer(
+        http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log_file=str(logs / "triton.log")
+    ).start(timeout=300)
+    frontend = FrontendServer(
+        port=free_port(),
+        env={
+            "FRONTEND_TRITON_GRPC_URL": triton.grpc_url,
+            "FRONTEND_MAX_IMAGE_PIXELS": str(1024 * 1024),
+            "FRONTEND_UNAVAILABLE_RETRY_S": "2",
+            "FRONTEND_DEFAULT_MAX_TOKENS": "40",
+        },
+        log_file=str(logs / "frontend.log"),
+    ).start()
+    yield triton, frontend
+    frontend.stop()
+    triton.stop()
+
+
+@pytest.fixture
+def page(stack) -> Iterator[Page]:
+    _, frontend = stack
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page.set_default_timeout(60_000)
+        page.goto(frontend.url, wait_until="domcontentloaded")
+        page.wait_for_selector("#prompt textarea")
+        yield page
+        browser.close()
+
+
+def _send(page: Page, text: str, images: list[Path] = ()) -> None:
+    if images:
+        page.set_input_files("#prompt input[type=file]", [str(p) for p in images])
+        expect(page.locator("#prompt img")).to_have_count(len(images))
+    page.fill("#prompt textarea", text)
+    page.press("#prompt textarea", "Enter")
+
+
+def _set_max_tokens(page: Page, value: int) -> None:
+    box = page.locator("#max-tokens input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def _last_answer(page: Page) -> str:
+    bots = page.locator(BOT)
+    return bots.nth(bots.count() - 1).inner_text() if bots.count() else ""
+
+
+def test_image_question_streams_an_answer_with_stats_then_stop_cancels_on_the_server(stack, page, tmp_path):
+    triton, _ = stack
+    _send(page, "What is in this picture?", [_scene(tmp_path / "scene.png")])
+    expect(page.locator(f"{USER} img")).to_have_count(1)
+
+    seen: list[int] = []
+    deadline = time.monotonic() + 60
+    while "Time to first token" not in page.locator("#stats").inner_text() and time.monotonic() < deadline:
+        seen.append(len(_last_answer(page)))
+        page.wait_for_timeout(50)
+    expect(page.locator("#stats")).to_contain_text(re.compile(r"Time to first token: \d+\.\d+ s"))
+    expect(page.locator("#stats")).to_contain_text(re.compile(r"\d+\.\d tokens/s"))
+    expect(page.locator("#stats")).to_contain_text(re.compile(r"Tokens used: \d+ \(\d+ prompt \+ \d+ generated\)"))
+    assert _last_answer(page).strip()
+    growing = [n for n in seen if n > 0]
+    assert len(set(growing)) >= 2, f"the answer should appear in several steps, saw lengths {growing}"
+
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT))
+
+    # A long answer, stopped half-way: the text stops growing and Triton counts a cancelled request.
+    cancelled_before = _cancelled_on_triton(triton)
+    _set_max_tokens(page, 2048)
+    _send(page, "Now describe it at great length.")
+    expect(page.locator(BOT)).to_have_count(2)
+    first = len(_last_answer(page))
+    page.wait_for_function(
+        f"() => {{ const b = document.querySelectorAll('{BOT}'); return b[b.length - 1].innerText.length > {first + 20}; }}"
+    )
+    page.click("#stop")
+    expect(page.locator("#stats")).to_contain_text("Stopped")
+    page.wait_for_timeout(1000)
+    frozen = _last_answer(page)
+    page.wait_for_timeout(2000)
+    assert _last_answer(page) == frozen, "the answer kept growing after Stop"
+    deadline = time.monotonic() + 15
+    while _cancelled_on_triton(triton) <= cancelled_before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _cancelled_on_triton(triton) == cancelled_before + 1
+
+    # Regenerate replaces the stopped answer; Clear empties the conversation.
+    _set_max_tokens(page, 8)
+    page.click("#regenerate")
+    expect(page.locator("#stats")).to_contain_text("Time to first token", timeout=60_000)
+    expect(page.locator(BOT)).to_have_count(2)
+    page.click("#clear")
+    expect(page.locator(BOT)).to_have_count(0)
+    expect(page.locator(USER)).to_have_count(0)
+
+
+def test_image_too_large_is_a_readable_chat_message(page, tmp_path):
+    _send(page, "And this one?", [_scene(tmp_path / "huge.png", size=(1100, 1000))])
+    expect(page.locator(BOT).last).to_contain_text("Image too large", timeout=30_000)
+    expect(page.locator(BOT).last).to_contain_text("pixels")
+    _send(page, "Just text then.")
+    expect(page.locator("#stats")).to_contain_text("Time to first token", timeout=60_000)
+
+
+def test_triton_down_is_reported_in_the_chat_and_recovery_needs_no_reload(stack, page):
+    triton, _ = stack
+    triton.stop()
+    try:
+        _send(page, "Are you there?")
+        expect(page.locator(BOT).last).to_contain_text("unavailable", timeout=30_000)
+    finally:
+        triton.start(timeout=300)
+    _send(page, "And now?")
+    expect(page.locator("#stats")).to_contain_text("Time to first token", timeout=60_000)
+    assert "unavailable" not in _last_answer(page)
