@@ -134,6 +134,7 @@ class Engine:
         self._free = threading.Semaphore(self.slots)
         self._lock = threading.Condition()
         self._incoming: deque[Sequence] = deque()
+        self._waiting = 0  # callers blocked in submit() for a slot
         self._running: list[Sequence] = []
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="qwen3vl-engine", daemon=True)
@@ -151,8 +152,15 @@ class Engine:
         """Hand over one sequence; blocks while every slot is taken (that is the backpressure)."""
         if prompt.length + request.sampling.max_tokens > self.config.max_seq_len:
             raise _too_long(prompt.length, request.sampling.max_tokens, self.config.max_seq_len)
-        if not self._free.acquire(timeout=timeout):
-            raise Overloaded("the engine has no free slot; retry later")
+        with self._lock:
+            self._waiting += 1
+        self.metrics.waiting(self._waiting + len(self._incoming))
+        try:
+            if not self._free.acquire(timeout=timeout):
+                raise Overloaded("the engine has no free slot; retry later")
+        finally:
+            with self._lock:
+                self._waiting -= 1
         seed = request.sampling.seed if request.sampling.seed is not None else secrets.randbits(62)
         sequence = Sequence(request=request, prompt=prompt, sink=sink,
                             text=TextStream(self.tokenizer, request.sampling.stop), seed=seed)
@@ -185,6 +193,9 @@ class Engine:
                     return
                 admitted = [self._incoming.popleft()
                             for _ in range(min(len(self._incoming), self.config.prefills_per_step))]
+                waiting = self._waiting + len(self._incoming)
+            if admitted:
+                self.metrics.waiting(waiting)
             try:
                 with torch.inference_mode():
                     if admitted:

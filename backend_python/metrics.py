@@ -23,6 +23,7 @@ class EngineMetrics:
     def batch_size(self, n: int) -> None: ...
     def in_flight(self, n: int) -> None: ...
     def slots(self, n: int) -> None: ...
+    def waiting(self, n: int) -> None: ...
     def finished(self, reason: str) -> None: ...
     def model_load(self, seconds: float) -> None: ...
 
@@ -43,6 +44,11 @@ class TritonMetrics(EngineMetrics):
             "batch": family("qwen3vl_batch_size", "Sequences in one decode step of the engine", family.HISTOGRAM),
             "in_flight": family("qwen3vl_sequences_in_flight", "Sequences holding a slot of the engine", family.GAUGE),
             "slots": family("qwen3vl_slots", "Sequences the engine can hold at once", family.GAUGE),
+            "waiting": family(
+                "qwen3vl_sequences_waiting",
+                "Requests handed to the model that wait for a slot or their prefill (Triton's queue holds the rest)",
+                family.GAUGE,
+            ),
             "finished": family(
                 "qwen3vl_requests_finished_total", "Finished requests by finish reason", family.COUNTER
             ),
@@ -55,6 +61,7 @@ class TritonMetrics(EngineMetrics):
         self._batch = f["batch"].Metric(labels=labels, buckets=BATCH_BUCKETS)
         self._in_flight = f["in_flight"].Metric(labels=labels)
         self._slots = f["slots"].Metric(labels=labels)
+        self._waiting = f["waiting"].Metric(labels=labels)
         self._finished = {r: f["finished"].Metric(labels={**labels, "reason": r}) for r in FINISH_REASONS}
         self._load = f["load"].Metric(labels=labels)
 
@@ -75,6 +82,9 @@ class TritonMetrics(EngineMetrics):
 
     def slots(self, n: int) -> None:
         self._slots.set(n)
+
+    def waiting(self, n: int) -> None:
+        self._waiting.set(n)
 
     def finished(self, reason: str) -> None:
         self._finished[reason].increment(1)

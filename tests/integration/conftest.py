@@ -11,7 +11,7 @@ from stack.ports import free_port
 from stack.triton import TritonServer
 
 
-def start_triton(**kwargs) -> TritonServer:
+def _start(**kwargs) -> TritonServer:
     log = tempfile.NamedTemporaryFile(prefix="triton-", suffix=".log", delete=False).name
     server = TritonServer(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
                           log_file=log, **kwargs)
@@ -21,6 +21,12 @@ def start_triton(**kwargs) -> TritonServer:
 @pytest.fixture(scope="session")
 def triton():
     """One Triton for the session, with the default model configuration."""
-    server = start_triton()
+    server = _start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def start_triton():
+    """Start another Triton on free ports, e.g. ``start_triton(parameters={"slots": "1"}, queue_size=2)``."""
+    return _start

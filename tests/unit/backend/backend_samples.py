@@ -30,3 +30,9 @@ def tensors(messages, images=(), **scalars) -> dict:
 def user(text: str, n_images: int = 0) -> list[dict]:
     return [{"role": "user", "content": [{"type": "image", "image": i} for i in range(n_images)]
              + [{"type": "text", "text": text}]}]
+
+
+def truncated_jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.effect_noise((200, 200), 50).convert("RGB").save(buf, "JPEG")
+    return buf.getvalue()[: len(buf.getvalue()) // 2]

@@ -3,7 +3,7 @@
 import io
 
 import pytest
-from backend_samples import png
+from backend_samples import png, truncated_jpeg
 from PIL import Image
 
 from backend_python.config import Limits
@@ -36,10 +36,8 @@ def test_an_empty_image_is_rejected():
 
 
 def test_a_truncated_image_is_rejected():
-    buf = io.BytesIO()
-    Image.effect_noise((200, 200), 50).convert("RGB").save(buf, "JPEG")
     with pytest.raises(InvalidImage, match="truncated or corrupt"):
-        decode_image(buf.getvalue()[: len(buf.getvalue()) // 2], LIMITS)
+        decode_image(truncated_jpeg(), LIMITS)
 
 
 def test_an_image_over_the_pixel_limit_is_refused_from_its_header():
