@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
-from k8s_manifests import K8S, NAMESPACE, OVERLAYS, copy_overlay, find, kustomize, write_kustomization
+from k8s_manifests import K8S, NAMESPACE, OVERLAYS, find, kustomize, write_kustomization
 
 pytestmark = pytest.mark.unit
 
@@ -114,17 +116,34 @@ def test_ingress_component_routes_to_the_frontend_service(rendered) -> None:
     assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
 
 
-def test_prometheus_address_is_one_parameter_an_overlay_can_override(tmp_path: Path) -> None:
-    """An overlay that merges its own platform-params changes every use, not just one."""
-    overlay = copy_overlay("gpu", tmp_path)
-    overlay["configMapGenerator"] = [
+def test_a_cluster_overlay_on_top_of_gpu_overrides_every_parameter(tmp_path: Path) -> None:
+    """The README's own-overlay recipe: each parameter changes everywhere it is used."""
+    (tmp_path / "prometheus-credentials.env").write_text("bearerToken=cluster-token\n")
+    write_kustomization(
+        tmp_path,
         {
-            "name": "platform-params",
-            "behavior": "merge",
-            "literals": ["PROMETHEUS_SERVER_ADDRESS=https://thanos.example:9091", "PROMETHEUS_NAMESPACE=observability"],
-        }
-    ]
-    write_kustomization(tmp_path, overlay)
+            "resources": [os.path.relpath(K8S / "overlays" / "gpu", tmp_path)],
+            "components": [os.path.relpath(K8S / "components" / "params", tmp_path)],
+            "configMapGenerator": [
+                {
+                    "name": "platform-params",
+                    "behavior": "merge",
+                    "literals": [
+                        "PROMETHEUS_SERVER_ADDRESS=https://thanos.example:9091",
+                        "PROMETHEUS_NAMESPACE=observability",
+                    ],
+                },
+                {
+                    "name": "model-source",
+                    "behavior": "merge",
+                    "literals": ['MODEL_FILL_COMMAND=cp -a /mnt/mirror/. "$MODEL_PATH"'],
+                },
+            ],
+            "secretGenerator": [
+                {"name": "prometheus-credentials", "behavior": "replace", "envs": ["prometheus-credentials.env"]}
+            ],
+        },
+    )
     objects = kustomize(tmp_path)
     addresses = {t["metadata"]["serverAddress"] for t in find(objects, "ScaledObject", "triton")["spec"]["triggers"]}
     assert addresses == {"https://thanos.example:9091"}
@@ -137,6 +156,17 @@ def test_prometheus_address_is_one_parameter_an_overlay_can_override(tmp_path: P
             if "namespaceSelector" in peer
         ]
         assert selectors == ["observability"], name
+    source = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("model-source")]
+    assert len(source) == 1
+    assert source[0]["data"]["MODEL_FILL_COMMAND"] == 'cp -a /mnt/mirror/. "$MODEL_PATH"'
+    assert source[0]["data"]["MODEL_PATH"] == "/models/Qwen3-VL-4B-Instruct"
+    pod = find(objects, "Deployment", "triton")["spec"]["template"]["spec"]
+    fill = next(c for c in pod["initContainers"] if c["name"] == "fill-model-cache")
+    refs = {e["valueFrom"]["configMapKeyRef"]["name"] for e in fill["env"] if "valueFrom" in e}
+    assert refs == {source[0]["metadata"]["name"]}, "the pods follow the renamed (re-hashed) ConfigMap"
+    secret_name = find(objects, "TriggerAuthentication", "prometheus")["spec"]["secretTargetRef"][0]["name"]
+    secret = find(objects, "Secret", secret_name)
+    assert base64.b64decode(secret["data"]["bearerToken"]) == b"cluster-token"
 
 
 def test_default_prometheus_address_comes_from_params_env(rendered) -> None:
