@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from prometheus_client import disable_created_metrics
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from frontend.chat import ChatService
@@ -80,6 +81,7 @@ def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; settings come from the environment unless given (tests)."""
     settings = settings or Settings()
+    disable_created_metrics()  # the `*_created` series double the output and no rule reads them
     metrics = FrontendMetrics()
     triton = TritonClient(
         settings.triton_grpc_url,
