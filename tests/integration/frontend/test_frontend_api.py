@@ -162,23 +162,35 @@ def test_triton_rejection_is_a_400_with_tritons_message(http):
     assert re.search(r"image", response.json()["error"]["message"], re.I)
 
 
-def test_client_disconnect_cancels_the_generation_on_triton(frontend, triton):
-    def cancelled_on_triton() -> float:
-        return _metric(httpx.get(triton.metrics_url).text, "qwen3vl_requests_finished_total", reason="cancelled")
+def _cancelled_on_triton(triton) -> float:
+    return _metric(httpx.get(triton.metrics_url).text, "qwen3vl_requests_finished_total", reason="cancelled")
 
-    before = cancelled_on_triton()
+
+def _wait_for_cancel_count(triton, expected: float) -> float:
+    deadline = time.monotonic() + 20
+    while _cancelled_on_triton(triton) < expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return _cancelled_on_triton(triton)
+
+
+def test_client_disconnect_mid_stream_cancels_the_generation_on_triton(frontend, triton):
+    before = _cancelled_on_triton(triton)
     with httpx.Client(base_url=frontend.url, timeout=60) as client:
         body = image_question(stream=True, max_tokens=64, temperature=1.0, seed=3)
         with client.stream("POST", "/v1/chat/completions", json=body) as response:
-            lines = response.iter_lines()
-            received = [line for _, line in zip(range(4), lines)]
+            received = [line for _, line in zip(range(4), response.iter_lines())]
             assert any(line.startswith("data: ") for line in received)
-    deadline = time.monotonic() + 20
-    while cancelled_on_triton() <= before and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert cancelled_on_triton() == before + 1
+    assert _wait_for_cancel_count(triton, before + 1) == before + 1
     frontend_metrics = httpx.get(f"{frontend.url}/metrics").text
     assert _metric(frontend_metrics, "frontend_upstream_errors_total", kind="cancelled") >= 1
+
+
+def test_client_giving_up_on_a_whole_answer_cancels_it_on_triton(frontend, triton):
+    before = _cancelled_on_triton(triton)
+    body = image_question(max_tokens=64, temperature=1.0, seed=4)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{frontend.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(60, read=0.4))
+    assert _wait_for_cancel_count(triton, before + 1) == before + 1
 
 
 def test_api_keys_are_enforced_when_set(triton, tmp_path_factory):

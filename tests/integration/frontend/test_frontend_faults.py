@@ -24,7 +24,8 @@ def own_triton(tmp_path_factory):
 
 
 def _ask(url: str, **fields) -> httpx.Response:
-    return httpx.post(f"{url}/v1/chat/completions", json=image_question(max_tokens=4, **fields), timeout=120)
+    body = image_question(**{"max_tokens": 4, **fields})
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
 
 
 def test_unavailable_is_reported_clearly_and_recovery_needs_no_frontend_restart(own_triton, tmp_path_factory):
@@ -58,3 +59,46 @@ def test_unavailable_is_reported_clearly_and_recovery_needs_no_frontend_restart(
     finally:
         impatient.stop()
         patient.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny_triton(tmp_path_factory):
+    """One engine slot and a queue of one: a small burst already overflows it."""
+    log = tmp_path_factory.mktemp("triton") / "tiny-triton.log"
+    server = TritonServer(
+        http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log_file=str(log),
+        parameters={"slots": "1"}, queue_size=1,
+    ).start(timeout=300)
+    yield server
+    server.stop()
+
+
+def test_a_full_triton_queue_is_429_with_retry_after(tiny_triton, tmp_path_factory):
+    frontend = start_frontend(tiny_triton, tmp_path_factory, "burst", FRONTEND_OVERLOADED_RETRY_AFTER_S="3")
+    try:
+        responses: list[httpx.Response] = []
+        lock = threading.Lock()
+
+        def ask() -> None:
+            response = _ask(frontend.url, max_tokens=64, temperature=1.0, seed=1)
+            with lock:
+                responses.append(response)
+
+        burst = [threading.Thread(target=ask) for _ in range(8)]
+        for thread in burst:
+            thread.start()
+        for thread in burst:
+            thread.join(timeout=240)
+        statuses = sorted(r.status_code for r in responses)
+        assert len(statuses) == 8
+        assert set(statuses) <= {200, 429}, statuses
+        assert 200 in statuses and 429 in statuses, statuses
+        busy = next(r for r in responses if r.status_code == 429)
+        assert busy.headers["Retry-After"] == "3"
+        assert busy.json()["error"]["code"] == "server_busy"
+        assert "queue" in busy.json()["error"]["message"].lower()
+        metrics = httpx.get(f"{frontend.url}/metrics").text
+        assert 'frontend_upstream_errors_total{kind="overloaded"}' in metrics
+        assert _ask(frontend.url).status_code == 200
+    finally:
+        frontend.stop()
