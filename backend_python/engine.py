@@ -129,8 +129,17 @@ class Engine:
             dtype=loaded.dtype, device=self.device,
         )
         self._language = self.model.model.language_model
-        self._span_step = 64 if self.device.type == "cuda" else 16
+        self._span_step = 256 if self.device.type == "cuda" else 16
         self._arange = torch.arange(config.max_seq_len, device=self.device)
+        # Static inputs of the decode step (graphs replay on these very tensors).
+        self._ids = torch.full((self.slots, 1), self.pad_id, dtype=torch.long, device=self.device)
+        self._positions = torch.zeros(self.slots, dtype=torch.long, device=self.device)
+        self._lengths = torch.zeros(self.slots, dtype=torch.long, device=self.device)
+        use_graphs = config.cuda_graphs and self.device.type == "cuda"
+        self._graphs: dict[tuple[int, int], tuple] | None = {} if use_graphs else None
+        self._graph_pool = None
+        self._buckets = sorted({b for b in (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256) if b < self.slots}
+                               | {self.slots})
         self._free = threading.Semaphore(self.slots)
         self._lock = threading.Condition()
         self._incoming: deque[Sequence] = deque()
@@ -247,23 +256,55 @@ class Engine:
     def _decode(self) -> None:
         running = self._running
         n = len(running)
-        dev = self.device
-        lengths = torch.tensor([s.length for s in running], device=dev)
         span = min(self.cache.max_len, _round_up(max(s.length for s in running) + 1, self._span_step))
-        ids = torch.tensor([[s.last_token] for s in running], device=dev)
-        positions = torch.tensor([s.position for s in running], device=dev).view(1, n, 1).expand(3, n, 1)
-        hidden = self._language.embed_tokens(ids)
-        rotary = self._language.rotary_emb(hidden, positions)
-        attend = (self._arange[:span][None, :] <= lengths[:, None]).view(n, 1, 1, span)
-        self.cache.bind(lengths, span)
-        for layer in self._language.layers:
-            hidden = layer(hidden, position_embeddings=rotary, attention_mask=attend, past_key_values=self.cache)
-        logits = self.model.lm_head(self._language.norm(hidden[:, -1]))
+        rows = self._bucket(n) if self._graphs is not None else n
+        ids = torch.tensor([s.last_token for s in running] + [self.pad_id] * (rows - n))
+        positions = torch.tensor([s.position for s in running] + [0] * (rows - n))
+        lengths = torch.tensor([s.length for s in running] + [0] * (rows - n))
+        self._ids[:rows, 0].copy_(ids, non_blocking=True)
+        self._positions[:rows].copy_(positions, non_blocking=True)
+        self._lengths[:rows].copy_(lengths, non_blocking=True)
+        if self._graphs is None:
+            logits = self._forward(rows, span)
+        else:
+            graph, logits = self._graphs.get((rows, span)) or self._capture(rows, span)
+            graph.replay()
         for s in running:
             s.length += 1
             s.position += 1
         self.metrics.batch_size(n)
-        self._advance(list(running), self._select(logits, running))
+        self._advance(list(running), self._select(logits[:n], running))
+
+    def _forward(self, rows: int, span: int) -> torch.Tensor:
+        """One decode step over the first ``rows`` slots, reading ``span`` cached tokens: graph-capturable."""
+        lengths = self._lengths[:rows]
+        hidden = self._language.embed_tokens(self._ids[:rows])
+        positions = self._positions[:rows].view(1, rows, 1).expand(3, rows, 1)
+        rotary = self._language.rotary_emb(hidden, positions)
+        attend = (self._arange[:span][None, :] <= lengths[:, None]).view(rows, 1, 1, span)
+        self.cache.bind(lengths, span)
+        for layer in self._language.layers:
+            hidden = layer(hidden, position_embeddings=rotary, attention_mask=attend, past_key_values=self.cache)
+        return self.model.lm_head(self._language.norm(hidden[:, -1]))
+
+    def _bucket(self, n: int) -> int:
+        return next(b for b in self._buckets if b >= n)
+
+    def _capture(self, rows: int, span: int):
+        """Record the decode step for this (batch, span) shape once; later steps replay it."""
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up runs rewrite the same cache entries the real step writes
+                self._forward(rows, span)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._graph_pool):
+            logits = self._forward(rows, span)
+        self._graph_pool = graph.pool()
+        self._graphs[rows, span] = (graph, logits)
+        log.info("captured decode step for %d sequences x %d tokens", rows, span)
+        return graph, logits
 
     def _select(self, logits: torch.Tensor, batch: list[Sequence]) -> list[int]:
         params = [s.request.sampling for s in batch]

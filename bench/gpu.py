@@ -1,0 +1,370 @@
+"""`make bench-gpu`: the generation engine on one NVIDIA GPU, through the real Triton, against transformers' generate.
+
+    python -m bench.gpu [--model PATH] [--clients 1 8 32 64 128] [--tokens 128] [--out DIR]
+
+Without MODEL_PATH (or --model) it builds Qwen3-VL-4B-Instruct's architecture with
+random weights on local disk (same shapes, same cost). In one run it measures:
+1. the memory-bandwidth floor: one copy over the GPU's memory, and the bytes of
+   weights a decode step must read;
+2. the baseline: the same requests through transformers' ``generate``, one at a
+   time and as one static batch;
+3. the engine alone: greedy agreement with ``generate``, and decode steps/s per batch size;
+4. cold start of Triton (process start -> ready -> first token) with the weights on disk;
+5. N concurrent streaming gRPC clients through Triton, each request one 448x448
+   image and text, a fixed number of tokens (EOS ignored), after a warm-up.
+Prints tables and writes bench-gpu.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.stats import RunSummary, percentile, table
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def image_bytes(seed: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.effect_noise((448, 448), 30 + seed).convert("RGB").save(buf, "PNG")
+    return buf.getvalue()
+
+
+PROMPTS = ["Describe this image in detail.", "What objects can you see?", "Write a story about this picture.",
+           "List the colours in the image.", "Is there any text in the image?", "What is happening here?",
+           "Describe the mood of this scene.", "Give this picture a title and explain it."]
+
+
+# -- 1. the floor ---------------------------------------------------------------------------------
+
+def copy_bandwidth() -> float:
+    import torch
+
+    src = torch.randn(1 << 30 >> 1, device="cuda", dtype=torch.float16)  # 1 GiB
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(10):
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    bytes_moved = 2 * src.numel() * src.element_size()
+    del src, dst
+    return bytes_moved / statistics.median(times)
+
+
+def decode_bytes(model) -> int:
+    """Weights one decode step reads: the text decoder and the LM head (the vision tower is not used)."""
+    language = model.model.language_model
+    total = sum(p.numel() * p.element_size() for p in language.layers.parameters())
+    total += sum(p.numel() * p.element_size() for p in language.norm.parameters())
+    total += model.lm_head.weight.numel() * model.lm_head.weight.element_size()
+    return total
+
+
+# -- 2. baseline and 3. engine ------------------------------------------------------------------------
+
+def build_prompt_inputs(processor, prompt: str, image: bytes):
+    from PIL import Image
+
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return processor(text=[text], images=[Image.open(io.BytesIO(image)).convert("RGB")], return_tensors="pt")
+
+
+def baseline(model_path: str, tokens: int, batch: int, images: list[bytes]) -> dict:
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(model_path)
+    processor.tokenizer.padding_side = "left"
+    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.bfloat16,
+                                                        attn_implementation="sdpa").cuda().eval()
+    result = {"decode_bytes": decode_bytes(model)}
+    kwargs = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+    single = []
+    for i in range(3):
+        inputs = build_prompt_inputs(processor, PROMPTS[i], images[i]).to("cuda")
+        if i == 0:
+            model.generate(**inputs, max_new_tokens=4)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        model.generate(**inputs, **kwargs)
+        torch.cuda.synchronize()
+        single.append(tokens / (time.perf_counter() - start))
+    result["generate_1_tok_s"] = statistics.median(single)
+    from PIL import Image
+
+    texts, pics = [], []
+    for i in range(batch):
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPTS[i % 8]}]}]
+        texts.append(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        pics.append(Image.open(io.BytesIO(images[i % len(images)])).convert("RGB"))
+    inputs = processor(text=texts, images=pics, return_tensors="pt", padding=True).to("cuda")
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    model.generate(**inputs, **kwargs)
+    torch.cuda.synchronize()
+    result[f"generate_static_{batch}_tok_s"] = batch * tokens / (time.perf_counter() - start)
+    # Greedy reference answers for the engine's correctness check (the first three prompts, 32 tokens).
+    refs = []
+    for i in range(3):
+        inputs = build_prompt_inputs(processor, PROMPTS[i], images[i]).to("cuda")
+        out = model.generate(**inputs, max_new_tokens=32, do_sample=False)
+        refs.append(out[0, inputs["input_ids"].shape[1]:].tolist())
+    result["reference_tokens"] = refs
+    del model
+    torch.cuda.empty_cache()
+    return result
+
+
+class _Sink:
+    def __init__(self):
+        import threading
+
+        self.tokens, self.done, self.times = 0, threading.Event(), []
+
+    def send(self, chunk, final):
+        self.tokens = chunk.completion_tokens
+        self.times.append(time.perf_counter())
+        if final:
+            self.done.set()
+
+    def fail(self, error):
+        raise RuntimeError(error)
+
+    def is_cancelled(self):
+        return False
+
+
+def engine_alone(model_path: str, images: list[bytes], refs: list[list[int]], batches: list[int]) -> dict:
+    """The engine without Triton: greedy agreement with generate, and decode speed per batch size."""
+    import torch
+
+    from backend_python.config import EngineConfig, Limits
+    from backend_python.engine import Engine
+    from backend_python.loader import load
+    from backend_python.prompt import PromptBuilder
+    from backend_python.request import ChatMessage, GenerationRequest, SamplingParams
+
+    config = EngineConfig(model_path=model_path, slots=max(batches), max_seq_len=1024, prefills_per_step=8,
+                          limits=Limits(max_prompt_tokens=512, max_new_tokens=512))
+    loaded = load(config)
+    engine = Engine(loaded, config).start()
+    prompts = PromptBuilder(loaded.processor, config)
+
+    def request(i, tokens, ignore_eos=True):
+        content = ({"type": "image", "image": 0}, {"type": "text", "text": PROMPTS[i % 8]})
+        return GenerationRequest(messages=(ChatMessage("user", content),), images=(images[i % len(images)],),
+                                 sampling=SamplingParams(max_tokens=tokens, ignore_eos=ignore_eos))
+
+    agreement = []
+    for i, ref in enumerate(refs):
+        sink, r = _Sink(), request(i, len(ref), ignore_eos=False)
+        ids = []
+        original = engine._advance
+
+        def spy(batch, tokens, original=original):
+            ids.extend(tokens)
+            return original(batch, tokens)
+
+        engine._advance = spy
+        engine.submit(r, prompts.build(r), sink)
+        sink.done.wait(120)
+        engine._advance = original
+        same = next((k for k, (a, b) in enumerate(zip(ids, ref)) if a != b), min(len(ids), len(ref)))
+        agreement.append(same)
+    result = {"greedy_agreement_tokens": agreement, "greedy_reference_len": [len(r) for r in refs]}
+    steps = {}
+    for batch in batches:
+        tokens = 96
+        sinks = [_Sink() for _ in range(batch)]
+        built = [(request(i, tokens), None) for i in range(batch)]
+        built = [(r, prompts.build(r)) for r, _ in built]
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for (r, p), s in zip(built, sinks):
+            engine.submit(r, p, s)
+        for s in sinks:
+            s.done.wait(300)
+        elapsed = time.perf_counter() - start
+        # Decode-only rate: from the last first token to the first final token.
+        first = max(s.times[0] for s in sinks)
+        last = min(s.times[-1] for s in sinks)
+        decode_steps = min(s.tokens for s in sinks) - 1
+        per_step = (last - first) / max(1, decode_steps - (0 if batch == 1 else 1))
+        steps[batch] = {"tok_s": batch * tokens / elapsed, "ms_per_step": per_step * 1000,
+                        "captured_graphs": len(engine._graphs or {})}
+        log(f"engine alone, batch {batch}: {steps[batch]}")
+    result["engine_steps"] = steps
+    result["gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    engine.stop()
+    del engine, loaded
+    torch.cuda.empty_cache()
+    return result
+
+
+# -- 4. and 5. through Triton ---------------------------------------------------------------------
+
+def _client_worker(args) -> list[tuple]:
+    """One process drives its share of the streams with threads (the GIL of one process is not enough)."""
+    url, indices, tokens, images = args
+    from concurrent.futures import ThreadPoolExecutor
+
+    from clients.triton_stream import build_inputs, stream, user_turn
+
+    def one(i):
+        r = stream(url, build_inputs(user_turn(PROMPTS[i % 8], 1), [images[i % len(images)]],
+                                     max_tokens=tokens, ignore_eos=True), timeout=600)
+        gaps = [b - a for a, b in zip(r.token_times, r.token_times[1:])]
+        return (r.error is None, r.completion_tokens, r.ttft, gaps, r.finished_at - r.started, str(r.error or ""))
+
+    with ThreadPoolExecutor(len(indices)) as pool:
+        return list(pool.map(one, indices))
+
+
+def drive(url: str, clients: int, requests_per_client: int, tokens: int, images: list[bytes]) -> RunSummary:
+    procs = min(clients, 16)
+    results = []
+    started = time.monotonic()
+    with mp.get_context("spawn").Pool(procs) as pool:
+        for round_ in range(requests_per_client):
+            base = round_ * clients
+            shares = [list(range(base + p, base + clients, procs)) for p in range(procs)]
+            for chunk in pool.map(_client_worker, [(url, s, tokens, images) for s in shares if s]):
+                results.extend(chunk)
+    seconds = time.monotonic() - started
+    good = [r for r in results if r[0]]
+    errors = [r[5] for r in results if not r[0]]
+    if errors:
+        log(f"{len(errors)} errors, first: {errors[0]}")
+    return RunSummary(label="triton gRPC", clients=clients, requests=len(good), errors=len(errors), seconds=seconds,
+                      tokens=sum(r[1] for r in good), ttft=[r[2] for r in good if r[2] is not None],
+                      itl=[g for r in good for g in r[3]], latency=[r[4] for r in good])
+
+
+def gpu_memory_used_gib() -> float:
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True)
+    return float(out.stdout.split()[0]) / 1024 if out.returncode == 0 else float("nan")
+
+
+def through_triton(model_path: str, clients: list[int], tokens: int, images: list[bytes], rounds: int) -> dict:
+    from clients.triton_stream import build_inputs, stream, user_turn
+    from stack.ports import free_port
+    from stack.triton import TritonServer
+
+    server = TritonServer(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                          model_path=model_path, config_name="gpu", log_file=str(OUT / "triton-gpu.log"))
+    start = time.monotonic()
+    server.start(timeout=900)
+    ready = time.monotonic() - start
+    first = stream(server.grpc_url, build_inputs(user_turn(PROMPTS[0], 1), [images[0]], max_tokens=1))
+    first_token = time.monotonic() - start
+    if first.error:
+        raise RuntimeError(f"first request failed: {first.error}")
+    result = {"cold_start_ready_s": ready, "cold_start_first_token_s": first_token, "runs": []}
+    log(f"Triton ready after {ready:.1f} s, first token after {first_token:.1f} s")
+    try:
+        drive(server.grpc_url, 8, 1, 16, images)  # warm-up: graphs, allocator, clients
+        for n in clients:
+            drive(server.grpc_url, n, 1, 8, images)  # capture this concurrency's graphs before timing
+            summary = drive(server.grpc_url, n, rounds, tokens, images)
+            row = summary.row()
+            row["GPU mem GiB"] = f"{gpu_memory_used_gib():.1f}"
+            result["runs"].append({**row, "tok_s_value": summary.tokens_per_s,
+                                   "ttft_p50": percentile(summary.ttft, 50), "itl_p50": percentile(summary.itl, 50)})
+            log(f"{n} clients: {row}")
+    finally:
+        server.stop()
+    return result
+
+
+OUT = Path(os.environ.get("OUT") or "var/bench")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=os.environ.get("MODEL_PATH"))
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64, 128])
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=2, help="requests per client")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["baseline", "engine", "triton"])
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    report: dict = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    model = args.model
+    if not model:
+        model = "/tmp/qwen3-vl-4b-random"
+        if not Path(model, "config.json").exists():
+            from backend_python.checkpoint import build
+
+            log("building the Qwen3-VL-4B architecture with random weights")
+            build(Path(model), "4b", device="cuda")
+            torch.cuda.empty_cache()
+    images = [image_bytes(i) for i in range(8)]
+    report["copy_bandwidth_GBps"] = copy_bandwidth() / 1e9
+    log(f"device copy bandwidth {report['copy_bandwidth_GBps']:.0f} GB/s")
+    refs: list[list[int]] = []
+    if "baseline" not in args.skip:
+        base = baseline(model, args.tokens, 64, images)
+        refs = base.pop("reference_tokens")
+        report.update(base)
+        log(f"baseline: {base}")
+    if "engine" not in args.skip:
+        report.update(engine_alone(model, images, refs, [1, 8, 32, 64, 128]))
+    if "triton" not in args.skip:
+        report.update(through_triton(model, args.clients, args.tokens, images, args.rounds))
+    (OUT / "bench-gpu.json").write_text(json.dumps(report, indent=2, default=str))
+
+    floor_step = report.get("decode_bytes", 0) / (report["copy_bandwidth_GBps"] * 1e9) if "decode_bytes" in report else None
+    print(f"\n{report['gpu']}, torch {report['torch']}; weights read per decode step "
+          f"{report.get('decode_bytes', 0) / 2**30:.2f} GiB; copy bandwidth {report['copy_bandwidth_GBps']:.0f} GB/s; "
+          + (f"floor {floor_step * 1000:.2f} ms per step = {1 / floor_step:.0f} tok/s for one stream" if floor_step else ""))
+    if "cold_start_ready_s" in report:
+        print(f"cold start: ready {report['cold_start_ready_s']:.1f} s, first token {report['cold_start_first_token_s']:.1f} s")
+    if "greedy_agreement_tokens" in report:
+        print(f"greedy agreement with generate (tokens equal before the first difference): "
+              f"{report['greedy_agreement_tokens']} of {report['greedy_reference_len']}")
+    if "engine_steps" in report:
+        print(table([{"batch": str(b), "tok/s": f"{v['tok_s']:.0f}", "ms/step": f"{v['ms_per_step']:.2f}"}
+                     for b, v in report["engine_steps"].items()]))
+    rows = []
+    for run in report.get("runs", []):
+        row = {k: v for k, v in run.items() if not k.endswith("_value") and not k.startswith(("ttft_", "itl_"))}
+        base1 = report.get("generate_1_tok_s")
+        if base1:
+            row["x generate(1)"] = f"{run['tok_s_value'] / base1:.1f}"
+        if floor_step:
+            n = int(run["clients"])
+            row["% of floor"] = f"{100 * run['tok_s_value'] / (n / floor_step):.0f}"
+        rows.append(row)
+    if rows:
+        print(table(rows))
+    print(f"baseline generate: 1 stream {report.get('generate_1_tok_s', float('nan')):.1f} tok/s, "
+          f"static batch 64 {report.get('generate_static_64_tok_s', float('nan')):.0f} tok/s")
+
+
+if __name__ == "__main__":
+    main()
