@@ -115,13 +115,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(openai.router)
 
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["authorization", "content-type"],
-        )
+    # Always installed, with no origins unless configured: Gradio adds its own permissive CORS
+    # handling to the parent app unless the parent has a CORSMiddleware of its own.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST"],
+        allow_headers=["authorization", "content-type"],
+    )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     api_paths = frozenset(route.path for router in (health.router, openai.router) for route in router.routes)
     app.add_middleware(MetricsMiddleware, metrics=metrics, api_paths=api_paths)

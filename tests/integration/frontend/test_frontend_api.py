@@ -211,3 +211,16 @@ def test_api_keys_are_enforced_when_set(triton, tmp_path_factory):
         assert httpx.post(f"{server.url}/gradio_api/queue/join", json={}).status_code == 401
     finally:
         server.stop()
+
+
+def test_deadline_is_504(triton, tmp_path_factory):
+    server = start_frontend(triton, tmp_path_factory, "hasty", FRONTEND_REQUEST_TIMEOUT_S="0.5")
+    try:
+        body = image_question(max_tokens=64, temperature=1.0, seed=5)
+        response = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+        assert response.status_code == 504, response.text
+        assert response.json()["error"]["code"] == "timeout"
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert _metric(metrics, "frontend_upstream_errors_total", kind="deadline") == 1
+    finally:
+        server.stop()

@@ -133,10 +133,18 @@ def test_api_keys_guard_v1_but_not_health():
         assert keyed.get("/healthz").status_code == 200
 
 
-def test_cors_is_off_unless_configured():
+@pytest.mark.parametrize("ui_enabled", [False, True], ids=["api-only", "with-ui"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/models", "/gradio_api/queue/join", "/config"])
+def test_cors_is_off_unless_configured(ui_enabled, path):
     preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
-    with _client() as closed:
-        assert "access-control-allow-origin" not in closed.options("/v1/chat/completions", headers=preflight).headers
+    settings = Settings(triton_grpc_url=UNREACHABLE, ui_enabled=ui_enabled)
+    with TestClient(create_app(settings)) as closed:
+        assert "access-control-allow-origin" not in closed.options(path, headers=preflight).headers
+        assert "access-control-allow-origin" not in closed.get(path, headers={"Origin": "https://app.example"}).headers
+
+
+def test_cors_allows_only_the_configured_origins():
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
     with _client(cors_origins=["https://app.example"]) as opened:
         response = opened.options("/v1/chat/completions", headers=preflight)
         assert response.headers["access-control-allow-origin"] == "https://app.example"
