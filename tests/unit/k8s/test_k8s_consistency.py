@@ -253,7 +253,14 @@ def test_triton_command_line_resolves_to_an_existing_model_config(rendered, buil
     args = [expand(a, resolved_env(triton)) for a in triton["args"]]
     flags = dict(a.split("=", 1) for a in args)
     assert flags["--model-repository"] == "/opt/platform/model_repository"
-    assert flags["--model-config-name"] == ("cpu" if build == "dev" else "gpu")
+    name = flags["--model-config-name"]
+    assert name == ("cpu" if build == "dev" else "gpu")
+    model_dir = REPO / "model_repository" / "qwen3_vl"
+    # Measured with tritonserver 2.51: a name without configs/<name>.pbtxt falls back to config.pbtxt.
+    chosen = model_dir / "configs" / f"{name}.pbtxt"
+    if build != "dev":
+        assert chosen.is_file(), f"{chosen} is what Triton loads on GPUs"
+    assert chosen.is_file() or (model_dir / "config.pbtxt").is_file()
     assert {int(flags["--http-port"]), int(flags["--grpc-port"]), int(flags["--metrics-port"])} == set(
         container_ports(find(rendered[build], "Deployment", "triton")).values()
     )
