@@ -216,11 +216,47 @@ def engine_alone(model_path: str, images: list[bytes], refs: list[list[int]], ba
                         "captured_graphs": len(engine._graphs or {})}
         log(f"engine alone, batch {batch}: {steps[batch]}")
     result["engine_steps"] = steps
+    result["graph_replay_ms"] = replay_times(engine)
+    result["eager_step_profile"] = profile_step(engine)
     result["gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     engine.stop()
     del engine, loaded
     torch.cuda.empty_cache()
     return result
+
+
+def replay_times(engine) -> dict:
+    """GPU time of one captured decode step, per (batch, span): the engine's floor without host work."""
+    import torch
+
+    out = {}
+    for (rows, span), (graph, _) in sorted(engine._graphs.items()):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        graph.replay()
+        start.record()
+        for _ in range(20):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        out[f"{rows}x{span}"] = start.elapsed_time(end) / 20
+    return out
+
+
+def profile_step(engine, rows: int = 1, span: int = 256) -> str:
+    """Where the time of one eager decode step goes, kernel by kernel (top 15)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    engine._lengths[:rows] = 100
+    with torch.inference_mode():
+        for _ in range(3):
+            engine._forward(rows, span)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                engine._forward(rows, span)
+            torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=15)
 
 
 # -- 4. and 5. through Triton ---------------------------------------------------------------------
@@ -347,6 +383,9 @@ def main() -> None:
     if "greedy_agreement_tokens" in report:
         print(f"greedy agreement with generate (tokens equal before the first difference): "
               f"{report['greedy_agreement_tokens']} of {report['greedy_reference_len']}")
+    if "graph_replay_ms" in report:
+        print("captured decode step, GPU ms:", {k: round(v, 2) for k, v in report["graph_replay_ms"].items()})
+        print(report["eager_step_profile"])
     if "engine_steps" in report:
         print(table([{"batch": str(b), "tok/s": f"{v['tok_s']:.0f}", "ms/step": f"{v['ms_per_step']:.2f}"}
                      for b, v in report["engine_steps"].items()]))

@@ -50,6 +50,8 @@ def backend_directory(cache: Path = ROOT / "var" / "triton-backends") -> Path:
         target = python / source.name
         if not target.exists() or target.stat().st_size != source.stat().st_size:
             shutil.copy2(source, target)
+        if target.name == "triton_python_backend_stub":
+            target.chmod(0o755)  # a wheel unpacked by other tools can lose the executable bit
     return cache
 
 
