@@ -27,6 +27,7 @@ from typing import Protocol
 import torch
 
 from .config import EngineConfig
+from .decode import DecodeStep
 from .decoding import TextStream
 from .errors import Cancelled, EngineFailure, Overloaded, ServingError
 from .loader import LoadedModel
@@ -128,13 +129,16 @@ class Engine:
             head_dim=getattr(text_config, "head_dim", text_config.hidden_size // text_config.num_attention_heads),
             dtype=loaded.dtype, device=self.device,
         )
-        self._language = self.model.model.language_model
+        self._step = DecodeStep(self.model, self.cache)
         self._span_step = 256 if self.device.type == "cuda" else 16
         self._arange = torch.arange(config.max_seq_len, device=self.device)
-        # Static inputs of the decode step (graphs replay on these very tensors).
-        self._ids = torch.full((self.slots, 1), self.pad_id, dtype=torch.long, device=self.device)
-        self._positions = torch.zeros(self.slots, dtype=torch.long, device=self.device)
-        self._lengths = torch.zeros(self.slots, dtype=torch.long, device=self.device)
+        # Static inputs of the decode step (graphs replay on these very tensors): token ids, rotary
+        # positions and cache lengths, filled from one pinned host buffer with one copy per step.
+        self._inputs = torch.zeros((3, self.slots), dtype=torch.long, device=self.device)
+        self._staging = torch.zeros((3, self.slots), dtype=torch.long, pin_memory=self.device.type == "cuda")
+        self._ids = self._inputs[0].view(self.slots, 1)
+        self._positions, self._lengths = self._inputs[1], self._inputs[2]
+        self.timings: dict[str, float] | None = None  # per-phase seconds, when a benchmark asks
         use_graphs = config.cuda_graphs and self.device.type == "cuda"
         self._graphs: dict[tuple[int, int], tuple] | None = {} if use_graphs else None
         self._graph_pool = None
@@ -258,34 +262,35 @@ class Engine:
         n = len(running)
         span = min(self.cache.max_len, _round_up(max(s.length for s in running) + 1, self._span_step))
         rows = self._bucket(n) if self._graphs is not None else n
-        ids = torch.tensor([s.last_token for s in running] + [self.pad_id] * (rows - n))
-        positions = torch.tensor([s.position for s in running] + [0] * (rows - n))
-        lengths = torch.tensor([s.length for s in running] + [0] * (rows - n))
-        self._ids[:rows, 0].copy_(ids, non_blocking=True)
-        self._positions[:rows].copy_(positions, non_blocking=True)
-        self._lengths[:rows].copy_(lengths, non_blocking=True)
+        started = time.perf_counter()
+        staging = self._staging.numpy()
+        staging[:, n:rows] = 0
+        staging[0, :n] = [s.last_token for s in running]
+        staging[1, :n] = [s.position for s in running]
+        staging[2, :n] = [s.length for s in running]
+        self._inputs[:, :rows].copy_(self._staging[:, :rows], non_blocking=True)
+        launched = time.perf_counter()
         if self._graphs is None:
             logits = self._forward(rows, span)
         else:
             graph, logits = self._graphs.get((rows, span)) or self._capture(rows, span)
             graph.replay()
+        tokens = self._select(logits[:n], running)
+        done = time.perf_counter()
         for s in running:
             s.length += 1
             s.position += 1
         self.metrics.batch_size(n)
-        self._advance(list(running), self._select(logits[:n], running))
+        self._advance(list(running), tokens)
+        if self.timings is not None:
+            for phase, seconds in (("prepare", launched - started), ("step", done - launched),
+                                   ("stream", time.perf_counter() - done)):
+                self.timings[phase] = self.timings.get(phase, 0.0) + seconds
+            self.timings["steps"] = self.timings.get("steps", 0.0) + 1
 
     def _forward(self, rows: int, span: int) -> torch.Tensor:
         """One decode step over the first ``rows`` slots, reading ``span`` cached tokens: graph-capturable."""
-        lengths = self._lengths[:rows]
-        hidden = self._language.embed_tokens(self._ids[:rows])
-        positions = self._positions[:rows].view(1, rows, 1).expand(3, rows, 1)
-        rotary = self._language.rotary_emb(hidden, positions)
-        attend = (self._arange[:span][None, :] <= lengths[:, None]).view(rows, 1, 1, span)
-        self.cache.bind(lengths, span)
-        for layer in self._language.layers:
-            hidden = layer(hidden, position_embeddings=rotary, attention_mask=attend, past_key_values=self.cache)
-        return self.model.lm_head(self._language.norm(hidden[:, -1]))
+        return self._step(self._ids[:rows], self._positions[:rows], self._lengths[:rows], span, self._arange)
 
     def _bucket(self, n: int) -> int:
         return next(b for b in self._buckets if b >= n)

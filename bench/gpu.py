@@ -196,6 +196,7 @@ def engine_alone(model_path: str, images: list[bytes], refs: list[list[int]], ba
     result = {"greedy_agreement_tokens": agreement, "greedy_reference_len": [len(r) for r in refs]}
     steps = {}
     for batch in batches:
+        engine.timings = {}
         tokens = 96
         sinks = [_Sink() for _ in range(batch)]
         built = [(request(i, tokens), None) for i in range(batch)]
@@ -212,8 +213,10 @@ def engine_alone(model_path: str, images: list[bytes], refs: list[list[int]], ba
         last = min(s.times[-1] for s in sinks)
         decode_steps = min(s.tokens for s in sinks) - 1
         per_step = (last - first) / max(1, decode_steps - (0 if batch == 1 else 1))
+        n_steps = engine.timings.pop("steps", 1)
         steps[batch] = {"tok_s": batch * tokens / elapsed, "ms_per_step": per_step * 1000,
-                        "captured_graphs": len(engine._graphs or {})}
+                        "captured_graphs": len(engine._graphs or {}),
+                        **{f"host_{k}_ms": 1000 * v / n_steps for k, v in engine.timings.items()}}
         log(f"engine alone, batch {batch}: {steps[batch]}")
     result["engine_steps"] = steps
     result["graph_replay_ms"] = replay_times(engine)
@@ -387,7 +390,9 @@ def main() -> None:
         print("captured decode step, GPU ms:", {k: round(v, 2) for k, v in report["graph_replay_ms"].items()})
         print(report["eager_step_profile"])
     if "engine_steps" in report:
-        print(table([{"batch": str(b), "tok/s": f"{v['tok_s']:.0f}", "ms/step": f"{v['ms_per_step']:.2f}"}
+        print(table([{"batch": str(b), "tok/s": f"{v['tok_s']:.0f}", "ms/step": f"{v['ms_per_step']:.2f}",
+                      "prepare ms": f"{v.get('host_prepare_ms', 0):.2f}", "step+sync ms": f"{v.get('host_step_ms', 0):.2f}",
+                      "stream ms": f"{v.get('host_stream_ms', 0):.2f}"}
                      for b, v in report["engine_steps"].items()]))
     rows = []
     for run in report.get("runs", []):
