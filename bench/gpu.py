@@ -156,6 +156,58 @@ class _Sink:
         return False
 
 
+def float32_agreement(model_path: str, images: list[bytes], tokens: int = 48) -> dict:
+    """Greedy tokens of the engine (CUDA graphs, batched) vs transformers' generate, both in float32 on the GPU.
+
+    In bfloat16 a random-weight model's logits are nearly tied, so the two paths part after a few
+    tokens through rounding alone; float32 makes the comparison about the algorithm.
+    """
+    import torch
+
+    from backend_python.config import EngineConfig, Limits
+    from backend_python.engine import Engine
+    from backend_python.loader import load
+    from backend_python.prompt import PromptBuilder
+    from backend_python.request import ChatMessage, GenerationRequest, SamplingParams
+
+    config = EngineConfig(model_path=model_path, dtype="float32", slots=4, max_seq_len=512,
+                          limits=Limits(max_prompt_tokens=400, max_new_tokens=64))
+    loaded = load(config)
+    prompts = PromptBuilder(loaded.processor, config)
+    requests = [GenerationRequest(
+        messages=(ChatMessage("user", ({"type": "image", "image": 0}, {"type": "text", "text": PROMPTS[i]})),),
+        images=(images[i],), sampling=SamplingParams(max_tokens=tokens, ignore_eos=True)) for i in range(3)]
+    built = [prompts.build(r) for r in requests]
+    expected = []
+    for p in built:
+        inputs = dict(input_ids=p.input_ids[None].cuda(), attention_mask=torch.ones_like(p.input_ids)[None].cuda(),
+                      mm_token_type_ids=p.mm_token_type_ids[None].cuda(), pixel_values=p.pixel_values.cuda(),
+                      image_grid_thw=p.image_grid_thw.cuda())
+        out = loaded.model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+        expected.append(out[0, p.length:].tolist())
+    engine = Engine(loaded, config).start()
+    got: dict[int, list[int]] = {}
+    original = engine._advance
+
+    def record(batch, new_tokens):
+        for s, t in zip(batch, new_tokens):
+            got.setdefault(id(s.sink), []).append(t)
+        return original(batch, new_tokens)
+
+    engine._advance = record
+    sinks = [_Sink() for _ in requests]
+    for r, p, s in zip(requests, built, sinks):  # all three together: batched prefill and decode
+        engine.submit(r, p, s)
+    for s in sinks:
+        s.done.wait(120)
+    engine.stop()
+    matches = [next((k for k, (a, b) in enumerate(zip(got[id(s)], e)) if a != b), len(e))
+               for s, e in zip(sinks, expected)]
+    del engine, loaded
+    torch.cuda.empty_cache()
+    return {"float32_agreement_tokens": matches, "float32_reference_len": tokens}
+
+
 def engine_alone(model_path: str, images: list[bytes], refs: list[list[int]], batches: list[int]) -> dict:
     """The engine without Triton: greedy agreement with generate, and decode speed per batch size."""
     import torch
@@ -372,6 +424,8 @@ def main() -> None:
         report.update(base)
         log(f"baseline: {base}")
     if "engine" not in args.skip:
+        report.update(float32_agreement(model, images))
+        log(f"float32 agreement: {report['float32_agreement_tokens']} of {report['float32_reference_len']}")
         report.update(engine_alone(model, images, refs, [1, 8, 32, 64, 128]))
     if "triton" not in args.skip:
         report.update(through_triton(model, args.clients, args.tokens, images, args.rounds))
@@ -384,8 +438,9 @@ def main() -> None:
     if "cold_start_ready_s" in report:
         print(f"cold start: ready {report['cold_start_ready_s']:.1f} s, first token {report['cold_start_first_token_s']:.1f} s")
     if "greedy_agreement_tokens" in report:
-        print(f"greedy agreement with generate (tokens equal before the first difference): "
-              f"{report['greedy_agreement_tokens']} of {report['greedy_reference_len']}")
+        print(f"greedy agreement with generate, tokens equal before the first difference: bfloat16 "
+              f"{report['greedy_agreement_tokens']} of {report['greedy_reference_len']}, float32 "
+              f"{report['float32_agreement_tokens']} of {report['float32_reference_len']} each")
     if "graph_replay_ms" in report:
         print("captured decode step, GPU ms:", {k: round(v, 2) for k, v in report["graph_replay_ms"].items()})
         print(report["eager_step_profile"])
