@@ -51,8 +51,8 @@ def parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--compare", action="store_true", help="compare static, CPU HPA and KEDA policies")
     mode.add_argument("--search", action="store_true", help="propose thresholds and min/max for the objective")
-    p.add_argument("--scrape-interval", type=_positive, default=15.0)
-    p.add_argument("--eval-interval", type=_positive, default=15.0, help="recording rules' evaluation interval")
+    p.add_argument("--scrape-interval", type=_positive, help="Triton scrape interval (default: the overlay's ServiceMonitor)")
+    p.add_argument("--eval-interval", type=_positive, help="recording rules' interval (default: the overlay's PrometheusRule)")
     p.add_argument("--prometheus-outage", type=_outage, action="append", default=[], metavar="START:END")
     p.add_argument("--workers", type=int, default=2, help="processes for --compare/--search")
     return p
@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     config = SimConfig(
-        scrape_interval=args.scrape_interval,
-        eval_interval=args.eval_interval,
+        scrape_interval=args.scrape_interval or pod.scrape_interval,
+        eval_interval=args.eval_interval or pod.rule_interval,
         readiness_period=pod.readiness_period,
         termination_grace_seconds=pod.termination_grace_seconds,
         prometheus_outages=tuple(args.prometheus_outage),

@@ -39,7 +39,7 @@ class Pod:
     __slots__ = (
         "id", "created", "ready_at", "state", "ended", "kill_at", "queue", "held", "active", "run_start",
         "run_step", "step_time", "next_done", "busy_acc", "busy_since", "success", "failure", "queue_us",
-        "slots", "batch", "qmax", "table", "prefill_base", "prefill_tok", "req", "last_busy", "last_scrape", "metrics_from",
+        "slots", "batch", "qmax", "table", "prefill_base", "prefill_tok", "req", "last_busy", "last_scrape", "metrics_from", "timeout", "prefills_per_step",
     )  # fmt: skip
 
     def __init__(self, pod_id: int, created: float, ready_at: float, profile: PodProfile, table: list[float], req: Requests):
@@ -64,6 +64,8 @@ class Pod:
         self.slots = profile.slots
         self.batch = profile.max_batch_size
         self.qmax = profile.max_queue_size
+        self.timeout = profile.queue_timeout_seconds or math.inf
+        self.prefills_per_step = profile.prefills_per_step or profile.slots
         self.table = table
         self.prefill_base = profile.prefill_base_seconds
         self.prefill_tok = profile.prefill_seconds_per_token
@@ -89,6 +91,8 @@ class Pod:
             self.queue.append(i)
 
     def _admit(self, batch: list[int], now: float) -> None:
+        """Prefill at the next decode-step boundary, `prefills_per_step` sequences at a time with
+        one decode step of the running batch between two prefills."""
         active = self.active
         start = self.run_start
         if active:
@@ -103,46 +107,68 @@ class Pod:
             self.busy_since = start
         req = self.req
         prompt = req.prompt
-        end = start + self.prefill_base + self.prefill_tok * sum(prompt[j] for j in batch)
-        step = self.run_step
         arrival = req.arrival
         ttft = req.ttft
         max_tokens = req.max_tokens
-        for j in batch:
-            ttft[j] = end - arrival[j]
-            heappush(active, (step + max_tokens[j] - 1, j))
-        self.run_start = end
-        d = self.table[len(active)]
+        table = self.table
+        per = self.prefills_per_step
+        for g in range(0, len(batch), per):
+            group = batch[g : g + per]
+            if g:
+                start += table[len(active)]
+                self.run_step += 1
+            end = start + self.prefill_base + self.prefill_tok * sum(prompt[j] for j in group)
+            step = self.run_step
+            for j in group:
+                ttft[j] = end - arrival[j]
+                heappush(active, (step + max_tokens[j] - 1, j))
+            start = end
+        self.run_start = start
+        d = table[len(active)]
         self.step_time = d
-        self.next_done = end + (active[0][0] - step) * d
+        self.next_done = start + max(active[0][0] - self.run_step, 0) * d
 
     def _dispatch(self, now: float) -> None:
-        """Triton's side: hand the blocked batch over, then form batches from the queue."""
+        """Triton's side: `execute` submits its batch one request at a time, each waiting for a
+        free slot; when it returns, the next batch is formed from the queue."""
         free = self.slots - len(self.active)
         held = self.held
         admitted: list[int] = []
         if held is not None:
-            if len(held) > free:
+            take = min(free, len(held))
+            admitted = held[:take]
+            free -= take
+            if take < len(held):
+                self.held = held[take:]
+                if admitted:
+                    self._admit(admitted, now)
                 return
-            admitted = held
-            free -= len(held)
             self.held = None
         q = self.queue
-        arrival = self.req.arrival
-        qt = self.req.queue_time
+        req = self.req
+        arrival = req.arrival
+        qt = req.queue_time
+        timeout = self.timeout
         while q:
-            k = min(self.batch, len(q))
-            b = [q.popleft() for _ in range(k)]
-            self.success += k
-            for j in b:
+            b: list[int] = []
+            while q and len(b) < self.batch:
+                j = q.popleft()
                 w = now - arrival[j]
+                if w > timeout:
+                    self.failure += 1
+                    req.status[j] = REJECTED
+                    continue
                 qt[j] = w
                 self.queue_us += w * 1e6
-            if k <= free:
-                admitted += b
-                free -= k
-            else:
-                self.held = b
+                b.append(j)
+            if not b:
+                break
+            self.success += len(b)
+            take = min(free, len(b))
+            admitted += b[:take]
+            free -= take
+            if take < len(b):
+                self.held = b[take:]
                 break
         if admitted:
             self._admit(admitted, now)
@@ -163,7 +189,7 @@ class Pod:
         active = self.active
         while self.next_done <= t:
             nd = self.next_done
-            step = active[0][0]
+            step = max(active[0][0], self.run_step)
             self.run_step = step
             self.run_start = nd
             while active and active[0][0] <= step:

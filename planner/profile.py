@@ -43,6 +43,9 @@ class PodProfile:
     decode_step_seconds: tuple[tuple[int, float], ...]
     cold_start: ColdStart
     gpus_per_pod: int = 1
+    prefills_per_step: int = 0
+    request_overhead_seconds: float = 0.0
+    queue_timeout_seconds: float = 0.0
     cpu_request_cores: float = 1.0
     cpu_idle_cores: float = 0.05
     cpu_busy_cores: float = 1.0
@@ -65,6 +68,10 @@ class PodProfile:
             raise ProfileError(f"decode_step_seconds batches must be increasing and >= 1, got {batches}")
         if any(s <= 0 for _, s in self.decode_step_seconds):
             raise ProfileError("decode step times must be > 0")
+        if self.request_overhead_seconds < 0:
+            raise ProfileError("request_overhead_seconds must be >= 0")
+        if self.prefills_per_step < 0 or self.queue_timeout_seconds < 0:
+            raise ProfileError("prefills_per_step and queue_timeout_seconds must be >= 0 (0: no limit)")
         if self.gpus_per_pod < 0:
             raise ProfileError("gpus_per_pod must be >= 0")
         if self.cpu_request_cores <= 0:
@@ -98,8 +105,14 @@ class PodProfile:
                 "prefill_base_seconds": self.prefill_base_seconds,
                 "prefill_seconds_per_token": self.prefill_seconds_per_token,
                 "decode_step_seconds": [[b, s] for b, s in self.decode_step_seconds],
+                "prefills_per_step": self.prefills_per_step,
+                "request_overhead_seconds": self.request_overhead_seconds,
             },
-            "triton": {"max_batch_size": self.max_batch_size, "max_queue_size": self.max_queue_size},
+            "triton": {
+                "max_batch_size": self.max_batch_size,
+                "max_queue_size": self.max_queue_size,
+                "queue_timeout_seconds": self.queue_timeout_seconds,
+            },
             "cold_start": asdict(self.cold_start),
             "cpu": {
                 "request_cores": self.cpu_request_cores,
@@ -152,6 +165,9 @@ def profile_from_json(doc: dict) -> PodProfile:
         decode_step_seconds=steps,
         max_batch_size=int(_number(doc, "triton.max_batch_size")),
         max_queue_size=int(_number(doc, "triton.max_queue_size")),
+        prefills_per_step=int(_number(doc, "engine.prefills_per_step", 0)),
+        request_overhead_seconds=_number(doc, "engine.request_overhead_seconds", 0.0),
+        queue_timeout_seconds=_number(doc, "triton.queue_timeout_seconds", 0.0),
         cold_start=ColdStart(
             image_pull_seconds=_number(doc, "cold_start.image_pull_seconds"),
             model_load_seconds=_number(doc, "cold_start.model_load_seconds"),

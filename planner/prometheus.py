@@ -112,7 +112,7 @@ class Prometheus:
 
     def evaluate(self, t: float) -> None:
         """`triton:queue_time_per_request_seconds:avg1m` = rate(queue_us)/rate(success)/1e6 per pod
-        (pods with no finished request in the window drop out), averaged per namespace;
+        (0 for a pod that served nothing in the window), averaged per namespace;
         `triton:pending_requests` summed; `triton:gpu_utilization:avg` averaged."""
         start = t - self.rate_window
         queue_times: list[float] = []
@@ -128,8 +128,8 @@ class Prometheus:
                 gpu.append(g)
             q = extrapolated_rate(s.window("queue_us", start, t), start, t)
             n = extrapolated_rate(s.window("success", start, t), start, t)
-            if q is not None and n:
-                queue_times.append(q / n / 1e6)
+            if q is not None and n is not None:
+                queue_times.append(q / n / 1e6 if n > 0 else 0.0)
         self.rules = RuleValues(
             queue_time=_mean(queue_times),
             pending=float(sum(pending)) if pending else math.nan,

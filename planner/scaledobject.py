@@ -168,30 +168,61 @@ def pick_scaled_object(text: str, source: str, name: str | None = None) -> Scale
 
 @dataclass(frozen=True)
 class PodSettings:
-    """What the scaled Deployment says about start-up and shutdown."""
+    """What the rest of the overlay says about start-up, shutdown and monitoring."""
 
     termination_grace_seconds: float = 30.0
     readiness_period: float = 10.0
+    scrape_interval: float = 15.0
+    rule_interval: float = 15.0
+
+
+def _duration(text, default: float) -> float:
+    """Prometheus durations as written in monitoring resources: 5s, 1m, 30."""
+    if text is None:
+        return default
+    text = str(text).strip()
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for unit in ("ms", "s", "m", "h"):
+        if text.endswith(unit):
+            try:
+                return float(text[: -len(unit)]) * units[unit]
+            except ValueError:
+                break
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise ScaledObjectError(f"not a duration: {text!r}") from exc
 
 
 def pod_settings(text: str, target: str) -> PodSettings:
-    """terminationGracePeriodSeconds and the readiness probe period of the ScaledObject's target
-    (Kubernetes defaults where the Deployment leaves them out)."""
+    """terminationGracePeriodSeconds and the readiness probe period of the ScaledObject's target,
+    the scrape interval of the ServiceMonitor/PodMonitor selecting it, and the evaluation interval
+    of the rule group recording the KEDA signals (defaults where the overlay has none)."""
+    grace, period = 30.0, 10.0
+    scrape, rules = 15.0, 15.0
     for doc in yaml.safe_load_all(text):
-        if not isinstance(doc, dict) or doc.get("kind") != "Deployment":
+        if not isinstance(doc, dict):
             continue
-        if (doc.get("metadata") or {}).get("name") != target:
-            continue
-        pod = ((doc.get("spec") or {}).get("template") or {}).get("spec") or {}
-        grace = float(pod.get("terminationGracePeriodSeconds", 30))
-        period = 10.0
-        for container in pod.get("containers") or []:
-            probe = container.get("readinessProbe")
-            if probe:
-                period = float(probe.get("periodSeconds", 10))
-                break
-        return PodSettings(grace, period)
-    return PodSettings()
+        kind = doc.get("kind")
+        name = (doc.get("metadata") or {}).get("name", "")
+        spec = doc.get("spec") or {}
+        if kind == "Deployment" and name == target:
+            pod = (spec.get("template") or {}).get("spec") or {}
+            grace = float(pod.get("terminationGracePeriodSeconds", 30))
+            for container in pod.get("containers") or []:
+                probe = container.get("readinessProbe")
+                if probe:
+                    period = float(probe.get("periodSeconds", 10))
+                    break
+        elif kind in ("ServiceMonitor", "PodMonitor") and target and target in name:
+            endpoints = spec.get("endpoints") or spec.get("podMetricsEndpoints") or []
+            if endpoints:
+                scrape = _duration(endpoints[0].get("interval"), scrape)
+        elif kind == "PrometheusRule":
+            for group in spec.get("groups") or []:
+                if any(r.get("record") in SIGNALS for r in group.get("rules") or []):
+                    rules = _duration(group.get("interval"), rules)
+    return PodSettings(grace, period, scrape, rules)
 
 
 def build_overlay(overlay: str | Path) -> str:

@@ -285,13 +285,14 @@ class Simulation:
                 p.advance(end + cfg.drain_after_end)
         spans = [(p.created, p.ended if p.ended < math.inf else end) for p in self.pods]
         arrival = np.asarray(arrivals)
-        done = np.asarray(req.done)
+        overhead = self.profile.request_overhead_seconds
+        done = np.asarray(req.done) + overhead
         return SimResult(
             policy=self.policy.name,
             trace=self.trace,
             profile=self.profile,
             arrival=arrival,
-            ttft=np.asarray(req.ttft),
+            ttft=np.asarray(req.ttft) + overhead,
             latency=done - arrival,
             queue_time=np.asarray(req.queue_time),
             status=np.asarray(status, dtype=np.int8),
