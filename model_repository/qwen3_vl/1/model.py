@@ -6,6 +6,8 @@ Triton's request/response objects and the library's typed ones.
 
 import json
 import logging
+import queue
+import threading
 import time
 
 import triton_python_backend_utils as pb_utils
@@ -23,21 +25,46 @@ log = logging.getLogger("qwen3_vl")
 INPUTS = ("messages", "images", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "ignore_eos")
 
 
+class Outbox:
+    """One thread hands responses to Triton, so the engine thread goes on to the next step meanwhile."""
+
+    def __init__(self):
+        self._queue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="qwen3vl-outbox", daemon=True)
+        self._thread.start()
+
+    def put(self, sender, response, flags):
+        self._queue.put((sender, response, flags))
+
+    def close(self):
+        self._queue.put(None)
+        self._thread.join(30)
+
+    def _run(self):
+        while (item := self._queue.get()) is not None:
+            sender, response, flags = item
+            try:
+                sender.send(response, flags=flags)
+            except Exception:  # a client that went away must not stop the others' responses
+                log.exception("sending a response failed")
+
+
 class TritonSink:
     """Sends one sequence's responses through Triton's decoupled response sender."""
 
-    def __init__(self, sender):
+    def __init__(self, sender, outbox):
         self._sender = sender
+        self._outbox = outbox
 
     def send(self, chunk, final):
         outputs = [pb_utils.Tensor(name, value) for name, value in chunk.to_tensors().items()]
         flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
-        self._sender.send(pb_utils.InferenceResponse(output_tensors=outputs), flags=flags)
+        self._outbox.put(self._sender, pb_utils.InferenceResponse(output_tensors=outputs), flags)
 
     def fail(self, error):
         code = getattr(pb_utils.TritonError, wire_status(error).triton)
         response = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), code))
-        self._sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        self._outbox.put(self._sender, response, pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def is_cancelled(self):
         return self._sender.is_cancelled()
@@ -56,13 +83,14 @@ class TritonPythonModel:
         started = time.monotonic()
         loaded = load(self.config)
         self.prompts = PromptBuilder(loaded.processor, self.config)
+        self.outbox = Outbox()
         self.engine = Engine(loaded, self.config, self.metrics).start()
         self.metrics.model_load(time.monotonic() - started)
         log.warning("qwen3_vl ready: %s on %s, %d slots", self.config.model_path, loaded.device, self.config.slots)
 
     def execute(self, requests):
         for request in requests:
-            sink = TritonSink(request.get_response_sender())
+            sink = TritonSink(request.get_response_sender(), self.outbox)
             try:
                 tensors = {name: _input(request, name) for name in INPUTS}
                 generation = GenerationRequest.from_tensors(tensors, self.config.limits, request.request_id())
@@ -78,6 +106,7 @@ class TritonPythonModel:
 
     def finalize(self):
         self.engine.stop()
+        self.outbox.close()
 
 
 def _input(request, name):
