@@ -3,7 +3,9 @@ so image caps, limits and error mapping are identical; API keys guard it through
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 import mimetypes
 import time
 from collections.abc import AsyncIterator
@@ -15,10 +17,12 @@ import gradio as gr
 from pydantic import ValidationError
 
 from frontend.chat import ChatService
-from frontend.errors import FrontendError, InvalidRequest, ui_message
+from frontend.errors import FrontendError, InternalError, InvalidRequest, ui_message
 from frontend.generation import GenerationChunk
 from frontend.metrics import UI_ROUTE
 from frontend.schemas import ChatCompletionRequest
+
+log = logging.getLogger(__name__)
 
 Turn = dict[str, Any]
 ChatMessages = list[dict[str, Any]]
@@ -74,6 +78,53 @@ def format_stats(ttft_s: float | None, elapsed_s: float, last: GenerationChunk |
     )
 
 
+class StopSignals:
+    """Per-browser-session Stop flags. Stop ends the generation from inside `respond`, so the gRPC
+    stream is cancelled whatever state Gradio's own task cancellation finds the generator in, and
+    the partial answer still gets its stats."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def arm(self, session: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self._events[session] = event
+        return event
+
+    def fire(self, session: str) -> None:
+        event = self._events.get(session)
+        if event is not None:
+            event.set()
+
+    def disarm(self, session: str, event: asyncio.Event) -> None:
+        if self._events.get(session) is event:
+            del self._events[session]
+
+
+async def until_stopped(
+    chunks: AsyncIterator[GenerationChunk], stop: asyncio.Event
+) -> AsyncIterator[GenerationChunk]:
+    """Chunks until the end or Stop; Stop cancels the pending read, which cancels the Triton stream."""
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        while not stop.is_set():
+            reader = asyncio.ensure_future(anext(chunks, None))
+            try:
+                await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not reader.done():
+                    reader.cancel()
+                    await asyncio.gather(reader, return_exceptions=True)
+            if reader.cancelled():
+                return
+            chunk = reader.result()
+            if chunk is None:
+                return
+            yield chunk
+    finally:
+        stopper.cancel()
+
+
 def theme() -> gr.themes.Base:
     """System fonts only: the default theme fetches Google Fonts, which air-gapped clusters cannot reach."""
     return gr.themes.Soft(
@@ -100,31 +151,48 @@ def build_ui(service: ChatService) -> gr.Blocks:
         chat = [*chat, {"role": "user", "content": content}]
         return gr.update(value=None), turns, chat, ""
 
+    stops = StopSignals()
+
     async def respond(
-        turns: list[Turn], chat: ChatMessages, system_prompt: str, max_tokens: float, temperature: float, top_p: float
+        turns: list[Turn],
+        chat: ChatMessages,
+        system_prompt: str,
+        max_tokens: float,
+        temperature: float,
+        top_p: float,
+        request: gr.Request,
     ) -> AsyncIterator[tuple[ChatMessages, list[Turn], str]]:
         if not turns or turns[-1]["role"] != "user":
             yield chat, turns, gr.update()
             return
+        session = request.session_hash or ""
+        stop = stops.arm(session)
         started = time.perf_counter()
         ttft: float | None = None
         last: GenerationChunk | None = None
         text = ""
+        yield chat, turns, "Waiting for the first token…"
         try:
             body = build_request(
                 turns, model=settings.served_model_name, system_prompt=system_prompt or "",
                 max_tokens=int(max_tokens), temperature=temperature, top_p=top_p,
             )
             generation = await service.prepare(body)
-            async with aclosing(service.generate(generation, route=UI_ROUTE)) as chunks:
-                async for chunk in chunks:
+            async with (
+                aclosing(service.generate(generation, route=UI_ROUTE)) as chunks,
+                aclosing(until_stopped(chunks, stop)) as until_stop,
+            ):
+                async for chunk in until_stop:
                     if ttft is None:
                         ttft = time.perf_counter() - started
                     last = chunk
                     text += chunk.text
                     answer = {"role": "assistant", "content": text}
                     yield [*chat, answer], [*turns, {"role": "assistant", "text": text}], "Generating…"
-        except FrontendError as error:
+        except Exception as exc:  # every failure ends as a chat message, never a stack trace or a spinner
+            error = exc if isinstance(exc, FrontendError) else InternalError("the frontend failed; see its log")
+            if not isinstance(exc, FrontendError):
+                log.exception("UI generation failed", exc_info=exc)
             error_message = {"role": "assistant", "content": ui_message(error)}
             if last is None:
                 # The request never produced text: drop the turn so the conversation stays sendable.
@@ -133,9 +201,15 @@ def build_ui(service: ChatService) -> gr.Blocks:
                 partial = {"role": "assistant", "content": text}
                 yield [*chat, partial, error_message], [*turns, {"role": "assistant", "text": text}], ""
             return
-        final = [*chat, {"role": "assistant", "content": text or "(empty answer)"}]
-        stats = format_stats(ttft, time.perf_counter() - started, last, stopped=False)
+        finally:
+            stops.disarm(session, stop)
+        stopped = stop.is_set()
+        final = [*chat, {"role": "assistant", "content": text or ("(stopped)" if stopped else "(empty answer)")}]
+        stats = format_stats(ttft, time.perf_counter() - started, last, stopped=stopped)
         yield final, [*turns, {"role": "assistant", "text": text}], stats
+
+    def stop_generation(request: gr.Request) -> None:
+        stops.fire(request.session_hash or "")
 
     def drop_last_answer(turns: list[Turn], chat: ChatMessages):
         while turns and turns[-1]["role"] == "assistant":
@@ -144,7 +218,8 @@ def build_ui(service: ChatService) -> gr.Blocks:
             chat = chat[:-1]
         return turns, chat, ""
 
-    def clear():
+    def clear(request: gr.Request):
+        stops.fire(request.session_hash or "")
         return [], [], "", None
 
     with gr.Blocks(title="Qwen3-VL chat", analytics_enabled=False) as demo:
@@ -152,8 +227,8 @@ def build_ui(service: ChatService) -> gr.Blocks:
         turns_state = gr.State([])
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
-                chatbot = gr.Chatbot(label="Conversation", height=480, elem_id="chatbot", buttons=["copy"])
-                stats = gr.Markdown("", elem_id="stats")
+                chatbot = gr.Chatbot(label="Conversation", height=540, elem_id="chatbot", buttons=["copy"])
+                stats = gr.Markdown("", elem_id="stats", min_height=28)
                 prompt = gr.MultimodalTextbox(
                     placeholder="Type a message, attach images with the clip…",
                     file_types=["image"],
@@ -182,16 +257,18 @@ def build_ui(service: ChatService) -> gr.Blocks:
         submitted = prompt.submit(
             add_user_turn, [prompt, turns_state, chatbot], [prompt, turns_state, chatbot, stats], queue=False
         )
-        answering = submitted.then(respond, generation_inputs, generation_outputs, concurrency_limit=None)
+        answering = submitted.then(
+            respond, generation_inputs, generation_outputs, concurrency_limit=None, show_progress="hidden"
+        )
 
         regenerating = regenerate_button.click(
             drop_last_answer, [turns_state, chatbot], [turns_state, chatbot, stats], queue=False
         )
-        reanswering = regenerating.then(respond, generation_inputs, generation_outputs, concurrency_limit=None)
-
-        stop_button.click(
-            lambda: "Stopped.", None, [stats], cancels=[answering, reanswering], queue=False
+        reanswering = regenerating.then(
+            respond, generation_inputs, generation_outputs, concurrency_limit=None, show_progress="hidden"
         )
+
+        stop_button.click(stop_generation, None, None, queue=False)
         clear_button.click(
             clear, None, [chatbot, turns_state, stats, prompt], cancels=[answering, reanswering], queue=False
         )

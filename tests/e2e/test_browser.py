@@ -86,7 +86,7 @@ def page(stack) -> Iterator[Page]:
     _, frontend = stack
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page = browser.new_page(viewport={"width": 1280, "height": 940})
         page.set_default_timeout(60_000)
         page.goto(frontend.url, wait_until="domcontentloaded")
         page.wait_for_selector("#prompt textarea")
@@ -115,20 +115,15 @@ def _last_answer(page: Page) -> str:
 
 def test_image_question_streams_an_answer_with_stats_then_stop_cancels_on_the_server(stack, page, tmp_path):
     triton, _ = stack
-    _send(page, "What is in this picture?", [_scene(tmp_path / "scene.png")])
+    page.fill("#system-prompt textarea", "You are a concise visual assistant.")
+    _send(page, "What is in this picture?", [_scene(tmp_path / "scene.png", size=(240, 160))])
     expect(page.locator(f"{USER} img")).to_have_count(1)
 
-    seen: list[int] = []
-    deadline = time.monotonic() + 60
-    while "Time to first token" not in page.locator("#stats").inner_text() and time.monotonic() < deadline:
-        seen.append(len(_last_answer(page)))
-        page.wait_for_timeout(50)
+    expect(page.locator("#stats")).to_contain_text("Time to first token", timeout=60_000)
     expect(page.locator("#stats")).to_contain_text(re.compile(r"Time to first token: \d+\.\d+ s"))
     expect(page.locator("#stats")).to_contain_text(re.compile(r"\d+\.\d tokens/s"))
     expect(page.locator("#stats")).to_contain_text(re.compile(r"Tokens used: \d+ \(\d+ prompt \+ \d+ generated\)"))
     assert _last_answer(page).strip()
-    growing = [n for n in seen if n > 0]
-    assert len(set(growing)) >= 2, f"the answer should appear in several steps, saw lengths {growing}"
 
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT))
@@ -138,11 +133,17 @@ def test_image_question_streams_an_answer_with_stats_then_stop_cancels_on_the_se
     _set_max_tokens(page, 2048)
     _send(page, "Now describe it at great length.")
     expect(page.locator(BOT)).to_have_count(2)
-    first = len(_last_answer(page))
-    page.wait_for_function(
-        f"() => {{ const b = document.querySelectorAll('{BOT}'); return b[b.length - 1].innerText.length > {first + 20}; }}"
-    )
-    page.click("#stop")
+    lengths: list[int] = []
+    deadline = time.monotonic() + 60
+    while len(set(n for n in lengths if n > 0)) < 3 and time.monotonic() < deadline:
+        lengths.append(len(_last_answer(page)))
+        page.wait_for_timeout(100)
+    growing = [n for n in lengths if n > 0]
+    assert len(set(growing)) >= 3 and growing == sorted(growing), f"the answer should grow as it streams: {growing}"
+    expect(page.locator("#stats")).not_to_contain_text("Time to first token")
+    # A DOM click on the button itself: on this shared 2-core machine, Playwright's actionability
+    # checks can stall behind a renderer busy with the streaming answer.
+    page.locator("#stop").dispatch_event("click")
     expect(page.locator("#stats")).to_contain_text("Stopped")
     page.wait_for_timeout(1000)
     frozen = _last_answer(page)
