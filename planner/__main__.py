@@ -13,7 +13,7 @@ from planner.policies import comparison, fit_static_peak, pod_capacity, run_poli
 from planner.profile import ProfileError, load_profile
 from planner.report import as_dict, plot, table
 from planner.scaledobject import ScaledObjectError, load_overlay
-from planner.search import scaledobject_snippet, search
+from planner.search import scaledobject_snippet, search, write_overlay
 from planner.sim import Policy, SimConfig
 from planner.traffic import RequestMix, TraceError, make_trace
 
@@ -51,6 +51,7 @@ def parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--compare", action="store_true", help="compare static, CPU HPA and KEDA policies")
     mode.add_argument("--search", action="store_true", help="propose thresholds and min/max for the objective")
+    p.add_argument("--propose-overlay", metavar="DIR", help="with --search: write a kustomize overlay with the proposal")
     p.add_argument("--scrape-interval", type=_positive, help="Triton scrape interval (default: the overlay's ServiceMonitor)")
     p.add_argument("--eval-interval", type=_positive, help="recording rules' interval (default: the overlay's PrometheusRule)")
     p.add_argument("--prometheus-outage", type=_outage, action="append", default=[], metavar="START:END")
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(table([replace(best.summary, policy="proposed")]))
         print("\n# ScaledObject values to use:\n" + scaledobject_snippet(best.so))
+        if args.propose_overlay:
+            print(f"wrote {write_overlay(best.so, args.overlay, args.propose_overlay)} (kubectl kustomize builds it)")
         return 0
     if args.compare:
         policies = comparison(so, profile, trace)

@@ -212,14 +212,19 @@ def measure_prefill(client: Client, metrics_url: str, sizes=(8, 64, 256), repeat
 
 
 def measure_decode(client: Client, batch: int, max_tokens: int, words: int = 8) -> float:
-    """Median time between two tokens of a stream while `batch` sequences run together."""
+    """Decode step time while `batch` sequences run together: each stream's span from its first
+    to its last token over its token count (responses can reach the client in bunches, so single
+    gaps are not trusted), the median over the streams."""
     streams = client.wait([client.send(prompt_text(words), max_tokens) for _ in range(batch)])
-    gaps = []
+    spans = []
     for s in streams:
         if s.error:
             raise RuntimeError(f"decode request failed: {s.error}")
-        gaps.extend(np.diff(s.token_times).tolist())
-    return float(statistics.median(gaps))
+        if len(s.token_times) > 1 and s.tokens > 1:
+            spans.append((s.token_times[-1] - s.token_times[0]) / (s.tokens - 1))
+    if not spans:
+        raise RuntimeError("no stream delivered more than one token: is ignore_eos honoured?")
+    return float(statistics.median(spans))
 
 
 @dataclass
@@ -232,6 +237,7 @@ class LoadResult:
     throughput: float
     mean_queue_seconds: float
     ttft: list[float]
+    per_token: list[float]
 
 
 def run_load(client: Client, metrics_url: str, rps: float, seconds: float, words: int, max_tokens: int,
@@ -266,6 +272,7 @@ def run_load(client: Client, metrics_url: str, rps: float, seconds: float, words
         throughput=completed_in_window / seconds,
         mean_queue_seconds=queue_us / served / 1e6 if served else 0.0,
         ttft=[s.token_times[0] - s.sent for s in ok if s.token_times],
+        per_token=[(s.token_times[-1] - s.token_times[0]) / (s.tokens - 1) for s in ok if s.tokens > 1],
     )
 
 

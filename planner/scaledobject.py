@@ -34,6 +34,7 @@ class Trigger:
     activation_threshold: float = 0.0
     query: str = ""
     metadata: tuple[tuple[str, str], ...] = ()
+    raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ def parse_trigger(index: int, doc: dict) -> Trigger:
             activation_threshold=_float(meta.get("activationThreshold", 0), f"{where}.metadata.activationThreshold"),
             query=str(query),
             metadata=tuple((str(k), str(v)) for k, v in meta.items()),
+            raw=doc,
         )
     if kind == "cpu":
         metric_type = doc.get("metricType") or meta.get("type") or "Utilization"

@@ -3,9 +3,12 @@ fewest GPU-hours on a trace, found by simulating a grid around the values as bui
 
 from __future__ import annotations
 
+import copy
 import math
+import os
 from dataclasses import dataclass, replace
 from itertools import product
+from pathlib import Path
 
 import yaml
 
@@ -85,12 +88,13 @@ def search(
 
 
 def scaledobject_snippet(so: ScaledObjectSpec) -> str:
-    """The ScaledObject fields to set, as YAML to merge into the overlay."""
+    """The ScaledObject fields to set, as a strategic-merge patch (triggers are replaced whole)."""
     triggers = []
     for t in so.triggers:
-        meta = dict(t.metadata)
-        meta["threshold"] = f"{t.threshold:g}"
-        triggers.append({"type": t.type, "name": t.name, "metricType": t.metric_type, "metadata": meta})
+        doc = copy.deepcopy(t.raw) or {"type": t.type, "name": t.name, "metricType": t.metric_type,
+                                       "metadata": dict(t.metadata)}
+        doc.setdefault("metadata", {})["threshold"] = f"{t.threshold:g}"
+        triggers.append(doc)
     doc = {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
@@ -98,3 +102,23 @@ def scaledobject_snippet(so: ScaledObjectSpec) -> str:
         "spec": {"minReplicaCount": so.min_replica_count, "maxReplicaCount": so.max_replica_count, "triggers": triggers},
     }
     return yaml.safe_dump(doc, sort_keys=False)
+
+
+def write_overlay(so: ScaledObjectSpec, source_overlay: str | Path, folder: str | Path) -> Path:
+    """A kustomize overlay: the source overlay plus the proposed values, so that the proposal can
+    be built, diffed and simulated like any other overlay."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "scaledobject-patch.yaml").write_text(scaledobject_snippet(so))
+    base = os.path.relpath(Path(source_overlay).resolve(), folder.resolve())
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [base],
+        "patches": [{"path": "scaledobject-patch.yaml", "target": {"kind": "ScaledObject", "name": so.name}}],
+    }
+    (folder / "kustomization.yaml").write_text(
+        "# Written by `python -m planner --search`: the proposed ScaledObject values on top of the overlay.\n"
+        + yaml.safe_dump(kustomization, sort_keys=False)
+    )
+    return folder
