@@ -37,6 +37,7 @@ class EngineConfig:
     kv_cache_budget_gib: float = 0.0  # 0: size the cache from slots x max_seq_len
     prefills_per_step: int = 4  # new sequences admitted between two decode steps
     cuda_graphs: bool = True  # captured decode steps on CUDA devices
+    compile_decode: bool = False  # torch.compile the decode step's element-wise work (CUDA only)
     image_min_pixels: int = 0  # 0: the processor's own defaults
     image_max_pixels: int = 0
     stream_interval_ms: float = 0.0  # coalesce streamed deltas (0: every token)

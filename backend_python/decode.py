@@ -5,25 +5,47 @@ sequence is where serving spends its time, so this step reads each weight once
 with fewer, larger matrix products: q/k/v and gate/up are fused into single
 projections (the original modules keep working as views into the fused weights),
 and the grouped-query attention packs each KV head's query heads together
-instead of repeating keys and values.
+instead of repeating keys and values. On a GPU the two halves of a layer around
+the cache access can be compiled (``compile_decode``), which fuses their
+element-wise work (RMSNorm, rotary, SiLU, residuals) into a few kernels.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+log = logging.getLogger(__name__)
 
-def _rms(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """The checkpoint's RMSNorm: in float32, scaled by its weight in the model's dtype."""
-    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))
-    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def _project(hidden, norm_w, qkv_w, q_norm_w, k_norm_w, cos, sin, eps: float, hq: int, hkv: int, d: int):
+    """Everything of a layer before the cache: norm, fused q/k/v projection, q/k norms, rotary."""
+    rows = hidden.shape[0]
+    q, k, v = F.linear(_rms(hidden, norm_w, eps), qkv_w).split([hq * d, hkv * d, hkv * d], dim=-1)
+    q = _rotate(_rms(q.view(rows, 1, hq, d), q_norm_w, eps).transpose(1, 2), cos, sin)
+    k = _rotate(_rms(k.view(rows, 1, hkv, d), k_norm_w, eps).transpose(1, 2), cos, sin)
+    return q.reshape(rows, hkv, hq // hkv, d), k, v.view(rows, 1, hkv, d).transpose(1, 2)
+
+
+def _feed_forward(hidden, attended, o_w, norm_w, gate_up_w, down_w, eps: float):
+    """Everything of a layer after attention: output projection, residual, norm, SwiGLU MLP, residual."""
+    rows = hidden.shape[0]
+    hidden = hidden + F.linear(attended.reshape(rows, 1, -1), o_w)
+    gate, up = F.linear(_rms(hidden, norm_w, eps), gate_up_w).chunk(2, dim=-1)
+    return hidden + F.linear(F.silu(gate) * up, down_w)
 
 
 def _fuse(modules: list[nn.Linear]) -> torch.Tensor:
@@ -38,7 +60,7 @@ def _fuse(modules: list[nn.Linear]) -> torch.Tensor:
 
 
 class DecodeStep:
-    def __init__(self, model: nn.Module, cache):
+    def __init__(self, model: nn.Module, cache, compile: bool = False):
         self.language = model.model.language_model
         self.lm_head = model.lm_head
         self.cache = cache
@@ -46,35 +68,37 @@ class DecodeStep:
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
+        self.eps = config.rms_norm_eps
         self.layers = []
         for layer in self.language.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            if any(m.bias is not None for m in (attn.q_proj, attn.k_proj, attn.v_proj)):
+            if any(m.bias is not None for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj)):
                 raise ValueError("fused decoding expects projections without bias (as in Qwen3-VL)")
-            qkv = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
-            gate_up = _fuse([mlp.gate_proj, mlp.up_proj])
-            self.layers.append((layer, qkv, gate_up))
+            self.layers.append((
+                layer.input_layernorm.weight, _fuse([attn.q_proj, attn.k_proj, attn.v_proj]),
+                attn.q_norm.weight, attn.k_norm.weight, attn.o_proj.weight,
+                layer.post_attention_layernorm.weight, _fuse([mlp.gate_proj, mlp.up_proj]), mlp.down_proj.weight,
+            ))
+        self.scale = self.head_dim ** -0.5
+        self._project, self._feed_forward = _project, _feed_forward
+        self.compiled = compile
+        if compile:
+            self._project = torch.compile(_project, dynamic=True)
+            self._feed_forward = torch.compile(_feed_forward, dynamic=True)
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, lengths: torch.Tensor, span: int,
                  arange: torch.Tensor) -> torch.Tensor:
         """Logits of the next token for ``ids`` (rows, 1), reading ``span`` cached tokens per row."""
         rows = ids.shape[0]
-        hq, hkv, d = self.heads, self.kv_heads, self.head_dim
         hidden = self.language.embed_tokens(ids)
         cos, sin = self.language.rotary_emb(hidden, positions.view(1, rows, 1).expand(3, rows, 1))
-        cos, sin = cos[:, None], sin[:, None]  # (rows, 1, 1, d)
+        cos, sin = cos[:, None], sin[:, None]  # (rows, 1, 1, head_dim)
         attend = (arange[:span][None, :] <= lengths[:, None]).view(rows, 1, 1, span)
         self.cache.bind(lengths, span)
-        for index, (layer, qkv_weight, gate_up_weight) in enumerate(self.layers):
-            attn, mlp = layer.self_attn, layer.mlp
-            x = _rms(hidden, layer.input_layernorm)
-            q, k, v = F.linear(x, qkv_weight).split([hq * d, hkv * d, hkv * d], dim=-1)
-            q = _rotate(_rms(q.view(rows, 1, hq, d), attn.q_norm).transpose(1, 2), cos, sin)
-            k = _rotate(_rms(k.view(rows, 1, hkv, d), attn.k_norm).transpose(1, 2), cos, sin)
-            keys, values = self.cache.update(k, v.view(rows, 1, hkv, d).transpose(1, 2), index)
-            out = F.scaled_dot_product_attention(q.reshape(rows, hkv, hq // hkv, d), keys, values,
-                                                 attn_mask=attend, scale=attn.scaling)
-            hidden = hidden + attn.o_proj(out.reshape(rows, 1, hq * d))
-            gate, up = F.linear(_rms(hidden, layer.post_attention_layernorm), gate_up_weight).chunk(2, dim=-1)
-            hidden = hidden + mlp.down_proj(F.silu(gate) * up)
-        return self.lm_head(_rms(hidden[:, -1], self.language.norm))
+        for index, (norm_w, qkv_w, q_norm_w, k_norm_w, o_w, post_w, gate_up_w, down_w) in enumerate(self.layers):
+            q, k, v = self._project(hidden, norm_w, qkv_w, q_norm_w, k_norm_w, cos, sin, self.eps,
+                                    self.heads, self.kv_heads, self.head_dim)
+            keys, values = self.cache.update(k, v, index)
+            attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=attend, scale=self.scale)
+            hidden = self._feed_forward(hidden, attended, o_w, post_w, gate_up_w, down_w, self.eps)
+        return self.lm_head(_rms(hidden[:, -1], self.language.norm.weight, self.eps))

@@ -129,7 +129,8 @@ class Engine:
             head_dim=getattr(text_config, "head_dim", text_config.hidden_size // text_config.num_attention_heads),
             dtype=loaded.dtype, device=self.device,
         )
-        self._step = DecodeStep(self.model, self.cache)
+        self._step = DecodeStep(self.model, self.cache,
+                                compile=config.compile_decode and self.device.type == "cuda")
         self._span_step = 256 if self.device.type == "cuda" else 16
         self._arange = torch.arange(config.max_seq_len, device=self.device)
         # Static inputs of the decode step (graphs replay on these very tensors): token ids, rotary
@@ -157,6 +158,11 @@ class Engine:
     # -- the caller's side -------------------------------------------------------------
 
     def start(self) -> "Engine":
+        if self._step.compiled:
+            # Compile before the model reports ready: once for one sequence, once for any other count.
+            with torch.inference_mode():
+                for rows in (1, 2):
+                    self._forward(rows, self._span_step)
         self._thread.start()
         return self
 

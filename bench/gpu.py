@@ -208,7 +208,8 @@ def float32_agreement(model_path: str, images: list[bytes], tokens: int = 48) ->
     return {"float32_agreement_tokens": matches, "float32_reference_len": tokens}
 
 
-def engine_alone(model_path: str, images: list[bytes], refs: list[list[int]], batches: list[int]) -> dict:
+def engine_alone(model_path: str, images: list[bytes], refs: list[list[int]], batches: list[int],
+                 compile: bool = False) -> dict:
     """The engine without Triton: greedy agreement with generate, and decode speed per batch size."""
     import torch
 
@@ -219,9 +220,11 @@ def engine_alone(model_path: str, images: list[bytes], refs: list[list[int]], ba
     from backend_python.request import ChatMessage, GenerationRequest, SamplingParams
 
     config = EngineConfig(model_path=model_path, slots=max(batches), max_seq_len=1024, prefills_per_step=8,
-                          limits=Limits(max_prompt_tokens=512, max_new_tokens=512))
+                          compile_decode=compile, limits=Limits(max_prompt_tokens=512, max_new_tokens=512))
     loaded = load(config)
+    started = time.perf_counter()
     engine = Engine(loaded, config).start()
+    log(f"engine started in {time.perf_counter() - started:.1f} s (compile_decode={compile})")
     prompts = PromptBuilder(loaded.processor, config)
 
     def request(i, tokens, ignore_eos=True):
@@ -359,13 +362,15 @@ def gpu_memory_used_gib() -> float:
     return float(out.stdout.split()[0]) / 1024 if out.returncode == 0 else float("nan")
 
 
-def through_triton(model_path: str, clients: list[int], tokens: int, images: list[bytes], rounds: int) -> dict:
+def through_triton(model_path: str, clients: list[int], tokens: int, images: list[bytes], rounds: int,
+                   compile: bool = False) -> dict:
     from clients.triton_stream import build_inputs, stream, user_turn
     from stack.ports import free_port
     from stack.triton import TritonServer
 
     server = TritonServer(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                          model_path=model_path, config_name="gpu", log_file=str(OUT / "triton-gpu.log"))
+                          model_path=model_path, config_name="gpu", log_file=str(OUT / "triton-gpu.log"),
+                          parameters={"compile_decode": "true"} if compile else None)
     start = time.monotonic()
     server.start(timeout=900)
     ready = time.monotonic() - start
@@ -399,12 +404,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64, 128])
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2, help="requests per client")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["baseline", "engine", "triton"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["baseline", "engine", "triton", "float32"])
+    parser.add_argument("--compile", action="store_true", help="compile_decode: fuse the step's element-wise work")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     import torch
 
-    report: dict = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    report: dict = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "compile_decode": args.compile}
     model = args.model
     if not model:
         model = "/tmp/qwen3-vl-4b-random"
@@ -424,11 +430,12 @@ def main() -> None:
         report.update(base)
         log(f"baseline: {base}")
     if "engine" not in args.skip:
-        report.update(float32_agreement(model, images))
-        log(f"float32 agreement: {report['float32_agreement_tokens']} of {report['float32_reference_len']}")
-        report.update(engine_alone(model, images, refs, [1, 8, 32, 64, 128]))
+        if "float32" not in args.skip:
+            report.update(float32_agreement(model, images))
+            log(f"float32 agreement: {report['float32_agreement_tokens']} of {report['float32_reference_len']}")
+        report.update(engine_alone(model, images, refs, [1, 8, 32, 64, 128], args.compile))
     if "triton" not in args.skip:
-        report.update(through_triton(model, args.clients, args.tokens, images, args.rounds))
+        report.update(through_triton(model, args.clients, args.tokens, images, args.rounds, args.compile))
     (OUT / "bench-gpu.json").write_text(json.dumps(report, indent=2, default=str))
 
     floor_step = report.get("decode_bytes", 0) / (report["copy_bandwidth_GBps"] * 1e9) if "decode_bytes" in report else None
@@ -440,7 +447,7 @@ def main() -> None:
     if "greedy_agreement_tokens" in report:
         print(f"greedy agreement with generate, tokens equal before the first difference: bfloat16 "
               f"{report['greedy_agreement_tokens']} of {report['greedy_reference_len']}, float32 "
-              f"{report['float32_agreement_tokens']} of {report['float32_reference_len']} each")
+              f"{report.get('float32_agreement_tokens')} of {report.get('float32_reference_len')} each")
     if "graph_replay_ms" in report:
         print("captured decode step, GPU ms:", {k: round(v, 2) for k, v in report["graph_replay_ms"].items()})
         print(report["eager_step_profile"])
