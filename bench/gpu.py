@@ -363,7 +363,7 @@ def gpu_memory_used_gib() -> float:
 
 
 def through_triton(model_path: str, clients: list[int], tokens: int, images: list[bytes], rounds: int,
-                   compile: bool = False) -> dict:
+                   compile: bool = False, restarts: int = 1) -> dict:
     from clients.triton_stream import build_inputs, stream, user_turn
     from stack.ports import free_port
     from stack.triton import TritonServer
@@ -380,6 +380,14 @@ def through_triton(model_path: str, clients: list[int], tokens: int, images: lis
         raise RuntimeError(f"first request failed: {first.error}")
     result = {"cold_start_ready_s": ready, "cold_start_first_token_s": first_token, "runs": []}
     log(f"Triton ready after {ready:.1f} s, first token after {first_token:.1f} s")
+    for restart in range(1, restarts):  # again, with the page cache (and Inductor's cache) warm
+        server.stop()
+        start = time.monotonic()
+        server.start(timeout=900)
+        ready = time.monotonic() - start
+        stream(server.grpc_url, build_inputs(user_turn(PROMPTS[0], 1), [images[0]], max_tokens=1))
+        result[f"restart_{restart}_ready_s"], result[f"restart_{restart}_first_token_s"] = ready, time.monotonic() - start
+        log(f"restart {restart}: ready after {ready:.1f} s, first token after {time.monotonic() - start:.1f} s")
     try:
         drive(server.grpc_url, 8, 1, 16, images)  # warm-up: graphs, allocator, clients
         for n in clients:
@@ -405,6 +413,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2, help="requests per client")
     parser.add_argument("--skip", nargs="*", default=[], choices=["baseline", "engine", "triton", "float32"])
+    parser.add_argument("--starts", type=int, default=1, help="start Triton this many times (cold start, then warm)")
     parser.add_argument("--compile", action="store_true", help="compile_decode: fuse the step's element-wise work")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -435,7 +444,8 @@ def main() -> None:
             log(f"float32 agreement: {report['float32_agreement_tokens']} of {report['float32_reference_len']}")
         report.update(engine_alone(model, images, refs, [1, 8, 32, 64, 128], args.compile))
     if "triton" not in args.skip:
-        report.update(through_triton(model, args.clients, args.tokens, images, args.rounds, args.compile))
+        report.update(through_triton(model, args.clients, args.tokens, images, args.rounds, args.compile,
+                                     args.starts))
     (OUT / "bench-gpu.json").write_text(json.dumps(report, indent=2, default=str))
 
     floor_step = report.get("decode_bytes", 0) / (report["copy_bandwidth_GBps"] * 1e9) if "decode_bytes" in report else None
