@@ -102,7 +102,8 @@ async def create_chat_completion(
         return await _cancel_on_disconnect(request, _whole_answer(service, generation, body.model, created))
     chunks = service.generate(generation, route=CHAT_ROUTE)
     try:
-        first = await anext(chunks)
+        # Waiting for the first token (queue, retries) also ends when the client hangs up.
+        first = await _cancel_on_disconnect(request, anext(chunks))
     except BaseException:
         await chunks.aclose()
         raise
