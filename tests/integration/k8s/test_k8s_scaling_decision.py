@@ -24,6 +24,7 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,7 +160,7 @@ def _wait_for(prometheus: PrometheusServer, so: ScaledObjectSpec, done, timeout:
 
 
 @pytest.fixture(scope="module")
-def run(start_triton) -> Run:
+def run(start_triton) -> Iterator[Run]:
     so = load_scaled_object(OVERLAY)
     log_dir = Path(tempfile.mkdtemp(prefix="scaling-decision-"))
     triton = start_triton(parameters={"slots": str(SLOTS)})
