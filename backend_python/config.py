@@ -34,7 +34,7 @@ class EngineConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     slots: int = 8  # sequences generated at once (KV cache slots)
     max_seq_len: int = 4096  # prompt + generated tokens per sequence
-    kv_cache_budget_gib: float = 0.0  # 0: size the cache from slots x max_seq_len
+    kv_cache_budget_gib: float = 0.0  # > 0: as many slots of max_seq_len tokens as fit (replaces slots)
     prefills_per_step: int = 4  # new sequences admitted between two decode steps
     cuda_graphs: bool = True  # captured decode steps on CUDA devices
     compile_decode: bool = False  # torch.compile the decode step's element-wise work (CUDA only)

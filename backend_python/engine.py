@@ -122,13 +122,20 @@ class Engine:
         text_config = self.model.config.text_config
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        shape = dict(layers=text_config.num_hidden_layers, kv_heads=text_config.num_key_value_heads,
+                     max_len=config.max_seq_len, dtype=loaded.dtype,
+                     head_dim=getattr(text_config, "head_dim",
+                                      text_config.hidden_size // text_config.num_attention_heads))
         self.slots = config.slots
-        self.cache = SlotCache(
-            layers=text_config.num_hidden_layers, slots=self.slots,
-            kv_heads=text_config.num_key_value_heads, max_len=config.max_seq_len,
-            head_dim=getattr(text_config, "head_dim", text_config.hidden_size // text_config.num_attention_heads),
-            dtype=loaded.dtype, device=self.device,
-        )
+        if config.kv_cache_budget_gib > 0:
+            per_slot = SlotCache.bytes_needed(slots=1, **shape)
+            self.slots = int(config.kv_cache_budget_gib * 2**30 // per_slot)
+            if self.slots < 1:
+                raise ValueError(f"kv_cache_budget_gib={config.kv_cache_budget_gib} holds no slot of "
+                                 f"{config.max_seq_len} tokens ({per_slot / 2**30:.2f} GiB each)")
+        self.cache = SlotCache(slots=self.slots, device=self.device, **shape)
+        log.info("KV cache: %d slots x %d tokens, %.2f GiB", self.slots, config.max_seq_len,
+                 SlotCache.bytes_needed(slots=self.slots, **shape) / 2**30)
         self._step = DecodeStep(self.model, self.cache,
                                 compile=config.compile_decode and self.device.type == "cuda")
         self._span_step = 256 if self.device.type == "cuda" else 16

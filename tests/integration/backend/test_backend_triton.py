@@ -8,7 +8,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from backend_samples import png, truncated_jpeg
+from backend_samples import bomb, png, truncated_jpeg
 from triton_metrics import scrape
 
 from clients.triton_stream import build_inputs, stream, user_turn
@@ -89,6 +89,7 @@ BAD_INPUTS = [
     (dict(images=[truncated_jpeg()]), "truncated or corrupt"),
     (dict(images=[png(5000, 4000)]), "pixels, at most"),
     (dict(images=[png()] * 5), "at most 4 per request"),
+    (dict(images=[bomb()]), "decompression bomb"),
     (dict(max_tokens=0), "max_tokens must be between"),
     (dict(max_tokens=100000), "max_tokens must be between"),
     (dict(temperature=9.0), "temperature must be in"),

@@ -36,3 +36,10 @@ def truncated_jpeg() -> bytes:
     buf = io.BytesIO()
     Image.effect_noise((200, 200), 50).convert("RGB").save(buf, "JPEG")
     return buf.getvalue()[: len(buf.getvalue()) // 2]
+
+
+def bomb() -> bytes:
+    """20000 x 20000 pixels in a few kilobytes: a decompression bomb."""
+    buf = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buf, "PNG")
+    return buf.getvalue()

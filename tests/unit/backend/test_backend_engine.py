@@ -175,3 +175,13 @@ def test_a_full_engine_applies_backpressure(loaded, prompts):
         assert first.done.wait(60) and first.chunks[-1].completion_tokens == 60
     finally:
         small.stop()
+
+
+def test_a_memory_budget_sizes_the_cache_in_slots(loaded):
+    config, model = loaded
+    # Tiny model: 2 layers x 2 KV heads x 16 dims x 512 tokens x 2 (K, V) x 4 bytes = 256 KiB per slot.
+    budget = EngineConfig(model_path=config.model_path, max_seq_len=512, kv_cache_budget_gib=3 * 256 / 2**20)
+    engine = Engine(model, budget)
+    assert engine.slots == 3 and engine.cache.keys[0].shape == (3, 2, 512, 16)
+    with pytest.raises(ValueError, match="holds no slot"):
+        Engine(model, EngineConfig(model_path=config.model_path, max_seq_len=512, kv_cache_budget_gib=1e-6))
