@@ -27,7 +27,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 
 from bench.stats import RunSummary, percentile, table
 

@@ -14,7 +14,6 @@ import argparse
 import json
 import shutil
 import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -25,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from stack.process import ServerProcess
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RULES_DIR = REPO_ROOT / "monitoring" / "prometheus" / "rules"
@@ -83,8 +84,10 @@ class PrometheusError(RuntimeError):
     """Prometheus refused a query or could not be started."""
 
 
-class PrometheusServer:
+class PrometheusServer(ServerProcess):
     """The real `prometheus` binary on 127.0.0.1 with a generated config and a throwaway TSDB."""
+
+    name = "prometheus"
 
     def __init__(
         self,
@@ -95,15 +98,13 @@ class PrometheusServer:
         data_dir: str | None = None,
         log_file: str | None = None,
     ) -> None:
+        super().__init__(log_file)
         self.port = port
         self.config = config
         self.binary = binary
         self.url = f"http://127.0.0.1:{port}"
-        self.log_file = log_file
         self._given_data_dir = data_dir
         self._workdir: str | None = None
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log = None
 
     def command(self, config_file: str, data_dir: str) -> list[str]:
         return [
@@ -123,58 +124,17 @@ class PrometheusServer:
         config_file = Path(self._workdir) / "prometheus.yml"
         config_file.write_text(yaml.safe_dump(self.config, sort_keys=False), encoding="utf-8")
         data_dir = self._given_data_dir or str(Path(self._workdir) / "data")
-        self._log = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115
-        self._process = subprocess.Popen(
-            self.command(str(config_file), data_dir),
-            cwd=self._workdir,
-            stdout=self._log or subprocess.DEVNULL,
-            stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                code = self._process.returncode
-                self.stop()
-                raise PrometheusError(
-                    f"prometheus exited with code {code} before it was ready"
-                    + (f"; see {self.log_file}" if self.log_file else "")
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"prometheus did not answer {self.url}/-/ready within {timeout} s")
+        try:
+            self.launch(self.command(str(config_file), data_dir), f"{self.url}/-/ready", timeout, cwd=self._workdir)
+        except RuntimeError as exc:
+            raise PrometheusError(str(exc)) from None
+        return self
 
     def stop(self, timeout: float = 20) -> None:
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=timeout)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        super().stop(timeout)
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def __enter__(self) -> PrometheusServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def api(self, path: str, **params: str) -> object:
         """GET /api/v1/<path>; returns `data`, raises PrometheusError with Prometheus' own message."""

@@ -12,14 +12,13 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
+
+from stack.process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = ROOT / "model_repository"
@@ -94,8 +93,10 @@ def model_repository(parameters: dict[str, str] | None = None, queue_size: int |
     return repo
 
 
-class TritonServer:
+class TritonServer(ServerProcess):
     """A tritonserver process on chosen ports; ``start`` returns once the model is ready."""
+
+    name = "tritonserver"
 
     def __init__(self, *, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
                  model_path: str | None = None, parameters: dict[str, str] | None = None,
@@ -103,15 +104,13 @@ class TritonServer:
                  exit_timeout: int = 30, log_file: str | None = None, log_verbose: int = 0,
                  host: str = "127.0.0.1"):
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
+        super().__init__(log_file)
         self.model_path = model_path or os.environ.get("MODEL_PATH") or str(TINY_CHECKPOINT)
         self.repository = model_repository(parameters, queue_size, config_name)
         self.config_name = config_name
         self.exit_timeout = exit_timeout
-        self.log_file = log_file
         self.log_verbose = log_verbose
         self.host = host
-        self.process: subprocess.Popen | None = None
-        self._log = None
 
     grpc_url = property(lambda self: f"127.0.0.1:{self.grpc_port}")
     http_url = property(lambda self: f"http://127.0.0.1:{self.http_port}")
@@ -141,55 +140,16 @@ class TritonServer:
             from backend_python.checkpoint import build
 
             build(TINY_CHECKPOINT)
-        env = triton_environment()
-        env["MODEL_PATH"] = self.model_path
-        self._log = open(self.log_file, "ab") if self.log_file else None
-        self.process = subprocess.Popen(
-            self.command(), env=env, stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with {self.process.returncode} (log: {self.log_file})")
-            if self.ready():
-                return self
-            time.sleep(0.5)
-        self.stop()
-        raise TimeoutError(f"tritonserver not ready after {timeout} s (log: {self.log_file})")
+        env = {**triton_environment(), "MODEL_PATH": self.model_path}
+        self.launch(self.command(), f"{self.http_url}/v2/models/{MODEL_NAME}/ready", timeout, env=env)
+        return self
 
     def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.http_url}/v2/models/{MODEL_NAME}/ready", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
+        return self.answers(f"{self.http_url}/v2/models/{MODEL_NAME}/ready")
 
     def stop(self, timeout: float = 60) -> None:
-        """SIGTERM (Triton drains in-flight requests, up to its exit timeout), then SIGKILL."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        if self._log:
-            self._log.close()
-            self._log = None
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def __enter__(self) -> "TritonServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        """SIGTERM: Triton refuses new requests and lets in-flight ones finish, up to its exit timeout."""
+        super().stop(timeout)
 
 
 def main() -> None:

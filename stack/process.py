@@ -1,0 +1,79 @@
+"""A server started as a child process: one way to start it, wait until it answers, and stop it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+
+class ServerProcess:
+    """Runs in its own process group (so a signal reaches its children), logs to a file or nowhere."""
+
+    name = "server"
+
+    def __init__(self, log_file: str | None = None):
+        self.log_file = log_file
+        self.process: subprocess.Popen | None = None
+        self._log = None
+
+    def launch(self, command: list[str], ready_url: str, timeout: float, *, env: dict[str, str] | None = None,
+               cwd: str | None = None) -> None:
+        """Start ``command`` and return once ``ready_url`` answers 200; fail fast if the process dies."""
+        self._log = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115
+        self.process = subprocess.Popen(
+            command, env=env, cwd=cwd, stdout=self._log or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                code = self.process.returncode
+                self.stop()
+                raise RuntimeError(f"{self.name} exited with code {code} before it was ready"
+                                   + (f"; see {self.log_file}" if self.log_file else ""))
+            if self.answers(ready_url):
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"{self.name} did not answer {ready_url} within {timeout} s")
+
+    @staticmethod
+    def answers(url: str) -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return False
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM (servers drain in-flight work), then SIGKILL to the whole group after ``timeout``."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def kill(self) -> None:
+        if self.running:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
