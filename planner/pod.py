@@ -39,7 +39,7 @@ class Pod:
     __slots__ = (
         "id", "created", "ready_at", "state", "ended", "kill_at", "queue", "held", "active", "run_start",
         "run_step", "step_time", "next_done", "busy_acc", "busy_since", "success", "failure", "queue_us",
-        "slots", "batch", "qmax", "table", "prefill_base", "prefill_tok", "req", "last_busy", "last_scrape", "metrics_from", "timeout", "prefills_per_step",
+        "slots", "batch", "qmax", "table", "prefill_base", "prefill_tok", "req", "last_busy", "last_scrape", "metrics_from", "timeout", "prefills_per_step", "steps", "seq_steps",
     )  # fmt: skip
 
     def __init__(self, pod_id: int, created: float, ready_at: float, profile: PodProfile, table: list[float], req: Requests):
@@ -61,6 +61,8 @@ class Pod:
         self.success = 0
         self.failure = 0
         self.queue_us = 0.0
+        self.steps = 0
+        self.seq_steps = 0
         self.slots = profile.slots
         self.batch = profile.max_batch_size
         self.qmax = profile.max_queue_size
@@ -100,6 +102,8 @@ class Pod:
                 d = self.step_time
                 k = math.ceil((now - start) / d - 1e-9)
                 self.run_step += k
+                self.steps += k
+                self.seq_steps += k * len(active)
                 start += k * d
         elif now > start:
             start = now
@@ -117,6 +121,8 @@ class Pod:
             if g:
                 start += table[len(active)]
                 self.run_step += 1
+                self.steps += 1
+                self.seq_steps += len(active)
             end = start + self.prefill_base + self.prefill_tok * sum(prompt[j] for j in group)
             step = self.run_step
             for j in group:
@@ -190,6 +196,8 @@ class Pod:
         while self.next_done <= t:
             nd = self.next_done
             step = max(active[0][0], self.run_step)
+            self.steps += step - self.run_step
+            self.seq_steps += (step - self.run_step) * len(active)
             self.run_step = step
             self.run_start = nd
             while active and active[0][0] <= step:

@@ -80,6 +80,8 @@ class RuleValues:
     queue_time: float = math.nan
     pending: float = math.nan
     gpu_utilization: float = math.nan
+    batch_size: float = math.nan
+    batch_size_mean: float = math.nan
 
 
 def _mean(values: list[float]) -> float:
@@ -113,11 +115,14 @@ class Prometheus:
     def evaluate(self, t: float) -> None:
         """`triton:queue_time_per_request_seconds:avg1m` = rate(queue_us)/rate(success)/1e6 per pod
         (0 for a pod that served nothing in the window), averaged per namespace;
-        `triton:pending_requests` summed; `triton:gpu_utilization:avg` averaged."""
+        `triton:pending_requests` summed; `triton:gpu_utilization:avg` averaged;
+        `qwen3vl:batch_size:avg1m` = rate(batch_size_sum)/rate(batch_size_count) per pod (pods with
+        no decode step drop out), summed (or averaged when the query says avg)."""
         start = t - self.rate_window
         queue_times: list[float] = []
         pending: list[float] = []
         gpu: list[float] = []
+        batch: list[float] = []
         for s in self.series.values():
             p = s.latest("pending", t)
             if p is None:
@@ -130,10 +135,16 @@ class Prometheus:
             n = extrapolated_rate(s.window("success", start, t), start, t)
             if q is not None and n is not None:
                 queue_times.append(q / n / 1e6 if n > 0 else 0.0)
+            seq = extrapolated_rate(s.window("seq_steps", start, t), start, t)
+            steps = extrapolated_rate(s.window("steps", start, t), start, t)
+            if seq is not None and steps:
+                batch.append(seq / steps)
         self.rules = RuleValues(
             queue_time=_mean(queue_times),
             pending=float(sum(pending)) if pending else math.nan,
             gpu_utilization=_mean(gpu),
+            batch_size=float(sum(batch)) if batch else math.nan,
+            batch_size_mean=_mean(batch),
         )
         self.rules_at = t
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ SIGNALS = {
     "triton:queue_time_per_request_seconds:avg1m:namespace": "queue_time",
     "triton:pending_requests:namespace": "pending",
     "triton:gpu_utilization:avg:namespace": "gpu_utilization",
+    "qwen3vl:batch_size:avg1m": "batch_size",
 }
 METRIC_TYPES = ("Value", "AverageValue", "Utilization")
 
@@ -79,7 +81,10 @@ def _float(value, where: str) -> float:
 def _signal_for(query: str, where: str) -> str:
     for rule in sorted(SIGNALS, key=len, reverse=True):
         if rule in query:
-            return SIGNALS[rule]
+            signal = SIGNALS[rule]
+            if signal == "batch_size" and re.search(r"\bavg\s*(by\b|\()", query):
+                return "batch_size_mean"
+            return signal
     raise ScaledObjectError(
         f"{where}: the query names none of the recording rules the simulator models "
         f"({', '.join(SIGNALS)}): {query!r}"

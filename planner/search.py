@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 from dataclasses import dataclass, replace
 from itertools import product
 from pathlib import Path
@@ -15,12 +16,28 @@ import yaml
 from planner.policies import pod_capacity, run_policies
 from planner.profile import PodProfile
 from planner.report import Summary
-from planner.scaledobject import ScaledObjectSpec
+from planner.scaledobject import ScaledObjectSpec, Trigger
 from planner.sim import Policy, SimConfig
 from planner.traffic import Trace
 
-QUEUE_TIME_GRID = (0.1, 0.25, 0.5, 1.0)
-PENDING_GRID = (2.0, 4.0, 8.0, 16.0)
+QUEUE_TIME_GRID = (0.25, 0.5, 1.0)
+PENDING_GRID = (2.0, 4.0, 8.0)
+OCCUPANCY_GRID = (0.5, 0.7, 0.85)
+
+
+def occupancy_trigger(so: ScaledObjectSpec, slots: int, share: float) -> Trigger:
+    """Busy slots per pod (AverageValue of the summed per-pod batch size): a signal that grows
+    with the load before any queue forms. Connection settings are copied from a trigger as built."""
+    template = next((t for t in so.triggers if t.type == "prometheus"), None)
+    namespace = re.search(r'namespace="([^"]+)"', template.query if template else "")
+    selector = f'{{namespace="{namespace.group(1)}"}}' if namespace else ""
+    query = f"sum(qwen3vl:batch_size:avg1m{selector})"
+    threshold = round(share * slots, 1)
+    raw = copy.deepcopy(template.raw) if template is not None else {"type": "prometheus", "metadata": {}}
+    raw.update({"name": "busy-slots", "metricType": "AverageValue"})
+    raw["metadata"] = {**raw.get("metadata", {}), "query": query, "threshold": f"{threshold:g}", "activationThreshold": "1"}
+    return Trigger("busy-slots", "prometheus", "batch_size", "AverageValue", threshold, 1.0, query,
+                   tuple((k, str(v)) for k, v in raw["metadata"].items()), raw)
 
 
 @dataclass(frozen=True)
@@ -36,15 +53,22 @@ def _with_thresholds(so: ScaledObjectSpec, thresholds: dict[str, float], drop: s
     return replace(so, triggers=triggers)
 
 
-def _grid(so: ScaledObjectSpec) -> list[ScaledObjectSpec]:
+def _grid(so: ScaledObjectSpec, slots: int) -> list[ScaledObjectSpec]:
+    """Queue thresholds x what to do with the GPU trigger: keep it, drop it, or replace it by
+    busy slots per pod at a few shares of the slots."""
     signals = {t.signal for t in so.triggers}
     q_values = QUEUE_TIME_GRID if "queue_time" in signals else (None,)
     p_values = PENDING_GRID if "pending" in signals else (None,)
-    gpu_options = (False, True) if "gpu_utilization" in signals and len(signals) > 1 else (False,)
     out = []
-    for q, p, drop_gpu in product(q_values, p_values, gpu_options):
+    for q, p in product(q_values, p_values):
         thresholds = {k: v for k, v in (("queue_time", q), ("pending", p)) if v is not None}
-        out.append(_with_thresholds(so, thresholds, {"gpu_utilization"} if drop_gpu else set()))
+        kept = _with_thresholds(so, thresholds, set())
+        out.append(kept)
+        queue_only = tuple(t for t in kept.triggers if t.signal != "gpu_utilization")
+        if queue_only and len(queue_only) < len(kept.triggers):
+            out.append(replace(kept, triggers=queue_only))
+        for share in OCCUPANCY_GRID:
+            out.append(replace(kept, triggers=queue_only + (occupancy_trigger(so, slots, share),)))
     return out
 
 
@@ -71,9 +95,9 @@ def search(
     share: float,
     workers: int,
 ) -> tuple[Candidate | None, list[Candidate]]:
-    """Stage 1: thresholds (and keeping the GPU trigger or not) with min/max as built.
+    """Stage 1: queue thresholds and the GPU trigger kept, dropped or replaced, min/max as built.
     Stage 2: minReplicaCount 0..3 and maxReplicaCount around the peak need, thresholds fixed."""
-    stage1 = _evaluate(_grid(so), trace, profile, config, seed, slo_ttft, workers)
+    stage1 = _evaluate(_grid(so, profile.slots), trace, profile, config, seed, slo_ttft, workers)
     best = _best(stage1, share) or max(stage1, key=lambda c: c.summary.within_slo)
     need = math.ceil(trace.peak_rps() / pod_capacity(profile, trace))
     max_options = sorted({so.max_replica_count, need + 1, need + 2, max(need * 3 // 2, need + 3)})

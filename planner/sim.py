@@ -193,7 +193,14 @@ class Simulation:
                 )
             if p.state == DRAINING or now < p.metrics_from:
                 continue
-            targets[p.id] = {"success": p.success, "queue_us": p.queue_us, "pending": p.pending(), "gpu_util": gpu_pct * frac}
+            targets[p.id] = {
+                "success": p.success,
+                "queue_us": p.queue_us,
+                "pending": p.pending(),
+                "gpu_util": gpu_pct * frac,
+                "steps": p.steps,
+                "seq_steps": p.seq_steps,
+            }
         self.prom.scrape(now, targets)
         self.prom.forget_stale(now)
 
