@@ -80,13 +80,17 @@ monitor: setup system-deps
 	$(PY) -m stack.prometheus
 
 plan: setup
-	$(PY) -m planner --overlay k8s/overlays/gpu --profile planner/profiles/h100-qwen3-vl-4b.json --compare --out docs/planner
+	$(PY) -m planner --overlay k8s/overlays/gpu --profile planner/profiles/h100-qwen3-vl-4b.json --trace daynight --compare --out docs/planner
+
+images: setup system-deps
+	docker/build.sh
 
 dashboards: setup
 	$(PY) -m monitoring.grafana.dashboards --out monitoring/grafana/dashboards
 
 lint: setup
-	$(PY) -m compileall -q backend_python frontend stack clients planner monitoring
+	$(PY) -m compileall -q backend_python frontend stack clients planner monitoring bench
+	$(PY) k8s/sync_from_monitoring.py --check
 
 clean:
 	rm -rf var/log var/triton-backends .pytest_cache
