@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         digests.insert(0, peak_digest)
         name = f"{trace.name}-compare"
     else:
-        digests = run_policies(trace, profile, [Policy("KEDA as built", scaled_object=so)], config, args.seed, args.slo_ttft, 1)
+        policy = Policy(f"KEDA {Path(so.source).name}", scaled_object=so)
+        digests = run_policies(trace, profile, [policy], config, args.seed, args.slo_ttft, 1)
         name = f"{trace.name}-as-built"
     summaries = [d.summary for d in digests]
     print(f"simulated {len(digests)} policies in {time.monotonic() - started:.1f} s; objective: {objective}")
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         for s in summaries[2:]:
             if s.meets(args.slo_share) and peak.meets(args.slo_share):
                 saved = 100 * (1 - s.gpu_hours / peak.gpu_hours)
-                print(f"{s.policy}: meets the objective with {saved:.0f} % fewer GPU-hours than static at peak ({n_peak} pods)")
+                how = f"{saved:.0f} % fewer" if saved >= 0 else f"{-saved:.0f} % more"
+                print(f"{s.policy}: meets the objective with {how} GPU-hours than static at peak ({n_peak} pods)")
             elif not s.meets(args.slo_share):
                 print(f"{s.policy}: misses the objective ({100 * s.within_slo:.2f} % within)")
     png = plot(digests, f"{trace.name} trace, {profile.name}, {objective}", args.slo_ttft, out / f"{name}.png")

@@ -1,4 +1,5 @@
-"""The policies compared by `--compare`, all derived from the ScaledObject as built, and a
+"""The policies compared by `--compare`, all derived from the ScaledObject as built (the last
+one, named after the overlay, is that ScaledObject unchanged), and a
 runner that simulates several of them side by side on the same trace and seed."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ import math
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -56,7 +58,7 @@ def comparison(so: ScaledObjectSpec, profile: PodProfile, trace: Trace) -> list[
         p = only(so, signal, label)
         if p is not None:
             policies.append(p)
-    policies.append(Policy("KEDA as built", scaled_object=so))
+    policies.append(Policy(f"KEDA {Path(so.source).name}", scaled_object=so))
     return policies
 
 

@@ -31,7 +31,7 @@ def csv_trace(tmp_path_factory):
 def test_compare_prints_every_policy_and_writes_the_plot(tmp_path, csv_trace):
     run = planner("--overlay", OVERLAY, "--profile", GPU, "--trace", csv_trace, "--compare", "--out", tmp_path)
     assert run.returncode == 0, run.stderr
-    for policy in ("static at peak", "static at mean", "CPU HPA", "KEDA queue time", "KEDA GPU util", "KEDA as built"):
+    for policy in ("static at peak", "static at mean", "CPU HPA", "KEDA queue time", "KEDA GPU util", "KEDA overlay"):
         assert policy in run.stdout
     png = tmp_path / "ten-minutes-compare.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000

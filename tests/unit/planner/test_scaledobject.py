@@ -55,3 +55,23 @@ def test_no_scaledobject_is_a_clear_error():
 def test_not_a_kustomize_directory(tmp_path):
     with pytest.raises(ScaledObjectError, match="kustomization.yaml"):
         load_overlay(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "query,signal",
+    [
+        ('sum(qwen3vl:batch_size:avg1m{namespace="qwen3-vl"})', "batch_size"),
+        ('avg(qwen3vl:batch_size:avg1m{namespace="qwen3-vl"})', "batch_size_mean"),
+    ],
+)
+def test_busy_slots_query_is_summed_or_averaged_as_written(query, signal):
+    doc = {"kind": "ScaledObject", "metadata": {"name": "x"}, "spec": {"triggers": [
+        {"type": "prometheus", "metricType": "AverageValue", "metadata": {"query": query, "threshold": "48"}}]}}
+    assert parse_scaled_object(doc).triggers[0].signal == signal
+
+
+def test_the_proposed_overlay_builds_on_top_of_the_gpu_overlay():
+    so, _ = load_overlay(ROOT / "planner/overlays/gpu-proposed")
+    built, _ = load_overlay(ROOT / "k8s/overlays/gpu")
+    assert so.behavior == built.behavior and so.fallback == built.fallback
+    assert "batch_size" in {t.signal for t in so.triggers}
