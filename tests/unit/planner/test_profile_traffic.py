@@ -14,7 +14,7 @@ pytestmark = pytest.mark.unit
 PROFILES = Path(__file__).resolve().parents[3] / "planner" / "profiles"
 
 
-@pytest.mark.parametrize("name", ["h100-qwen3-vl-4b.json", "cpu-tiny.json"])
+@pytest.mark.parametrize("name", ["h100-qwen3-vl-4b.json", "h100-qwen3-vl-4b-derived.json", "cpu-tiny.json"])
 def test_shipped_profiles_load_and_round_trip(name):
     profile = load_profile(PROFILES / name)
     assert profile.slots >= 1 and profile.cold_start.total_seconds > 0
@@ -23,7 +23,7 @@ def test_shipped_profiles_load_and_round_trip(name):
 
 
 def test_step_table_interpolates_between_measured_batches():
-    profile = load_profile(PROFILES / "h100-qwen3-vl-4b.json")
+    profile = load_profile(PROFILES / "h100-qwen3-vl-4b-derived.json")
     table = profile.step_table()
     assert table[1] == pytest.approx(0.0886)
     assert table[8] == pytest.approx(0.113)
