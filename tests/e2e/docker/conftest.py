@@ -146,6 +146,7 @@ def triton(images, network, model_volume, triton_config) -> Iterator[Service]:
         wait_for_triton(service)
         yield service
     finally:
+        service.save_logs("triton")
         container.stop()
 
 
@@ -174,6 +175,7 @@ def frontend(images, network, triton) -> Iterator[Service]:
             raise TimeoutError(f"{error}\n--- frontend log ---\n{service.logs()}") from None
         yield service
     finally:
+        service.save_logs("frontend")
         container.stop()
 
 
@@ -201,4 +203,5 @@ def prometheus(images, network, frontend, test_files: Path) -> Iterator[Service]
         wait_until(lambda: httpx.get(f"{url}/-/ready", timeout=3).status_code == 200, 60, "Prometheus ready")
         yield service
     finally:
+        service.save_logs("prometheus")
         container.stop()

@@ -15,6 +15,7 @@ from stack.triton import MODEL_NAME
 
 ROOT = Path(__file__).resolve().parents[3]
 K8S_BASE = ROOT / "k8s" / "base"
+LOG_DIR = ROOT / "var" / "log" / "docker-tests"
 FILL_SCRIPT = ROOT / "k8s" / "base" / "fill-model-cache.sh"
 MODEL_SOURCE = ROOT / "k8s" / "base" / "model-source.env"
 CONFIG_NAME = "docker-test"
@@ -77,6 +78,11 @@ class Service:
 
     def logs(self) -> str:
         return self.docker.logs().decode(errors="replace")[-4000:]
+
+    def save_logs(self, name: str) -> None:
+        """The whole log under var/log/docker-tests/, for a failure seen in CI."""
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        (LOG_DIR / f"{name}.log").write_bytes(self.docker.logs())
 
     def publish_urls(self) -> None:
         """Published ports change when a container starts again."""
