@@ -198,7 +198,11 @@ class Engine:
             self._lock.notify()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Let running sequences finish for up to ``timeout`` seconds, then fail the rest."""
+        """Take no new sequences and let the admitted ones finish, waiting up to ``timeout`` seconds.
+
+        Triton calls this when the model unloads, after its own exit timeout has let in-flight
+        streams drain; whatever still runs after that is ended with the process.
+        """
         with self._lock:
             self._stopping = True
             self._lock.notify()
