@@ -9,18 +9,12 @@ RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheelhouse \
         -r /tmp/wheelhouse/requirements.txt \
  && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
-COPY pyproject.toml /tmp/src/pyproject.toml
-COPY frontend /tmp/src/frontend
-RUN /opt/venv/bin/pip install --no-cache-dir --no-index --no-deps --no-build-isolation /tmp/src \
- && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
 
 FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0
-ARG REVISION=unknown
 LABEL org.opencontainers.image.title="qwen3-vl-platform frontend" \
       org.opencontainers.image.description="OpenAI-compatible API and Gradio chat UI in front of Triton's qwen3_vl model" \
       org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/qwen3-vl-platform/qwen3-vl-platform"
 
@@ -29,6 +23,12 @@ RUN if ! getent passwd 1000 >/dev/null; then \
      && useradd --uid 1000 --gid 1000 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin platform; \
     fi
 COPY --from=build /opt/venv /opt/venv
+# The project's own code last: a change to it rebuilds only these small layers.
+COPY pyproject.toml /tmp/src/pyproject.toml
+COPY frontend /tmp/src/frontend
+RUN /opt/venv/bin/pip install --no-cache-dir --no-index --no-deps --no-build-isolation /tmp/src \
+ && rm -rf /tmp/src \
+ && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
 
 ENV PATH=/opt/venv/bin:${PATH} \
     HOME=/tmp \

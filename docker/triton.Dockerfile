@@ -1,7 +1,8 @@
 # Triton Inference Server with the qwen3_vl Python-backend model (k8s: qwen3-vl-platform/triton:0.1.0).
 #
 # Build context: made by `python -m stack.docker images` (docker/README.md), which puts
-# the wheelhouse at var/wheelhouse/triton/ (wheels + requirements.txt from pyproject.toml).
+# the wheelhouse at var/wheelhouse/triton/ (wheels + requirements.txt from pyproject.toml;
+# var/wheelhouse/triton-py3.10/ for the NGC base, passed as WHEELHOUSE).
 # No package index is needed inside the build.
 #
 # TRITON_SERVER=ngc (default): the server that comes with BASE_IMAGE, NGC 24.10 = Triton 2.51.
@@ -12,7 +13,8 @@ ARG BASE_IMAGE=nvcr.io/nvidia/tritonserver:24.10-py3
 
 FROM ${BASE_IMAGE} AS build
 ARG TRITON_SERVER=ngc
-COPY var/wheelhouse/triton /tmp/wheelhouse
+ARG WHEELHOUSE=var/wheelhouse/triton
+COPY ${WHEELHOUSE} /tmp/wheelhouse
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheelhouse \
         -r /tmp/wheelhouse/requirements.txt \
@@ -21,19 +23,13 @@ RUN python3 -m venv /opt/venv \
             -r /tmp/wheelhouse/server-requirements.txt; \
     fi \
  && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
-COPY pyproject.toml /tmp/src/pyproject.toml
-COPY backend_python /tmp/src/backend_python
-RUN /opt/venv/bin/pip install --no-cache-dir --no-index --no-deps --no-build-isolation /tmp/src \
- && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
 
 FROM ${BASE_IMAGE}
 ARG TRITON_SERVER=ngc
 ARG VERSION=0.1.0
-ARG REVISION=unknown
 LABEL org.opencontainers.image.title="qwen3-vl-platform triton" \
       org.opencontainers.image.description="NVIDIA Triton serving Qwen3-VL through the Python backend (model qwen3_vl)" \
       org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/qwen3-vl-platform/qwen3-vl-platform" \
       io.qwen3-vl-platform.triton-server="${TRITON_SERVER}"
@@ -65,6 +61,12 @@ RUN if [ "$TRITON_SERVER" = pytriton ]; then \
         chmod 755 /opt/tritonserver/bin/tritonserver; \
     fi
 
+# The project's own code last: a change to it rebuilds only these small layers.
+COPY pyproject.toml /tmp/src/pyproject.toml
+COPY backend_python /tmp/src/backend_python
+RUN /opt/venv/bin/pip install --no-cache-dir --no-index --no-deps --no-build-isolation /tmp/src \
+ && rm -rf /tmp/src \
+ && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
 COPY model_repository /opt/platform/model_repository
 
 # The venv first on PATH: the backend stub finds its Python prefix (and torch) through it.

@@ -33,6 +33,7 @@ LOG_DIR = ROOT / "var" / "log"
 
 LOCAL_BASE = "qwen3-vl-platform/base:bookworm"
 NGC_BASE = "nvcr.io/nvidia/tritonserver:24.10-py3"  # Triton 2.51, the server tested here
+NGC_PYTHON = "3.10"  # the python3 of NGC 24.10 (Ubuntu 22.04)
 SLIM_BASE = "python:3.11-slim"
 INPUTS_LABEL = "io.qwen3-vl-platform.inputs"
 # Debian packages the Prometheus image needs beyond the base (prometheus' dependencies).
@@ -107,18 +108,24 @@ def _pip() -> list[str]:
     return [sys.executable, "-m", "pip"]
 
 
-def _fill_wheelhouse(folder: Path, requirements: list[str], server_requirements: list[str] = ()) -> None:
-    """Wheels for ``requirements`` (with dependencies) and ``server_requirements`` (without)."""
-    stamp_text = "\n".join(["requirements:", *requirements, "server:", *server_requirements]) + "\n"
+def _fill_wheelhouse(folder: Path, requirements: list[str], server_requirements: list[str] = (),
+                     python_version: str | None = None) -> None:
+    """Wheels for ``requirements`` (with dependencies) and ``server_requirements`` (without).
+
+    ``python_version``: wheels for another Python than this one (an image's), manylinux x86_64.
+    """
+    target = ["--python-version", python_version, "--platform", "manylinux_2_35_x86_64"] if python_version else []
+    stamp_text = "\n".join(["requirements:", *requirements, "server:", *server_requirements, *target]) + "\n"
     stamp = folder / ".complete"
     if stamp.exists() and stamp.read_text() == stamp_text:
         return
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "requirements.txt").write_text("\n".join(requirements) + "\n")
     (folder / "server-requirements.txt").write_text("\n".join(server_requirements) + "\n")
-    subprocess.run([*_pip(), "download", "-q", "--only-binary=:all:", "-d", str(folder), *requirements], check=True)
+    download = [*_pip(), "download", "-q", "--only-binary=:all:", *target, "-d", str(folder)]
+    subprocess.run([*download, *requirements], check=True)
     if server_requirements:
-        subprocess.run([*_pip(), "download", "-q", "--no-deps", "-d", str(folder), *server_requirements], check=True)
+        subprocess.run([*download, "--no-deps", *server_requirements], check=True)
     stamp.write_text(stamp_text)
 
 
@@ -129,12 +136,15 @@ def _setuptools_pin() -> str:
     return f"setuptools=={installed('setuptools')}"
 
 
-def triton_wheelhouse() -> Path:
-    folder = WHEELHOUSE / "triton"
+def triton_wheelhouse(python_version: str | None = None) -> str:
+    """The wheelhouse folder (relative to the repository) for this Python or ``python_version``."""
+    relative = "var/wheelhouse/triton" + (f"-py{python_version}" if python_version else "")
     server = [line.strip() for line in (ROOT / "requirements-triton.txt").read_text().splitlines()
               if line.strip() and not line.startswith("#")]
-    _fill_wheelhouse(folder, [*project()["dependencies"], _setuptools_pin()], server)
-    return folder
+    # The NGC image brings its own server: the wheel's server is only for TRITON_SERVER=pytriton.
+    _fill_wheelhouse(ROOT / relative, [*project()["dependencies"], _setuptools_pin()],
+                     [] if python_version else server, python_version)
+    return relative
 
 
 def frontend_wheelhouse() -> Path:
@@ -201,6 +211,7 @@ class Build:
         command = ["docker", "build", "-f", self.dockerfile, "-t", self.tag,
                    f"--label={INPUTS_LABEL}={self.inputs_digest()}", *args, "-"]
         relative = [p.relative_to(ROOT).as_posix() for p in self.files()]
+        previous = _run(["docker", "image", "inspect", "-f", "{{.Id}}", self.tag]).stdout.strip()
         print(f"{self.tag}: building ({' '.join(command)}), log {log_path}")
         with open(log_path, "wb") as log:
             tar = subprocess.Popen(["tar", "-c", "-C", str(ROOT), "--no-recursion", "-T", "-"],
@@ -216,17 +227,21 @@ class Build:
             raise RuntimeError(f"docker build of {self.tag} failed (log {log_path}):\n{tail}")
         seconds = time.monotonic() - started
         print(f"{self.tag}: built in {seconds:.0f} s")
+        if previous and previous != _run(["docker", "image", "inspect", "-f", "{{.Id}}", self.tag]).stdout.strip():
+            # The image this build replaced (GiBs for Triton); kept when a container still uses it.
+            _run(["docker", "image", "rm", previous])
         return seconds
 
 
 def triton_build(base: str = "local", base_image: str | None = None) -> Build:
-    triton_wheelhouse()
+    wheelhouse = triton_wheelhouse(None if base == "local" else NGC_PYTHON)
     return Build(
         tag=image_name("triton"),
         dockerfile="docker/triton.Dockerfile",
-        paths=["pyproject.toml", "backend_python", "model_repository", "var/wheelhouse/triton"],
+        paths=["pyproject.toml", "backend_python", "model_repository", wheelhouse],
         build_args={"BASE_IMAGE": base_image or (LOCAL_BASE if base == "local" else NGC_BASE),
                     "TRITON_SERVER": "pytriton" if base == "local" else "ngc",
+                    "WHEELHOUSE": wheelhouse,
                     "VERSION": version()},
     )
 

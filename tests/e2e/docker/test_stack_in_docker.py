@@ -269,4 +269,7 @@ def test_sigterm_lets_streams_in_flight_finish_and_refuses_new_requests(triton, 
 
     wait_until(lambda: not triton.inspect()["State"]["Running"], EXIT_TIMEOUT_S + 10, "Triton to exit")
     state = triton.inspect()["State"]
-    assert state["ExitCode"] == 0, triton.logs()
+    log = triton.docker.logs().decode(errors="replace").splitlines()
+    shutdown = [line for line in log[next((i for i, l in enumerate(log) if "Signal (15)" in l), 0):]
+                if "Timeout " not in line]
+    assert state["ExitCode"] == 0, "Triton did not drain and exit cleanly:\n" + "\n".join(shutdown[-40:])
