@@ -148,6 +148,7 @@ def test_containers_run_as_non_root_with_passing_health_checks(triton, frontend,
     for service in (triton, frontend):
         wait_until(lambda s=service: s.inspect()["State"]["Health"]["Status"] == "healthy", 90,
                    f"{service.docker.name} healthy", interval=2)
+    assert httpx.get(f"{frontend.urls[8080]}/", timeout=30).status_code == 200, "the chat UI on a read-only root"
     exit_code, _ = frontend.docker.exec_run(
         ["python3", "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)"])
     assert exit_code == 0, "the frontend image must not carry torch"

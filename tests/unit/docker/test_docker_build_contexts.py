@@ -87,3 +87,14 @@ def test_image_names_users_and_ports_match_the_k8s_manifests():
         assert re.search(rf"^EXPOSE .*\b{port}\b", dockerfile, re.M)
         probe = pod["containers"][0]["readinessProbe"]["httpGet"]["path"] if component == "triton" else "/healthz"
         assert f"127.0.0.1:{port}{probe}" in dockerfile, "the HEALTHCHECK asks what the probe asks"
+
+
+def test_no_engine_is_a_clear_error_not_a_skip(monkeypatch):
+    monkeypatch.setattr(platform_docker, "engine_answers", lambda: False)
+    monkeypatch.setattr(platform_docker.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="docker.io.*--docker=skip"):
+        platform_docker.ensure_engine()
+    monkeypatch.setattr(platform_docker.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(platform_docker.os, "geteuid", lambda: 1000)
+    with pytest.raises(RuntimeError, match="only root can start dockerd"):
+        platform_docker.ensure_engine()
