@@ -7,8 +7,7 @@ FROM ${BASE_IMAGE} AS build
 COPY var/wheelhouse/frontend /tmp/wheelhouse
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheelhouse \
-        -r /tmp/wheelhouse/requirements.txt \
- && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
+        -r /tmp/wheelhouse/requirements.txt
 
 FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0
@@ -27,8 +26,7 @@ COPY --from=build /opt/venv /opt/venv
 COPY pyproject.toml /tmp/src/pyproject.toml
 COPY frontend /tmp/src/frontend
 RUN /opt/venv/bin/pip install --no-cache-dir --no-index --no-deps --no-build-isolation /tmp/src \
- && rm -rf /tmp/src \
- && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
+ && rm -rf /tmp/src
 
 ENV PATH=/opt/venv/bin:${PATH} \
     HOME=/tmp \

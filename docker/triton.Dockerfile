@@ -21,8 +21,7 @@ RUN python3 -m venv /opt/venv \
  && if [ "$TRITON_SERVER" = pytriton ]; then \
         /opt/venv/bin/pip install --no-cache-dir --no-index --no-deps --find-links /tmp/wheelhouse \
             -r /tmp/wheelhouse/server-requirements.txt; \
-    fi \
- && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
+    fi
 
 FROM ${BASE_IMAGE}
 ARG TRITON_SERVER=ngc
@@ -65,8 +64,7 @@ RUN if [ "$TRITON_SERVER" = pytriton ]; then \
 COPY pyproject.toml /tmp/src/pyproject.toml
 COPY backend_python /tmp/src/backend_python
 RUN /opt/venv/bin/pip install --no-cache-dir --no-index --no-deps --no-build-isolation /tmp/src \
- && rm -rf /tmp/src \
- && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
+ && rm -rf /tmp/src
 COPY model_repository /opt/platform/model_repository
 
 # The venv first on PATH: the backend stub finds its Python prefix (and torch) through it.
