@@ -8,6 +8,8 @@ COPY var/wheelhouse/frontend /tmp/wheelhouse
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheelhouse \
         -r /tmp/wheelhouse/requirements.txt
+# Marks this stage's image, the dependency cache, so stack.docker can drop stale ones.
+LABEL io.qwen3-vl-platform.build-stage=frontend
 
 FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0

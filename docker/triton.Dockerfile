@@ -22,6 +22,8 @@ RUN python3 -m venv /opt/venv \
         /opt/venv/bin/pip install --no-cache-dir --no-index --no-deps --find-links /tmp/wheelhouse \
             -r /tmp/wheelhouse/server-requirements.txt; \
     fi
+# Marks this stage's image, the dependency cache, so stack.docker can drop stale ones.
+LABEL io.qwen3-vl-platform.build-stage=triton
 
 FROM ${BASE_IMAGE}
 ARG TRITON_SERVER=ngc

@@ -36,6 +36,7 @@ NGC_BASE = "nvcr.io/nvidia/tritonserver:24.10-py3"  # Triton 2.51, the server te
 NGC_PYTHON = "3.10"  # the python3 of NGC 24.10 (Ubuntu 22.04)
 SLIM_BASE = "python:3.11-slim"
 INPUTS_LABEL = "io.qwen3-vl-platform.inputs"
+BUILD_STAGE_LABEL = "io.qwen3-vl-platform.build-stage"
 # Debian packages the Prometheus image needs beyond the base (prometheus' dependencies).
 PROMETHEUS_DEBS = (
     "prometheus", "fonts-glyphicons-halflings", "javascript-common", "libjs-bootstrap", "libjs-bootstrap4",
@@ -158,7 +159,11 @@ def prometheus_debs() -> Path:
     if stamp.exists() and stamp.read_text() == "\n".join(PROMETHEUS_DEBS):
         return DEBS
     DEBS.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["apt-get", "download", *PROMETHEUS_DEBS], cwd=DEBS, check=True, capture_output=True)
+    download = ["apt-get", "download", *PROMETHEUS_DEBS]
+    if subprocess.run(download, cwd=DEBS, capture_output=True).returncode != 0:
+        # Package lists missing or stale (a fresh machine): refresh them once, as root.
+        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
+        subprocess.run(download, cwd=DEBS, check=True, capture_output=True)
     stamp.write_text("\n".join(PROMETHEUS_DEBS))
     return DEBS
 
@@ -230,7 +235,17 @@ class Build:
         if previous and previous != _run(["docker", "image", "inspect", "-f", "{{.Id}}", self.tag]).stdout.strip():
             # The image this build replaced (GiBs for Triton); kept when a container still uses it.
             _run(["docker", "image", "rm", previous])
+        self._drop_stale_build_stages()
         return seconds
+
+
+    def _drop_stale_build_stages(self) -> None:
+        """Untagged dependency stages of this image but the newest (the one just used) go."""
+        component = self.tag.split("/")[-1].split(":")[0]
+        listed = _run(["docker", "images", "-f", "dangling=true", "-f", f"{BUILD_STAGE_LABEL}={component}",
+                       "--format", "{{.CreatedAt}}\t{{.ID}}"]).stdout.splitlines()
+        for line in sorted(listed, reverse=True)[1:]:
+            _run(["docker", "image", "rm", line.split("\t")[1]])
 
 
 def triton_build(base: str = "local", base_image: str | None = None) -> Build:
