@@ -22,16 +22,19 @@ import httpx
 import pytest
 import yaml
 
-from docker_stack import (CONFIG_NAME, EXIT_TIMEOUT_S, FILL_SCRIPT, FRONTEND_ENV, FRONTEND_MEMORY_LIMIT, MODEL_SOURCE,
-                          QUEUE_SIZE, SLOTS, TRITON_MEMORY_LIMIT, Service, k8s_command, k8s_container, k8s_plain_env,
-                          testcontainers_classes, wait_for_triton,
-                          wait_until)
+from docker_stack import (
+    CONFIG_NAME, EXIT_TIMEOUT_S, FILL_SCRIPT, FRONTEND_ENV, FRONTEND_MEMORY_LIMIT, MODEL_SOURCE, QUEUE_SIZE, SLOTS,
+    TRITON_MEMORY_LIMIT, Service, k8s_command, k8s_container, k8s_plain_env, testcontainers_classes,
+    wait_for_triton, wait_until,
+)
 
 from stack import docker as platform_docker
 from stack.prometheus import LocalTargets, local_config
 from stack.triton import MODEL_NAME, model_repository
 
+
 def _hardened(container, memory_limit: int, **kwargs):
+    """The pod's securityContext and memory limit, in Docker's words."""
     return container.with_tmpfs_mount("/tmp", "size=1g").with_kwargs(
         read_only=True,
         cap_drop=["ALL"],

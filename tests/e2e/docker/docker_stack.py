@@ -19,8 +19,11 @@ LOG_DIR = ROOT / "var" / "log" / "docker-tests"
 FILL_SCRIPT = ROOT / "k8s" / "base" / "fill-model-cache.sh"
 MODEL_SOURCE = ROOT / "k8s" / "base" / "model-source.env"
 CONFIG_NAME = "docker-test"
-# Two engine slots and a queue of two: a burst of a dozen clients overflows it.
+# Two engine slots and a queue of two: a burst of a couple of dozen clients overflows it.
 SLOTS, QUEUE_SIZE = 2, 2
+# Requests Triton can hand to the model at once: one batch waits inside `execute` for slots.
+MAX_BATCH = int(re.search(r"^max_batch_size: (\d+)", (ROOT / "model_repository" / MODEL_NAME / "config.pbtxt")
+                          .read_text(), re.M).group(1))
 EXIT_TIMEOUT_S = 60
 TRITON_MEMORY_LIMIT = 4 * 1024**3  # k8s/base/deployment-triton.yaml
 FRONTEND_MEMORY_LIMIT = 1024**3  # k8s/base/deployment-frontend.yaml
