@@ -70,6 +70,9 @@ test-integration: setup system-deps
 test-e2e: setup system-deps
 	$(PYTEST) -m e2e $(PYTEST_ARGS)
 
+test-docker: setup system-deps
+	$(PYTEST) -m docker $(PYTEST_ARGS)
+
 bench: setup
 	$(PY) -m bench.local
 

@@ -36,9 +36,9 @@ class Outbox:
     def put(self, sender, response, flags):
         self._queue.put((sender, response, flags))
 
-    def close(self):
+    def close(self, timeout):
         self._queue.put(None)
-        self._thread.join(30)
+        self._thread.join(timeout)
 
     def _run(self):
         while (item := self._queue.get()) is not None:
@@ -105,8 +105,10 @@ class TritonPythonModel:
         return None
 
     def finalize(self):
-        self.engine.stop()
-        self.outbox.close()
+        # Triton has already let in-flight streams drain (--exit-timeout-secs) before unloading:
+        # keep this short so a stuck response cannot hold the server past its exit timeout.
+        self.engine.stop(timeout=5)
+        self.outbox.close(timeout=5)
 
 
 def _input(request, name):
