@@ -74,8 +74,8 @@ def test_concurrent_requests_run_in_shared_batches(triton):
 
 def test_a_new_request_is_not_stuck_behind_a_long_one(triton):
     with ThreadPoolExecutor(2) as pool:
-        long = pool.submit(ask, triton, "Write a long essay.", max_tokens=300, ignore_eos=True)
-        time.sleep(1.0)
+        long = pool.submit(ask, triton, "Write a long essay.", max_tokens=800, ignore_eos=True)
+        time.sleep(0.5)
         short = ask(triton, "Short?", max_tokens=4, ignore_eos=True)
         long = long.result()
     assert short.error is None and long.error is None

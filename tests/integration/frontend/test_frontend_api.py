@@ -214,9 +214,10 @@ def test_api_keys_are_enforced_when_set(triton, tmp_path_factory):
 
 
 def test_deadline_is_504(triton, tmp_path_factory):
-    server = start_frontend(triton, tmp_path_factory, "hasty", FRONTEND_REQUEST_TIMEOUT_S="0.5")
+    server = start_frontend(triton, tmp_path_factory, "hasty", FRONTEND_REQUEST_TIMEOUT_S="0.5",
+                            FRONTEND_MAX_TOKENS_LIMIT="1500")
     try:
-        body = image_question(max_tokens=64, temperature=1.0, seed=5)
+        body = image_question(max_tokens=1500, temperature=1.0, seed=5)  # seconds of work against a 0.5 s deadline
         response = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
         assert response.status_code == 504, response.text
         assert response.json()["error"]["code"] == "timeout"
