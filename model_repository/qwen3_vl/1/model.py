@@ -86,7 +86,7 @@ class TritonPythonModel:
         self.outbox = Outbox()
         self.engine = Engine(loaded, self.config, self.metrics).start()
         self.metrics.model_load(time.monotonic() - started)
-        log.warning("qwen3_vl ready: %s on %s, %d slots", self.config.model_path, loaded.device, self.config.slots)
+        log.warning("qwen3_vl ready: %s on %s, %d slots", self.config.model_path, loaded.device, self.engine.slots)
 
     def execute(self, requests):
         for request in requests:
