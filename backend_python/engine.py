@@ -236,6 +236,8 @@ class Engine:
                 log.exception("engine step failed")
                 for sequence in admitted + list(self._running):
                     self._finish(sequence, error=EngineFailure(f"internal error in the engine: {exc}"))
+            # Keep no finished sequence (and its response sender) alive while waiting for work.
+            admitted = []
 
     def _prefill(self, batch: list[Sequence]) -> None:
         batch = [s for s in batch if not self._cancelled(s)]

@@ -41,12 +41,20 @@ class Outbox:
         self._thread.join(timeout)
 
     def _run(self):
-        while (item := self._queue.get()) is not None:
-            sender, response, flags = item
-            try:
-                sender.send(response, flags=flags)
-            except Exception:  # a client that went away must not stop the others' responses
-                log.exception("sending a response failed")
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            self._send(*item)
+            # Hold no sender while idle: Triton unloads the model only once every sender is released.
+            item = None
+
+    @staticmethod
+    def _send(sender, response, flags):
+        try:
+            sender.send(response, flags=flags)
+        except Exception:  # a client that went away must not stop the others' responses
+            log.exception("sending a response failed")
 
 
 class TritonSink:
