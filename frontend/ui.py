@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 Turn = dict[str, Any]
 ChatMessages = list[dict[str, Any]]
 
+# A browser re-renders the whole answer's markdown on every update: one update per token makes long
+# answers quadratic and starves the page. Tokens that arrive within this interval are sent together.
+UI_UPDATE_INTERVAL_S = 0.05
+
 
 def _data_url(path: str) -> str:
     mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
@@ -171,6 +175,7 @@ def build_ui(service: ChatService) -> gr.Blocks:
         ttft: float | None = None
         last: GenerationChunk | None = None
         text = ""
+        shown_at = 0.0
         yield chat, turns, "Waiting for the first token…"
         try:
             body = build_request(
@@ -187,8 +192,10 @@ def build_ui(service: ChatService) -> gr.Blocks:
                         ttft = time.perf_counter() - started
                     last = chunk
                     text += chunk.text
-                    answer = {"role": "assistant", "content": text}
-                    yield [*chat, answer], [*turns, {"role": "assistant", "text": text}], "Generating…"
+                    if time.perf_counter() - shown_at >= UI_UPDATE_INTERVAL_S:
+                        shown_at = time.perf_counter()
+                        answer = {"role": "assistant", "content": text}
+                        yield [*chat, answer], [*turns, {"role": "assistant", "text": text}], "Generating…"
         except Exception as exc:  # every failure ends as a chat message, never a stack trace or a spinner
             error = exc if isinstance(exc, FrontendError) else InternalError("the frontend failed; see its log")
             if not isinstance(exc, FrontendError):
