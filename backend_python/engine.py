@@ -60,13 +60,14 @@ class Sequence:
     slot: int = -1
     length: int = 0  # tokens held in the KV cache
     position: int = 0  # rotary position of the next token
-    last_token: int = 0
+    scheduled: int = 0  # tokens launched on the device (the host has seen ``generated`` of them)
     generated: int = 0
     pending: str = ""  # text not yet sent
     last_sent: float = 0.0
     first_token_at: float | None = None
     checked_cancel: float = 0.0
     finish_reason: str = ""
+    finished: bool = False
 
 
 class SlotCache:
@@ -140,10 +141,9 @@ class Engine:
                                 compile=config.compile_decode and self.device.type == "cuda")
         self._span_step = 256 if self.device.type == "cuda" else 16
         self._arange = torch.arange(config.max_seq_len, device=self.device)
-        # Static inputs of the decode step (graphs replay on these very tensors): token ids, rotary
-        # positions and cache lengths, filled from one pinned host buffer with one copy per step.
+        # Static inputs of the decode step (graphs replay on these very tensors): token ids (written
+        # on the device by the step before), rotary positions and cache lengths (copied from the host).
         self._inputs = torch.zeros((3, self.slots), dtype=torch.long, device=self.device)
-        self._staging = torch.zeros((3, self.slots), dtype=torch.long, pin_memory=self.device.type == "cuda")
         self._ids = self._inputs[0].view(self.slots, 1)
         self._positions, self._lengths = self._inputs[1], self._inputs[2]
         self.timings: dict[str, float] | None = None  # per-phase seconds, when a benchmark asks
@@ -156,7 +156,9 @@ class Engine:
         self._lock = threading.Condition()
         self._incoming: deque[Sequence] = deque()
         self._waiting = 0  # callers blocked in submit() for a slot
-        self._running: list[Sequence] = []
+        self._admitted = 0  # sequences handed over and not yet finished
+        self._running: list[Sequence] = []  # the next decode step's batch; row i is slot i
+        self._pending: deque[_Output] = deque()  # launched, not yet streamed (oldest first)
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="qwen3vl-engine", daemon=True)
         self.metrics.slots(self.slots)
@@ -195,6 +197,7 @@ class Engine:
                 self._free.release()
                 raise Overloaded("the model is shutting down")
             self._incoming.append(sequence)
+            self._admitted += 1
             self._lock.notify()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -210,16 +213,16 @@ class Engine:
 
     @property
     def in_flight(self) -> int:
-        return len(self._running) + len(self._incoming)
+        return self._admitted
 
     # -- the engine thread ---------------------------------------------------------------
 
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while not self._incoming and not self._running and not self._stopping:
+                while not self._incoming and not self._running and not self._pending and not self._stopping:
                     self._lock.wait()
-                if self._stopping and not self._running and not self._incoming:
+                if self._stopping and not self._running and not self._incoming and not self._pending:
                     return
                 admitted = [self._incoming.popleft()
                             for _ in range(min(len(self._incoming), self.config.prefills_per_step))]
@@ -230,11 +233,15 @@ class Engine:
                 with torch.inference_mode():
                     if admitted:
                         self._prefill(admitted)
-                    if self._running:
-                        self._decode()
+                    launched = self._launch() if self._running else False
+                    # The step just launched runs while the host streams the one before it.
+                    while len(self._pending) > (1 if launched else 0):
+                        self._collect(self._pending.popleft())
             except Exception as exc:  # the model must survive a bad step: fail its sequences, go on
                 log.exception("engine step failed")
-                for sequence in admitted + list(self._running):
+                failed = admitted + list(self._running) + [s for out in self._pending for s in out.batch]
+                self._pending.clear()
+                for sequence in failed:
                     self._finish(sequence, error=EngineFailure(f"internal error in the engine: {exc}"))
             # Keep no finished sequence (and its response sender) alive while waiting for work.
             admitted = []
@@ -254,14 +261,20 @@ class Engine:
             mask[row, longest - n:] = 1
         pixels = [s.prompt.pixel_values for s in batch if s.prompt.pixel_values is not None]
         grids = [s.prompt.image_grid_thw for s in batch if s.prompt.image_grid_thw is not None]
-        dev = self.device
-        ids, types, mask = ids.to(dev), types.to(dev), mask.to(dev)
-        grid = torch.cat(grids).to(dev) if grids else None
+        grid = torch.cat(grids) if grids else None
+        # Rotary positions on the host: they are a function of the prompt alone, and computing them
+        # here leaves the decode step that is still running on the device undisturbed.
         positions, _ = self.model.model.get_rope_index(ids, types, grid, None, mask)
+        dev = self.device
+
+        def upload(t: torch.Tensor) -> torch.Tensor:
+            return self._pinned(t).to(dev, non_blocking=True)
+
         out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, mm_token_type_ids=types,
-            pixel_values=torch.cat(pixels).to(dev, self.model.dtype) if pixels else None,
-            image_grid_thw=grid, use_cache=True, logits_to_keep=1,
+            input_ids=upload(ids), attention_mask=upload(mask), position_ids=upload(positions),
+            mm_token_type_ids=upload(types),
+            pixel_values=upload(torch.cat(pixels)).to(self.model.dtype) if pixels else None,
+            image_grid_thw=upload(grid) if grid is not None else None, use_cache=True, logits_to_keep=1,
         )
         for row, s in enumerate(batch):
             s.slot = len(self._running)
@@ -274,38 +287,58 @@ class Engine:
         self.metrics.prompt_tokens(sum(s.prompt.length for s in batch))
         self.metrics.in_flight(len(self._running))
         tokens = self._select(out.logits[:, -1], batch)
-        self._advance(batch, tokens)
+        self._ids.index_copy_(0, upload(torch.tensor([s.slot for s in batch])), tokens.view(-1, 1))
+        self._pending.append(_Output.of(batch, tokens))
 
-    def _decode(self) -> None:
+    def _launch(self) -> bool:
+        """Enqueue one decode step for every running sequence, without waiting for the device.
+
+        The step reads its token ids from the device, where the previous step or the prefill left
+        them, and writes its own there for the next step: the host only sees tokens when it
+        collects them, one step behind.
+        """
+        # A sequence whose last token is already scheduled takes no further step.
+        for s in [s for s in self._running if s.scheduled >= s.request.sampling.max_tokens]:
+            self._retire(s)
         running = self._running
         n = len(running)
+        if not n:
+            return False
         span = min(self.cache.max_len, _round_up(max(s.length for s in running) + 1, self._span_step))
         rows = self._bucket(n) if self._graphs is not None else n
         started = time.perf_counter()
-        staging = self._staging.numpy()
-        staging[:, n:rows] = 0
-        staging[0, :n] = [s.last_token for s in running]
-        staging[1, :n] = [s.position for s in running]
-        staging[2, :n] = [s.length for s in running]
-        self._inputs[:, :rows].copy_(self._staging[:, :rows], non_blocking=True)
-        launched = time.perf_counter()
+        host = torch.zeros((2, rows), dtype=torch.long)
+        host[0, :n] = torch.tensor([s.position for s in running])
+        host[1, :n] = torch.tensor([s.length for s in running])
+        self._inputs[1:, :rows].copy_(self._pinned(host), non_blocking=True)
         if self._graphs is None:
             logits = self._forward(rows, span)
         else:
             graph, logits = self._graphs.get((rows, span)) or self._capture(rows, span)
             graph.replay()
-        tokens = self._select(logits[:n], running)
-        done = time.perf_counter()
-        for s in running:
+        batch = list(running)
+        tokens = self._select(logits[:n], batch)
+        self._ids[:n, 0].copy_(tokens)
+        self._pending.append(_Output.of(batch, tokens))
+        for s in batch:
             s.length += 1
             s.position += 1
         self.metrics.batch_size(n)
-        self._advance(list(running), tokens)
         if self.timings is not None:
-            for phase, seconds in (("prepare", launched - started), ("step", done - launched),
-                                   ("stream", time.perf_counter() - done)):
-                self.timings[phase] = self.timings.get(phase, 0.0) + seconds
+            self.timings["launch"] = self.timings.get("launch", 0.0) + time.perf_counter() - started
             self.timings["steps"] = self.timings.get("steps", 0.0) + 1
+        return True
+
+    def _collect(self, output: "_Output") -> None:
+        """Wait for one launched step's tokens and stream them."""
+        started = time.perf_counter()
+        tokens = output.tokens()
+        collected = time.perf_counter()
+        live = [(s, t) for s, t in zip(output.batch, tokens) if not s.finished]
+        self._advance([s for s, _ in live], [t for _, t in live])
+        if self.timings is not None:
+            for phase, seconds in (("wait", collected - started), ("stream", time.perf_counter() - collected)):
+                self.timings[phase] = self.timings.get(phase, 0.0) + seconds
 
     def _forward(self, rows: int, span: int) -> torch.Tensor:
         """One decode step over the first ``rows`` slots, reading ``span`` cached tokens: graph-capturable."""
@@ -330,22 +363,24 @@ class Engine:
         log.info("captured decode step for %d sequences x %d tokens", rows, span)
         return graph, logits
 
-    def _select(self, logits: torch.Tensor, batch: list[Sequence]) -> list[int]:
+    def _select(self, logits: torch.Tensor, batch: list[Sequence]) -> torch.Tensor:
+        """The next token of each row, on the device; counts each sequence's scheduled tokens."""
         params = [s.request.sampling for s in batch]
-        any_sampling = any(not p.greedy for p in params)
-        if not any_sampling:
-            return torch.argmax(logits, dim=-1).tolist()
+        steps = [s.scheduled for s in batch]
+        for s in batch:
+            s.scheduled += 1
+        if all(p.greedy for p in params):
+            return torch.argmax(logits, dim=-1)
         dev = logits.device
-        tokens = select(
-            logits,
-            temperature=torch.tensor([p.temperature for p in params], device=dev),
-            top_p=torch.tensor([p.top_p for p in params], device=dev),
-            seeds=torch.tensor([s.seed for s in batch], device=dev),
-            steps=torch.tensor([s.generated for s in batch], device=dev),
-            any_sampling=True,
-            any_top_p=any(p.top_p < 1.0 for p in params),
-        )
-        return tokens.tolist()
+        floats = self._pinned(torch.tensor([[p.temperature for p in params], [p.top_p for p in params]]))
+        longs = self._pinned(torch.tensor([[s.seed for s in batch], steps], dtype=torch.long))
+        floats, longs = floats.to(dev, non_blocking=True), longs.to(dev, non_blocking=True)
+        return select(logits, temperature=floats[0], top_p=floats[1], seeds=longs[0], steps=longs[1],
+                      any_sampling=True, any_top_p=any(p.top_p < 1.0 for p in params))
+
+    def _pinned(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Page-locked for a GPU, so that copying it there does not wait for the steps queued before."""
+        return tensor.pin_memory() if self.device.type == "cuda" else tensor
 
     def _advance(self, batch: list[Sequence], tokens: list[int]) -> None:
         """Record one new token per sequence, stream it, and retire finished sequences."""
@@ -354,7 +389,6 @@ class Engine:
         self.metrics.generated_tokens(len(tokens))
         for s, token in zip(batch, tokens):
             s.generated += 1
-            s.last_token = token
             if s.first_token_at is None:
                 s.first_token_at = now
                 self.metrics.time_to_first_token(now - s.arrival)
@@ -391,8 +425,14 @@ class Engine:
         return False
 
     def _finish(self, s: Sequence, error: ServingError | None = None) -> None:
-        if s.slot == -2:
-            return  # already retired
+        if s.finished:
+            return
+        s.finished = True
+        self._retire(s)
+        with self._lock:
+            self._admitted -= 1
+        self._free.release()
+        self.metrics.finished("error" if error and not isinstance(error, Cancelled) else s.finish_reason)
         try:
             if error is None:
                 text = s.pending if s.request.stream else s.text.text
@@ -403,19 +443,44 @@ class Engine:
                 s.sink.send(self._chunk(s, ""), final=True)
         except Exception:  # a broken client connection must not stop the engine
             log.exception("sending the last response failed")
-        self.metrics.finished("error" if error and not isinstance(error, Cancelled) else s.finish_reason)
-        self._release(s)
 
-    def _release(self, s: Sequence) -> None:
-        if s.slot >= 0:
-            last = self._running.pop()
-            if last is not s:
-                self.cache.move(last.slot, s.slot, last.length)
-                last.slot = s.slot
-                self._running[s.slot] = last
-        s.slot = -2
-        self._free.release()
+    def _retire(self, s: Sequence) -> None:
+        """Take a sequence out of the decode batch; the last slot moves into its place (on the device,
+        after every step already launched), so running sequences always fill the first slots."""
+        if s.slot < 0:
+            return
+        last = self._running.pop()
+        if last is not s:
+            self.cache.move(last.slot, s.slot, last.length)
+            self._ids[s.slot] = self._ids[last.slot]
+            last.slot = s.slot
+            self._running[s.slot] = last
+        s.slot = -1
         self.metrics.in_flight(len(self._running))
+
+
+@dataclass(eq=False)
+class _Output:
+    """The tokens of one launched step (prefill or decode), on their way to the host."""
+
+    batch: list[Sequence]
+    host: torch.Tensor
+    ready: "torch.cuda.Event | None"
+
+    @classmethod
+    def of(cls, batch: list[Sequence], tokens: torch.Tensor) -> "_Output":
+        if tokens.device.type != "cuda":
+            return cls(batch, tokens, None)
+        host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+        host.copy_(tokens, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return cls(batch, host, ready)
+
+    def tokens(self) -> list[int]:
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self.host.tolist()
 
 
 def _round_up(n: int, step: int) -> int:

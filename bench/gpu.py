@@ -462,7 +462,7 @@ def main() -> None:
         print(report["eager_step_profile"])
     if "engine_steps" in report:
         print(table([{"batch": str(b), "tok/s": f"{v['tok_s']:.0f}", "ms/step": f"{v['ms_per_step']:.2f}",
-                      "prepare ms": f"{v.get('host_prepare_ms', 0):.2f}", "step+sync ms": f"{v.get('host_step_ms', 0):.2f}",
+                      "launch ms": f"{v.get('host_launch_ms', 0):.2f}", "wait ms": f"{v.get('host_wait_ms', 0):.2f}",
                       "stream ms": f"{v.get('host_stream_ms', 0):.2f}"}
                      for b, v in report["engine_steps"].items()]))
     rows = []

@@ -2,8 +2,9 @@
 
     python -m bench.profile docs/bench/h100-bench-gpu.json --out planner/profiles/h100-qwen3-vl-4b.json
 
-Decode step time per batch size = the captured step's GPU time (256 cached tokens) plus the
-engine's measured host work per step; prefill = time to first token at one client over the
+Decode step time per batch size = the captured step's GPU time (256 cached tokens) or the
+engine's measured host work per step, whichever is longer (the host prepares and streams one step
+while the device runs the next); prefill = time to first token at one client over the
 prompt's tokens; cold start = the measured start to ready and to first token.
 """
 
@@ -28,8 +29,11 @@ def from_report(report: dict, name: str, source: str) -> PodProfile:
         if span != 256 or (engine and str(rows) not in engine):
             continue
         host = engine.get(str(rows), {})
-        host_ms = host.get("host_prepare_ms", 0.0) + host.get("host_stream_ms", 0.0)
-        steps.append((rows, round((gpu_ms + host_ms) / 1000, 5)))
+        if "host_launch_ms" in host:  # the engine overlaps its host work with the step before
+            step_ms = max(gpu_ms, host["host_launch_ms"] + host.get("host_stream_ms", 0.0))
+        else:
+            step_ms = gpu_ms + host.get("host_prepare_ms", 0.0) + host.get("host_stream_ms", 0.0)
+        steps.append((rows, round(step_ms / 1000, 5)))
     single = next(r for r in report["runs"] if r["clients"] == "1")
     ttft = float(single["ttft_p50"])
     ready = report["cold_start_ready_s"]

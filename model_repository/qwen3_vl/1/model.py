@@ -90,11 +90,14 @@ class TritonPythonModel:
         self.metrics = TritonMetrics(pb_utils, {"model": args["model_name"], "version": args["model_version"]})
         started = time.monotonic()
         loaded = load(self.config)
+        weights = time.monotonic() - started
         self.prompts = PromptBuilder(loaded.processor, self.config)
         self.outbox = Outbox()
         self.engine = Engine(loaded, self.config, self.metrics).start()
-        self.metrics.model_load(time.monotonic() - started)
-        log.warning("qwen3_vl ready: %s on %s, %d slots", self.config.model_path, loaded.device, self.engine.slots)
+        seconds = time.monotonic() - started
+        self.metrics.model_load(seconds)
+        log.warning("qwen3_vl ready in %.1f s (weights %.1f s): %s on %s, %d slots",
+                    seconds, weights, self.config.model_path, loaded.device, self.engine.slots)
 
     def execute(self, requests):
         for request in requests:

@@ -99,6 +99,22 @@ def test_batched_answers_equal_single_answers(engine, prompts):
     assert all(alone)
 
 
+def test_sequences_ending_at_different_steps_leave_their_neighbours_unchanged(engine, prompts):
+    """More requests than slots, ending after 1, 3, ... tokens or at a stop string: slots are freed and
+    refilled while later steps are already launched, and every answer is still the one it gets alone."""
+    full = run(engine, prompts, [request("Tell me a story.", max_tokens=20, ignore_eos=True)])[0].text
+    specs = [dict(text="hi", max_tokens=1), dict(text="Tell me a story.", max_tokens=20, stop=[full[6:9]]),
+             dict(text="Count.", max_tokens=3, ignore_eos=True), *REQUESTS[:3],
+             dict(text="Go on.", max_tokens=25, ignore_eos=True)]
+    requests = [request(**r) for r in specs]
+    alone = [run(engine, prompts, [r])[0] for r in requests]
+    together = run(engine, prompts, requests)
+    assert [s.text for s in together] == [s.text for s in alone]
+    assert [s.chunks[-1].completion_tokens for s in together] == [s.chunks[-1].completion_tokens for s in alone]
+    assert together[0].chunks[-1].completion_tokens == 1 and together[1].chunks[-1].finish_reason == "stop"
+    assert engine.in_flight == 0
+
+
 def test_greedy_output_equals_transformers_generate(engine, prompts, loaded):
     _, model = loaded
     for spec in REQUESTS[:3]:
