@@ -47,6 +47,9 @@ class ResponseSink(Protocol):
     def send(self, chunk: GenerationChunk, final: bool) -> None: ...
     def fail(self, error: ServingError) -> None: ...
     def is_cancelled(self) -> bool: ...
+    def busy(self) -> bool:
+        """True while an earlier response is still on its way to the client."""
+        ...
 
 
 @dataclass(eq=False)
@@ -409,7 +412,9 @@ class Engine:
             if s.finish_reason:
                 s.pending += s.text.flush()
                 self._finish(s)
-            elif s.request.stream and s.pending and now - s.last_sent >= interval:
+            # While the previous delta is still on its way, text accumulates: a slow connection
+            # (or a response path saturated by many streams) gets fewer, larger deltas, never a backlog.
+            elif s.request.stream and s.pending and now - s.last_sent >= interval and not s.sink.busy():
                 s.sink.send(self._chunk(s, s.pending), final=False)
                 s.pending, s.last_sent = "", now
 

@@ -154,6 +154,9 @@ class _Sink:
     def is_cancelled(self):
         return False
 
+    def busy(self):
+        return False
+
 
 def float32_agreement(model_path: str, images: list[bytes], tokens: int = 48) -> dict:
     """Greedy tokens of the engine (CUDA graphs, batched) vs transformers' generate, both in float32 on the GPU.

@@ -33,8 +33,8 @@ class Outbox:
         self._thread = threading.Thread(target=self._run, name="qwen3vl-outbox", daemon=True)
         self._thread.start()
 
-    def put(self, sender, response, flags):
-        self._queue.put((sender, response, flags))
+    def put(self, sink, response, flags):
+        self._queue.put((sink, response, flags))
 
     def close(self, timeout):
         self._queue.put(None)
@@ -45,37 +45,48 @@ class Outbox:
             item = self._queue.get()
             if item is None:
                 return
-            self._send(*item)
+            sink, response, flags = item
+            sink.deliver(response, flags)
             # Hold no sender while idle: Triton unloads the model only once every sender is released.
-            item = None
-
-    @staticmethod
-    def _send(sender, response, flags):
-        try:
-            sender.send(response, flags=flags)
-        except Exception:  # a client that went away must not stop the others' responses
-            log.exception("sending a response failed")
+            item = sink = response = None
 
 
 class TritonSink:
-    """Sends one sequence's responses through Triton's decoupled response sender."""
+    """Sends one sequence's responses through Triton's decoupled response sender, via the outbox."""
 
     def __init__(self, sender, outbox):
         self._sender = sender
         self._outbox = outbox
+        self._queued = 0  # written by the engine thread only
+        self._delivered = 0  # written by the outbox thread only
 
     def send(self, chunk, final):
         outputs = [pb_utils.Tensor(name, value) for name, value in chunk.to_tensors().items()]
         flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
-        self._outbox.put(self._sender, pb_utils.InferenceResponse(output_tensors=outputs), flags)
+        self._queue(pb_utils.InferenceResponse(output_tensors=outputs), flags)
 
     def fail(self, error):
         code = getattr(pb_utils.TritonError, wire_status(error).triton)
         response = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), code))
-        self._outbox.put(self._sender, response, pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        self._queue(response, pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def busy(self):
+        return self._delivered != self._queued
 
     def is_cancelled(self):
         return self._sender.is_cancelled()
+
+    def deliver(self, response, flags):
+        try:
+            self._sender.send(response, flags=flags)
+        except Exception:  # a client that went away must not stop the others' responses
+            log.exception("sending a response failed")
+        finally:
+            self._delivered += 1
+
+    def _queue(self, response, flags):
+        self._queued += 1
+        self._outbox.put(self, response, flags)
 
 
 class TritonPythonModel:

@@ -38,7 +38,7 @@ def test_excess_requests_are_refused_and_the_queue_signal_rises_and_returns_to_z
     watcher.start()
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(
-            lambda i: stream(small_triton.grpc_url, build_inputs(user_turn(f"Load {i}."), max_tokens=40,
+            lambda i: stream(small_triton.grpc_url, build_inputs(user_turn(f"Load {i}."), max_tokens=120,
                                                                  ignore_eos=True)),
             range(16)))
     done.set()
@@ -48,7 +48,7 @@ def test_excess_requests_are_refused_and_the_queue_signal_rises_and_returns_to_z
     served = [r for r in results if r.error is None]
     assert refused, "a queue of two cannot hold sixteen requests"
     assert all("Exceeds maximum queue size" in str(r.error) for r in refused)
-    assert served and all(r.completion_tokens == 40 for r in served)
+    assert served and all(r.completion_tokens == 120 for r in served)
     assert peak["pending"] >= 1, "requests waiting for the engine must show in Triton's queue gauge"
 
     time.sleep(0.5)

@@ -40,9 +40,24 @@ class Sink:
     def is_cancelled(self):
         return self.cancel_after is not None and len(self.chunks) >= self.cancel_after
 
+    def busy(self):
+        return False
+
     @property
     def text(self):
         return "".join(c.text for c in self.chunks)
+
+
+class SlowSink(Sink):
+    """A client connection that takes four engine steps to carry each response."""
+
+    def __init__(self):
+        super().__init__()
+        self.polls = 0
+
+    def busy(self):
+        self.polls += 1
+        return self.polls % 4 != 0
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +152,15 @@ def test_streamed_deltas_join_to_the_whole_answer(engine, prompts):
     last = streamed.chunks[-1]
     assert (last.finish_reason, last.completion_tokens) == ("length", 24)
     assert last.prompt_tokens == prompts.build(request("Tell me a story.")).length
+
+
+def test_a_slow_connection_gets_fewer_larger_deltas_with_the_same_text(engine, prompts):
+    spec = dict(text="Tell me a story.", max_tokens=40, ignore_eos=True)
+    fast = run(engine, prompts, [request(**spec)])[0]
+    slow = run(engine, prompts, [request(**spec)], [SlowSink()])[0]
+    assert slow.text == fast.text
+    assert 1 < len(slow.chunks) < len(fast.chunks) / 2
+    assert slow.chunks[-1].completion_tokens == 40
 
 
 def test_max_tokens_bounds_the_answer(engine, prompts):

@@ -97,6 +97,19 @@ def test_gpu_cache_is_node_local_and_preferred_where_warm(rendered) -> None:
     assert init_names == ["prepare-model-cache", "fill-model-cache"], "chown must run before the fill"
 
 
+@pytest.mark.parametrize("overlay", ["gpu", "gpu-shared"])
+def test_gpu_keeps_compiled_kernels_on_the_node_in_a_directory_triton_can_write(rendered, overlay: str) -> None:
+    pod = find(rendered[overlay], "Deployment", "triton")["spec"]["template"]["spec"]
+    triton = next(c for c in pod["containers"] if c["name"] == "triton")
+    cache_dir = env_of(triton)["TORCHINDUCTOR_CACHE_DIR"]
+    mount = next(m for m in triton["volumeMounts"] if m["mountPath"] == cache_dir)
+    assert not mount.get("readOnly")
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["hostPath"]["type"] == "DirectoryOrCreate"
+    prepare = next(c for c in pod["initContainers"] if c["name"] == "prepare-model-cache")
+    assert any(m["name"] == mount["name"] for m in prepare["volumeMounts"]), "uid 1000 must own it"
+
+
 def test_gpu_shared_takes_a_mig_slice_and_drops_the_gpu_utilization_trigger(rendered) -> None:
     objects = rendered["gpu-shared"]
     resources = triton_container(objects)["resources"]
