@@ -1,6 +1,6 @@
 """`make bench-gpu`: the generation engine on one NVIDIA GPU, through the real Triton, against transformers' generate.
 
-    python -m bench.gpu [--model PATH] [--clients 1 8 32 64 128] [--tokens 128 512] [--compile]
+    python -m bench.gpu [--model PATH] [--clients 1 8 32 64 128] [--tokens 128 512] [--no-compile]
 
 Without MODEL_PATH (or --model) it builds Qwen3-VL-4B-Instruct's architecture with
 random weights on local disk (same shapes, same cost). In one run it measures:
@@ -372,7 +372,7 @@ def through_triton(model_path: str, clients: list[int], token_counts: list[int],
 
     server = TritonServer(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
                           model_path=model_path, config_name="gpu", log_file=str(OUT / "triton-gpu.log"),
-                          parameters={"compile_decode": "true"} if compile else None)
+                          parameters={"compile_decode": "true" if compile else "false"})
     start = time.monotonic()
     server.start(timeout=900)
     ready = time.monotonic() - start
@@ -418,7 +418,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="requests per client")
     parser.add_argument("--skip", nargs="*", default=[], choices=["baseline", "engine", "triton", "float32"])
     parser.add_argument("--starts", type=int, default=1, help="start Triton this many times (cold start, then warm)")
-    parser.add_argument("--compile", action="store_true", help="compile_decode: fuse the step's element-wise work")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="compile_decode off (configs/gpu.pbtxt turns it on)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     import torch
