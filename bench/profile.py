@@ -34,7 +34,9 @@ def from_report(report: dict, name: str, source: str) -> PodProfile:
         else:
             step_ms = gpu_ms + host.get("host_prepare_ms", 0.0) + host.get("host_stream_ms", 0.0)
         steps.append((rows, round(step_ms / 1000, 5)))
-    single = next(r for r in report["runs"] if r["clients"] == "1")
+    tokens = report["runs"][0].get("tokens")  # the shortest answers the report has: prefill weighs most
+    runs = [r for r in report["runs"] if r.get("tokens") == tokens]
+    single = next(r for r in runs if r["clients"] == "1")
     ttft = float(single["ttft_p50"])
     ready = report["cold_start_ready_s"]
     return PodProfile(
@@ -58,7 +60,8 @@ def from_report(report: dict, name: str, source: str) -> PodProfile:
                              warmup_seconds=round(report["cold_start_first_token_s"] - ready, 1)),
         cpu_request_cores=4.0, cpu_idle_cores=0.1, cpu_busy_cores=1.0,
         gpu_busy_utilization_percent=100.0,
-        measured={"source": source, "tok_s_by_clients": {r["clients"]: r["tok_s_value"] for r in report["runs"]},
+        measured={"source": source, "tokens_per_request": tokens,
+                  "tok_s_by_clients": {r["clients"]: r["tok_s_value"] for r in runs},
                   "copy_bandwidth_GBps": report["copy_bandwidth_GBps"]},
     )
 
