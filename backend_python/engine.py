@@ -4,9 +4,12 @@ One background thread owns the model. Each iteration it
 1. admits up to ``prefills_per_step`` waiting sequences: one batched prefill
    (vision encoder and prompt, left-padded) through the Hugging Face model, whose
    keys and values are copied into the sequences' cache slots;
-2. runs one decode step for every running sequence, through the checkpoint's own
-   decoder layers, reading and writing the slot cache in place;
-3. streams the new text, and frees the slots of finished or cancelled sequences.
+2. launches one decode step for every running sequence, through the checkpoint's
+   own decoder layers, reading and writing the slot cache in place; the sampled
+   tokens stay on the device as the next step's input;
+3. while the device runs that step, streams the tokens of the step before, and
+   frees the slots of finished or cancelled sequences (a sequence that ended on
+   EOS or a stop string has one token too many computed, which is dropped).
 
 A new request therefore waits at most one decode step (plus its own prefill),
 never for another request's whole answer. Capacity is the number of slots:
