@@ -330,9 +330,7 @@ class Engine:
             s.length += 1
             s.position += 1
         self.metrics.batch_size(n)
-        if self.timings is not None:
-            self.timings["launch"] = self.timings.get("launch", 0.0) + time.perf_counter() - started
-            self.timings["steps"] = self.timings.get("steps", 0.0) + 1
+        self._time(launch=time.perf_counter() - started, steps=1)
         return True
 
     def _collect(self, output: "_Output") -> None:
@@ -342,9 +340,13 @@ class Engine:
         collected = time.perf_counter()
         live = [(s, t) for s, t in zip(output.batch, tokens) if not s.finished]
         self._advance([s for s, _ in live], [t for _, t in live])
+        self._time(wait=collected - started, stream=time.perf_counter() - collected)
+
+    def _time(self, **phases: float) -> None:
+        """Add to the per-phase totals a benchmark reads (nothing unless it asked)."""
         if self.timings is not None:
-            for phase, seconds in (("wait", collected - started), ("stream", time.perf_counter() - collected)):
-                self.timings[phase] = self.timings.get(phase, 0.0) + seconds
+            for phase, amount in phases.items():
+                self.timings[phase] = self.timings.get(phase, 0.0) + amount
 
     def _forward(self, rows: int, span: int) -> torch.Tensor:
         """One decode step over the first ``rows`` slots, reading ``span`` cached tokens: graph-capturable."""

@@ -34,7 +34,8 @@ def from_report(report: dict, name: str, source: str) -> PodProfile:
         else:
             step_ms = gpu_ms + host.get("host_prepare_ms", 0.0) + host.get("host_stream_ms", 0.0)
         steps.append((rows, round(step_ms / 1000, 5)))
-    tokens = report["runs"][0].get("tokens")  # the shortest answers the report has: prefill weighs most
+    # The shortest answers the report has, where prefill weighs most (older reports have one length).
+    tokens = min((r.get("tokens") for r in report["runs"]), key=lambda t: int(t or 0))
     runs = [r for r in report["runs"] if r.get("tokens") == tokens]
     single = next(r for r in runs if r["clients"] == "1")
     ttft = float(single["ttft_p50"])
