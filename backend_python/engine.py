@@ -41,15 +41,14 @@ from .sampling import select
 
 log = logging.getLogger(__name__)
 
-_CANCEL_CHECK_S = 0.05
-
-
 class ResponseSink(Protocol):
     """Where a sequence's responses go (a Triton response sender, or a list in tests)."""
 
     def send(self, chunk: GenerationChunk, final: bool) -> None: ...
     def fail(self, error: ServingError) -> None: ...
-    def is_cancelled(self) -> bool: ...
+    def is_cancelled(self) -> bool:
+        """Read every step: must not wait on the client (Triton's sink reads a flag a watcher keeps)."""
+        ...
     def busy(self) -> bool:
         """True while an earlier response is still on its way to the client."""
         ...
@@ -71,7 +70,6 @@ class Sequence:
     pending: str = ""  # text not yet sent
     last_sent: float = 0.0
     first_token_at: float | None = None
-    checked_cancel: float = 0.0
     finish_reason: str = ""
     finished: bool = False
 
@@ -409,11 +407,8 @@ class Engine:
                     s.finish_reason = FINISH_STOP
                 elif s.generated >= sampling.max_tokens:
                     s.finish_reason = FINISH_LENGTH
-            # Asking Triton whether a client went away is a round trip: a few times a second is enough.
-            if now - s.checked_cancel >= _CANCEL_CHECK_S or s.finish_reason:
-                s.checked_cancel = now
-                if self._cancelled(s):
-                    continue
+            if self._cancelled(s):
+                continue
             if s.finish_reason:
                 s.pending += s.text.flush()
                 self._finish(s)
@@ -438,11 +433,12 @@ class Engine:
         if s.finished:
             return
         s.finished = True
+        # Counted before the slot shows free, so whoever sees the slot free sees the count too.
+        self.metrics.finished("error" if error and not isinstance(error, Cancelled) else s.finish_reason)
         self._retire(s)
         with self._lock:
             self._admitted -= 1
         self._free.release()
-        self.metrics.finished("error" if error and not isinstance(error, Cancelled) else s.finish_reason)
         try:
             if error is None:
                 text = s.pending if s.request.stream else s.text.text

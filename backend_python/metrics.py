@@ -7,7 +7,11 @@ outside Triton (a script, a unit test) it records nothing.
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 TTFT_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256]
@@ -29,9 +33,15 @@ class EngineMetrics:
 
 
 class TritonMetrics(EngineMetrics):
-    """Backed by ``pb_utils.MetricFamily``; the families must live as long as the model."""
+    """Backed by ``pb_utils.MetricFamily``; the families must live as long as the model.
 
-    def __init__(self, pb_utils: Any, labels: dict[str, str]):
+    Every update of a Triton metric is a round trip to the server process. The engine's calls
+    therefore only note the change, and a thread applies what accumulated every ``flush_s``
+    (histograms, then counters, then gauges: in the order the engine records a step and a finish,
+    so that no value shows ahead of the ones behind it).
+    """
+
+    def __init__(self, pb_utils: Any, labels: dict[str, str], flush_s: float = 0.1):
         family = pb_utils.MetricFamily
         self._families = {
             "prompt": family("qwen3vl_prompt_tokens_total", "Prompt tokens processed (images included)", family.COUNTER),
@@ -64,30 +74,73 @@ class TritonMetrics(EngineMetrics):
         self._waiting = f["waiting"].Metric(labels=labels)
         self._finished = {r: f["finished"].Metric(labels={**labels, "reason": r}) for r in FINISH_REASONS}
         self._load = f["load"].Metric(labels=labels)
+        self._lock = threading.Lock()
+        self._counts: dict[Any, float] = {}
+        self._observed: list[tuple[Any, float]] = []
+        self._gauges: dict[Any, float] = {}
+        self._stop = threading.Event()
+        self._flush_s = flush_s
+        self._thread = threading.Thread(target=self._run, name="qwen3vl-metrics", daemon=True)
+        self._thread.start()
 
     def prompt_tokens(self, n: int) -> None:
-        self._prompt.increment(n)
+        self._count(self._prompt, n)
 
     def generated_tokens(self, n: int) -> None:
-        self._generated.increment(n)
+        self._count(self._generated, n)
 
     def time_to_first_token(self, seconds: float) -> None:
-        self._ttft.observe(seconds)
+        self._observe(self._ttft, seconds)
 
     def batch_size(self, n: int) -> None:
-        self._batch.observe(n)
+        self._observe(self._batch, n)
 
     def in_flight(self, n: int) -> None:
-        self._in_flight.set(n)
+        self._set(self._in_flight, n)
 
     def slots(self, n: int) -> None:
-        self._slots.set(n)
+        self._set(self._slots, n)
 
     def waiting(self, n: int) -> None:
-        self._waiting.set(n)
+        self._set(self._waiting, n)
 
     def finished(self, reason: str) -> None:
-        self._finished[reason].increment(1)
+        self._count(self._finished[reason], 1)
 
     def model_load(self, seconds: float) -> None:
-        self._load.set(seconds)
+        self._set(self._load, seconds)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            counts, observed, gauges = self._counts, self._observed, self._gauges
+            self._counts, self._observed, self._gauges = {}, [], {}
+        for metric, value in observed:
+            metric.observe(value)
+        for metric, amount in counts.items():
+            metric.increment(amount)
+        for metric, value in gauges.items():
+            metric.set(value)
+
+    def _count(self, metric: Any, amount: float) -> None:
+        with self._lock:
+            self._counts[metric] = self._counts.get(metric, 0) + amount
+
+    def _observe(self, metric: Any, value: float) -> None:
+        with self._lock:
+            self._observed.append((metric, value))
+
+    def _set(self, metric: Any, value: float) -> None:
+        with self._lock:
+            self._gauges[metric] = value
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._flush_s):
+            try:
+                self.flush()
+            except Exception:  # metrics must never take the model down
+                log.exception("updating Triton metrics failed")

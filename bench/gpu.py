@@ -332,30 +332,34 @@ def _client_worker(args) -> list[tuple]:
         r = stream(url, build_inputs(user_turn(PROMPTS[i % 8], 1), [images[i % len(images)]],
                                      max_tokens=tokens, ignore_eos=True), timeout=600)
         gaps = [b - a for a, b in zip(r.token_times, r.token_times[1:])]
-        return (r.error is None, r.completion_tokens, r.ttft, gaps, r.finished_at - r.started, str(r.error or ""))
+        return (r.error is None, r.completion_tokens, r.ttft, gaps, r.started, r.finished_at, str(r.error or ""))
 
+    if not indices:
+        return []
     with ThreadPoolExecutor(len(indices)) as pool:
         return list(pool.map(one, indices))
 
 
 def drive(url: str, clients: int, requests_per_client: int, tokens: int, images: list[bytes]) -> RunSummary:
+    """``clients`` streams at once, ``requests_per_client`` times over; the rate is counted from the
+    first request sent to the last response received (the client processes start before that)."""
     procs = min(clients, 16)
     results = []
-    started = time.monotonic()
     with mp.get_context("spawn").Pool(procs) as pool:
+        pool.map(_client_worker, [(url, [], tokens, images)] * procs)  # processes up, modules imported
         for round_ in range(requests_per_client):
             base = round_ * clients
             shares = [list(range(base + p, base + clients, procs)) for p in range(procs)]
             for chunk in pool.map(_client_worker, [(url, s, tokens, images) for s in shares if s]):
                 results.extend(chunk)
-    seconds = time.monotonic() - started
+    seconds = max(r[5] for r in results) - min(r[4] for r in results)  # one monotonic clock for all processes
     good = [r for r in results if r[0]]
-    errors = [r[5] for r in results if not r[0]]
+    errors = [r[6] for r in results if not r[0]]
     if errors:
         log(f"{len(errors)} errors, first: {errors[0]}")
     return RunSummary(label="triton gRPC", clients=clients, requests=len(good), errors=len(errors), seconds=seconds,
                       tokens=sum(r[1] for r in good), ttft=[r[2] for r in good if r[2] is not None],
-                      itl=[g for r in good for g in r[3]], latency=[r[4] for r in good])
+                      itl=[g for r in good for g in r[3]], latency=[r[5] - r[4] for r in good])
 
 
 def gpu_memory_used_gib() -> float:
@@ -365,14 +369,14 @@ def gpu_memory_used_gib() -> float:
 
 
 def through_triton(model_path: str, clients: list[int], token_counts: list[int], images: list[bytes], rounds: int,
-                   compile: bool = False, restarts: int = 1) -> dict:
+                   compile: bool = False, restarts: int = 1, parameters: dict[str, str] | None = None) -> dict:
     from clients.triton_stream import build_inputs, stream, user_turn
     from stack.ports import free_port
     from stack.triton import TritonServer
 
     server = TritonServer(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
                           model_path=model_path, config_name="gpu", log_file=str(OUT / "triton-gpu.log"),
-                          parameters={"compile_decode": "true" if compile else "false"})
+                          parameters={"compile_decode": "true" if compile else "false", **(parameters or {})})
     start = time.monotonic()
     server.start(timeout=900)
     ready = time.monotonic() - start
@@ -418,6 +422,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="requests per client")
     parser.add_argument("--skip", nargs="*", default=[], choices=["baseline", "engine", "triton", "float32"])
     parser.add_argument("--starts", type=int, default=1, help="start Triton this many times (cold start, then warm)")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a model parameter of configs/gpu.pbtxt (repeatable)")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="compile_decode off (configs/gpu.pbtxt turns it on)")
     args = parser.parse_args()
@@ -449,8 +455,10 @@ def main() -> None:
             log(f"float32 agreement: {report['float32_agreement_tokens']} of {report['float32_reference_len']}")
         report.update(engine_alone(model, images, refs, [1, 8, 32, 64, 128], args.compile))
     if "triton" not in args.skip:
+        parameters = dict(p.split("=", 1) for p in args.param)
+        report["parameters"] = parameters
         report.update(through_triton(model, args.clients, args.tokens, images, args.rounds, args.compile,
-                                     args.starts))
+                                     args.starts, parameters))
     (OUT / "bench-gpu.json").write_text(json.dumps(report, indent=2, default=str))
 
     floor_step = report.get("decode_bytes", 0) / (report["copy_bandwidth_GBps"] * 1e9) if "decode_bytes" in report else None

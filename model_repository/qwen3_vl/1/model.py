@@ -4,11 +4,14 @@ All model logic lives in ``backend_python``; this file only converts between
 Triton's request/response objects and the library's typed ones.
 """
 
+import functools
+import itertools
 import json
 import logging
 import queue
 import threading
 import time
+import weakref
 
 import triton_python_backend_utils as pb_utils
 
@@ -22,71 +25,144 @@ from backend_python.request import GenerationRequest
 
 log = logging.getLogger("qwen3_vl")
 
+# Senders working at once; each send waits for the server process to take its response.
+OUTBOX_THREADS = 4
+CANCEL_POLL_S = 0.05
 INPUTS = ("messages", "images", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "ignore_eos")
 
 
 class Outbox:
-    """One thread hands responses to Triton, so the engine thread goes on to the next step meanwhile."""
+    """A few threads that carry responses to Triton, so the engine thread goes on to its next step.
 
-    def __init__(self):
-        self._queue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="qwen3vl-outbox", daemon=True)
-        self._thread.start()
+    Each send is a round trip to the server process, waited out with the GIL released; several
+    threads keep several in flight. A sink keeps to one thread, which keeps its responses in order.
+    """
 
-    def put(self, sink, response, flags):
-        self._queue.put((sink, response, flags))
+    def __init__(self, threads=OUTBOX_THREADS):
+        self._queues = [queue.SimpleQueue() for _ in range(threads)]
+        self._threads = [threading.Thread(target=self._run, args=(q,), name=f"qwen3vl-outbox-{i}", daemon=True)
+                         for i, q in enumerate(self._queues)]
+        self._next = itertools.count()
+        for thread in self._threads:
+            thread.start()
+
+    def lane(self):
+        return self._queues[next(self._next) % len(self._queues)]
 
     def close(self, timeout):
-        self._queue.put(None)
+        for q in self._queues:
+            q.put(None)
+        for thread in self._threads:
+            thread.join(timeout)
+
+    @staticmethod
+    def _run(lane):
+        while True:
+            item = lane.get()
+            if item is None:
+                return
+            sink, make, final = item
+            sink.deliver(make, final)
+            # Hold no sender while idle: Triton unloads the model only once every sender is released.
+            item = sink = make = None
+
+
+class CancelWatch:
+    """Asks Triton, a few times a second, whether each open stream's client went away.
+
+    That question is a round trip to the server process too; here it never holds up the engine,
+    which only reads the answer (``TritonSink.is_cancelled``).
+    """
+
+    def __init__(self, interval_s=CANCEL_POLL_S):
+        self._sinks = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._interval = interval_s
+        self._thread = threading.Thread(target=self._run, name="qwen3vl-cancel-watch", daemon=True)
+        self._thread.start()
+
+    def add(self, sink):
+        with self._lock:
+            self._sinks.add(sink)
+
+    def close(self, timeout):
+        self._stop.set()
         self._thread.join(timeout)
 
     def _run(self):
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            sink, response, flags = item
-            sink.deliver(response, flags)
-            # Hold no sender while idle: Triton unloads the model only once every sender is released.
-            item = sink = response = None
+        while not self._stop.wait(self._interval):
+            with self._lock:
+                sinks = list(self._sinks)
+            for sink in sinks:
+                if not sink.poll():
+                    with self._lock:
+                        self._sinks.discard(sink)
+            sinks = sink = None
 
 
 class TritonSink:
     """Sends one sequence's responses through Triton's decoupled response sender, via the outbox."""
 
-    def __init__(self, sender, outbox):
+    def __init__(self, sender, outbox, watch):
         self._sender = sender
-        self._outbox = outbox
+        self._lane = outbox.lane()
         self._queued = 0  # written by the engine thread only
         self._delivered = 0  # written by the outbox thread only
+        self._cancelled = False  # written by the cancel watch only
+        # Triton frees a request's response factory with its final response: asking whether the
+        # request was cancelled after that crashes the server, so the two never overlap.
+        self._closing = threading.Lock()
+        self._closed = False
+        watch.add(self)
 
     def send(self, chunk, final):
-        outputs = [pb_utils.Tensor(name, value) for name, value in chunk.to_tensors().items()]
-        flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
-        self._queue(pb_utils.InferenceResponse(output_tensors=outputs), flags)
+        self._queue(functools.partial(_response, chunk), final)
 
     def fail(self, error):
-        code = getattr(pb_utils.TritonError, wire_status(error).triton)
-        response = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), code))
-        self._queue(response, pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        self._queue(functools.partial(_error_response, error), True)
 
     def busy(self):
         return self._delivered != self._queued
 
     def is_cancelled(self):
-        return self._sender.is_cancelled()
+        return self._cancelled
 
-    def deliver(self, response, flags):
+    def poll(self):
+        """Refresh the cancelled flag; False once nothing more is to be learnt (closed, or cancelled)."""
+        with self._closing:
+            if self._closed:
+                return False
+            self._cancelled = self._sender.is_cancelled()
+            return not self._cancelled
+
+    def deliver(self, make, final):
+        """On an outbox thread: build the response (off the engine thread too) and send it."""
         try:
-            self._sender.send(response, flags=flags)
+            if final:
+                with self._closing:
+                    self._closed = True
+                    self._sender.send(make(), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            else:
+                self._sender.send(make(), flags=0)
         except Exception:  # a client that went away must not stop the others' responses
             log.exception("sending a response failed")
         finally:
             self._delivered += 1
 
-    def _queue(self, response, flags):
+    def _queue(self, make, final):
         self._queued += 1
-        self._outbox.put(self, response, flags)
+        self._lane.put((self, make, final))
+
+
+def _response(chunk):
+    return pb_utils.InferenceResponse(
+        output_tensors=[pb_utils.Tensor(name, value) for name, value in chunk.to_tensors().items()])
+
+
+def _error_response(error):
+    code = getattr(pb_utils.TritonError, wire_status(error).triton)
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), code))
 
 
 class TritonPythonModel:
@@ -103,7 +179,11 @@ class TritonPythonModel:
         loaded = load(self.config)
         weights = time.monotonic() - started
         self.prompts = PromptBuilder(loaded.processor, self.config)
-        self.outbox = Outbox()
+        import os, sys  # EXPERIMENT (remove): A/B knobs for the H100 bench
+        self.outbox = Outbox(int(os.environ.get("QWEN3VL_OUTBOX_THREADS", OUTBOX_THREADS)))
+        if os.environ.get("QWEN3VL_SWITCH_MS"):
+            sys.setswitchinterval(float(os.environ["QWEN3VL_SWITCH_MS"]) / 1000)
+        self.cancel_watch = CancelWatch()
         self.engine = Engine(loaded, self.config, self.metrics).start()
         seconds = time.monotonic() - started
         self.metrics.model_load(seconds)
@@ -112,7 +192,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         for request in requests:
-            sink = TritonSink(request.get_response_sender(), self.outbox)
+            sink = TritonSink(request.get_response_sender(), self.outbox, self.cancel_watch)
             try:
                 tensors = {name: _input(request, name) for name in INPUTS}
                 generation = GenerationRequest.from_tensors(tensors, self.config.limits, request.request_id())
@@ -131,6 +211,8 @@ class TritonPythonModel:
         # keep this short so a stuck response cannot hold the server past its exit timeout.
         self.engine.stop(timeout=5)
         self.outbox.close(timeout=5)
+        self.cancel_watch.close(timeout=1)
+        self.metrics.close()
 
 
 def _input(request, name):

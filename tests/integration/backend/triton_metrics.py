@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
+from typing import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -21,4 +23,14 @@ def scrape(url: str) -> dict[str, float]:
             labels = {k: v for k, v in sample.labels.items() if k not in ("model", "version")}
             key = sample.name + ("" if not labels else str(sorted(labels.items())))
             values[key] = values.get(key, 0.0) + sample.value
+    return values
+
+
+def scrape_until(url: str, settled: Callable[[dict[str, float]], bool], timeout: float = 10) -> dict[str, float]:
+    """Scrape until ``settled`` holds: the model applies its metric updates a moment after the fact."""
+    deadline = time.monotonic() + timeout
+    values = scrape(url)
+    while not settled(values) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        values = scrape(url)
     return values
