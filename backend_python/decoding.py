@@ -1,29 +1,27 @@
 """Turning generated token ids into streamed text, and stopping at stop strings.
 
 Text is only released once it is final: a token that ends inside a multi-byte
-character waits for the next one, and the tail that could still become a stop
-string is held back until it cannot.
+character waits for the next one (the ``tokenizers`` library's ``DecodeStream``,
+one call per token in Rust), and the tail that could still become a stop string
+is held back until it cannot.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Any, Sequence
 
-
-class Tokenizer(Protocol):
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = ...) -> str: ...
+from tokenizers.decoders import DecodeStream
 
 
 class TextStream:
     """Incremental detokenization of one sequence, with stop strings."""
 
-    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = ()):
-        self._tokenizer = tokenizer
+    def __init__(self, tokenizer: Any, stop: Sequence[str] = ()):
+        """``tokenizer``: a fast Hugging Face tokenizer (its ``backend_tokenizer`` decodes)."""
+        self._tokenizer = tokenizer.backend_tokenizer
+        self._decoder = DecodeStream(skip_special_tokens=True)
         self._stop = tuple(stop)
         self._hold = max((len(s) for s in self._stop), default=1) - 1
-        self._ids: list[int] = []
-        self._prefix = 0  # ids[_prefix:_read] is the context decoded again for each new token
-        self._read = 0
         self._text = ""  # decoded text, final characters only
         self._sent = 0  # characters of _text already released
         self.stopped = False
@@ -32,13 +30,10 @@ class TextStream:
         """Add one token; return the text that may be released now."""
         if self.stopped:
             return ""
-        self._ids.append(token_id)
-        before = self._tokenizer.decode(self._ids[self._prefix : self._read], skip_special_tokens=True)
-        after = self._tokenizer.decode(self._ids[self._prefix :], skip_special_tokens=True)
-        if after.endswith("\ufffd") or len(after) <= len(before):
+        piece = self._decoder.step(self._tokenizer, token_id)
+        if not piece:
             return ""  # an incomplete UTF-8 sequence (or a special token): wait for more
-        self._text += after[len(before) :]
-        self._prefix, self._read = self._read, len(self._ids)
+        self._text += piece
         for stop in self._stop:
             at = self._text.find(stop, max(0, self._sent - len(stop)))
             if at != -1:
