@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from planner.profile import ColdStart, PodProfile
@@ -19,6 +20,25 @@ from planner.profile import ColdStart, PodProfile
 # What the benchmark's request costs in prompt tokens: one 448x448 image (28x28 patches of 16 px,
 # merged 2x2: 196 tokens) plus the chat template and a short question.
 BENCH_PROMPT_TOKENS = 196 + 22
+GPU_CONFIG = Path(__file__).resolve().parents[1] / "model_repository" / "qwen3_vl" / "configs" / "gpu.pbtxt"
+
+
+def served_config(text: str) -> dict[str, int | float]:
+    """What the simulator needs of the model config the benchmark served (configs/gpu.pbtxt)."""
+
+    def number(pattern: str) -> str:
+        found = re.search(pattern, text)
+        if not found:
+            raise ValueError(f"{GPU_CONFIG.name}: no match for {pattern!r}")
+        return found.group(1)
+
+    def parameter(key: str) -> str:
+        return number(rf'key: "{key}", value: {{ string_value: "(\d+)" }}')
+
+    return {"slots": int(parameter("slots")), "prefills_per_step": int(parameter("prefills_per_step")),
+            "max_batch_size": int(number(r"max_batch_size: (\d+)")),
+            "max_queue_size": int(number(r"max_queue_size: (\d+)")),
+            "queue_timeout_seconds": int(number(r"default_timeout_microseconds: (\d+)")) / 1e6}
 
 
 def from_report(report: dict, name: str, source: str) -> PodProfile:
@@ -40,6 +60,10 @@ def from_report(report: dict, name: str, source: str) -> PodProfile:
     single = next(r for r in runs if r["clients"] == "1")
     ttft = float(single["ttft_p50"])
     ready = report["cold_start_ready_s"]
+    served = served_config(GPU_CONFIG.read_text())
+    for key, value in report.get("parameters", {}).items():  # the run's --param overrides
+        if key in served:
+            served[key] = int(value)
     return PodProfile(
         name=name,
         provenance=(
@@ -49,11 +73,7 @@ def from_report(report: dict, name: str, source: str) -> PodProfile:
             f"over the {BENCH_PROMPT_TOKENS}-token image prompt; model load and warm-up: start to ready and "
             "ready to first token. Assumed: the image pull (a ~10 GB CUDA image at ~100 MB/s) and CPU use."
         ),
-        slots=128,
-        max_batch_size=64,
-        max_queue_size=1024,
-        queue_timeout_seconds=60.0,
-        prefills_per_step=8,
+        **served,
         prefill_base_seconds=0.0,
         prefill_seconds_per_token=round(ttft / BENCH_PROMPT_TOKENS, 6),
         decode_step_seconds=tuple(steps),

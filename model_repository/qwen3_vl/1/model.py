@@ -129,7 +129,7 @@ class TritonSink:
             return not self._cancelled
 
     def deliver(self, make, final):
-        """On an outbox thread: build the response (off the engine thread too) and send it."""
+        """On the outbox thread: build the response (off the engine thread too) and send it."""
         try:
             if final:
                 with self._closing:
