@@ -138,10 +138,11 @@ def test_a_cancelled_stream_stops_its_generation(triton):
     result = stream(triton.grpc_url, build_inputs(user_turn("Go on and on."), max_tokens=2000, ignore_eos=True),
                     cancel_after=3)
     assert result.finish_reason == "cancelled"
-    after = scrape_until(triton.metrics_url, lambda m: m["qwen3vl_sequences_in_flight"] == 0)
+    key = "qwen3vl_requests_finished_total[('reason', 'cancelled')]"
+    cancelled = lambda m: m.get(key, 0) - before.get(key, 0)  # noqa: E731
+    after = scrape_until(triton.metrics_url,
+                         lambda m: cancelled(m) >= 1 and m["qwen3vl_sequences_in_flight"] == 0)
+    assert cancelled(after) == 1
     assert after["qwen3vl_sequences_in_flight"] == 0, "the cancelled sequence must give its slot back"
     generated = after["qwen3vl_generated_tokens_total"] - before.get("qwen3vl_generated_tokens_total", 0)
     assert generated < 1000, "generation must stop long before max_tokens"
-    cancelled = after["qwen3vl_requests_finished_total[('reason', 'cancelled')]"] - \
-        before.get("qwen3vl_requests_finished_total[('reason', 'cancelled')]", 0)
-    assert cancelled == 1
