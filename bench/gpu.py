@@ -415,6 +415,13 @@ def through_triton(model_path: str, clients: list[int], token_counts: list[int],
 OUT = Path(os.environ.get("OUT") or "var/bench")
 
 
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (a model parameter of configs/gpu.pbtxt), got {text!r}")
+    return key, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=os.environ.get("MODEL_PATH"))
@@ -423,7 +430,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="requests per client")
     parser.add_argument("--skip", nargs="*", default=[], choices=["baseline", "engine", "triton", "float32"])
     parser.add_argument("--starts", type=int, default=1, help="start Triton this many times (cold start, then warm)")
-    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", type=_key_value,
                         help="override a model parameter of configs/gpu.pbtxt (repeatable)")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="compile_decode off (configs/gpu.pbtxt turns it on)")
@@ -456,7 +463,7 @@ def main() -> None:
             log(f"float32 agreement: {report['float32_agreement_tokens']} of {report['float32_reference_len']}")
         report.update(engine_alone(model, images, refs, [1, 8, 32, 64, 128], args.compile))
     if "triton" not in args.skip:
-        parameters = dict(p.split("=", 1) for p in args.param)
+        parameters = dict(args.param)
         report["parameters"] = parameters
         report.update(through_triton(model, args.clients, args.tokens, images, args.rounds, args.compile,
                                      args.starts, parameters))
