@@ -36,8 +36,10 @@ class EngineConfig:
     max_seq_len: int = 4096  # prompt + generated tokens per sequence
     kv_cache_budget_gib: float = 0.0  # > 0: as many slots of max_seq_len tokens as fit (replaces slots)
     prefills_per_step: int = 4  # new sequences admitted between two decode steps
+    prompt_workers: int = 4  # threads that decode images and tokenize a batch of requests
     cuda_graphs: bool = True  # captured decode steps on CUDA devices
     compile_decode: bool = False  # torch.compile the decode step's element-wise work (CUDA only)
+    exact_attention: bool = True  # decode attention reads each sequence's own length (CUDA only)
     image_min_pixels: int = 0  # 0: the processor's own defaults
     image_max_pixels: int = 0
     stream_interval_ms: float = 0.0  # coalesce streamed deltas (0: every token)
@@ -67,8 +69,8 @@ class EngineConfig:
                 "no model: set the model parameter 'model_path' or the environment variable "
                 "MODEL_PATH to a Hugging Face checkpoint folder (or hub id)"
             )
-        if self.slots < 1 or self.max_seq_len < 16 or self.prefills_per_step < 1:
-            raise ValueError("slots, max_seq_len and prefills_per_step must be positive")
+        if self.slots < 1 or self.max_seq_len < 16 or self.prefills_per_step < 1 or self.prompt_workers < 1:
+            raise ValueError("slots, max_seq_len, prefills_per_step and prompt_workers must be positive")
         if self.limits.max_prompt_tokens + 1 > self.max_seq_len:
             raise ValueError("max_prompt_tokens must leave room for generation within max_seq_len")
 

@@ -60,7 +60,7 @@ def _fuse(modules: list[nn.Linear]) -> torch.Tensor:
 
 
 class DecodeStep:
-    def __init__(self, model: nn.Module, cache, compile: bool = False):
+    def __init__(self, model: nn.Module, cache, compile: bool = False, exact_attention: bool = False):
         self.language = model.model.language_model
         self.lm_head = model.lm_head
         self.cache = cache
@@ -82,23 +82,34 @@ class DecodeStep:
         self.scale = self.head_dim ** -0.5
         self._project, self._feed_forward = _project, _feed_forward
         self.compiled = compile
+        # Each row reads its own cached length (a GPU kernel); otherwise SDPA reads ``span`` tokens per row.
+        self.exact_attention = exact_attention
+        self._attention = None
+        if exact_attention:
+            from .attention import decode_attention
+
+            self._attention = decode_attention
         if compile:
             self._project = torch.compile(_project, dynamic=True)
             self._feed_forward = torch.compile(_feed_forward, dynamic=True)
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, lengths: torch.Tensor, span: int,
                  arange: torch.Tensor) -> torch.Tensor:
-        """Logits of the next token for ``ids`` (rows, 1), reading ``span`` cached tokens per row."""
+        """Logits of the next token for ``ids`` (rows, 1), reading ``span`` cached tokens per row
+        (with ``exact_attention``, each row's own length instead)."""
         rows = ids.shape[0]
         hidden = self.language.embed_tokens(ids)
         cos, sin = self.language.rotary_emb(hidden, positions.view(1, rows, 1).expand(3, rows, 1))
         cos, sin = cos[:, None], sin[:, None]  # (rows, 1, 1, head_dim)
-        attend = (arange[:span][None, :] <= lengths[:, None]).view(rows, 1, 1, span)
+        attend = None if self._attention else (arange[:span][None, :] <= lengths[:, None]).view(rows, 1, 1, span)
         self.cache.bind(lengths, span)
         for index, (norm_w, qkv_w, q_norm_w, k_norm_w, o_w, post_w, gate_up_w, down_w) in enumerate(self.layers):
             q, k, v = self._project(hidden, norm_w, qkv_w, q_norm_w, k_norm_w, cos, sin, self.eps,
                                     self.heads, self.kv_heads, self.head_dim)
             keys, values = self.cache.update(k, v, index)
-            attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=attend, scale=self.scale)
+            if self._attention:
+                attended = self._attention(q, self.cache.keys[index], self.cache.values[index], lengths, self.scale)
+            else:
+                attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=attend, scale=self.scale)
             hidden = self._feed_forward(hidden, attended, o_w, post_w, gate_up_w, down_w, self.eps)
         return self.lm_head(_rms(hidden[:, -1], self.language.norm.weight, self.eps))

@@ -105,10 +105,21 @@ class SlotCache:
         v[rows, :, positions] = value[:, :, 0]
         return k[: self._batch, :, : self._span], v[: self._batch, :, : self._span]
 
-    def store(self, slot: int, layer: int, key: torch.Tensor, value: torch.Tensor) -> None:
-        n = key.shape[1]
-        self.keys[layer][slot, :, :n] = key
-        self.values[layer][slot, :, :n] = value
+    def store(self, layers, slots: list[int], lengths: list[int]) -> None:
+        """Copy a left-padded prefill's keys and values (``layers``: per layer, (rows, heads, longest, dim)
+        each) into the slots: row i's last ``lengths[i]`` tokens become the first of ``slots[i]``.
+
+        One gather and one scatter per layer and tensor, whatever the number of rows."""
+        longest = layers[0][0].shape[2]
+        rows = torch.repeat_interleave(torch.arange(len(slots)), torch.tensor(lengths))
+        dst_slots = torch.tensor(slots)[rows]
+        dst = torch.cat([torch.arange(n) for n in lengths])
+        src = dst + (longest - torch.tensor(lengths))[rows]
+        device = self.keys[0].device
+        rows, src, dst_slots, dst = (t.to(device, non_blocking=True) for t in (rows, src, dst_slots, dst))
+        for layer, (key, value) in enumerate(layers):
+            self.keys[layer][dst_slots, :, dst] = key[rows, :, src]
+            self.values[layer][dst_slots, :, dst] = value[rows, :, src]
 
     def move(self, src: int, dst: int, length: int) -> None:
         for k, v in zip(self.keys, self.values):
@@ -141,9 +152,12 @@ class Engine:
         self.cache = SlotCache(slots=self.slots, device=self.device, **shape)
         log.info("KV cache: %d slots x %d tokens, %.2f GiB", self.slots, config.max_seq_len,
                  SlotCache.bytes_needed(slots=self.slots, **shape) / 2**30)
-        self._step = DecodeStep(self.model, self.cache,
-                                compile=config.compile_decode and self.device.type == "cuda")
-        self._span_step = 256 if self.device.type == "cuda" else 16
+        cuda = self.device.type == "cuda"
+        self._step = DecodeStep(self.model, self.cache, compile=config.compile_decode and cuda,
+                                exact_attention=config.exact_attention and cuda)
+        # SDPA reads a span of the cache rounded up (a captured graph serves many steps); the
+        # exact kernel reads each row's length, so one graph per batch size serves every step.
+        self._span_step = config.max_seq_len if self._step.exact_attention else 256 if cuda else 16
         self._arange = torch.arange(config.max_seq_len, device=self.device)
         # Static inputs of the decode step (graphs replay on these very tensors): token ids (written
         # on the device by the step before), rotary positions and cache lengths (copied from the host).
@@ -283,11 +297,10 @@ class Engine:
         for row, s in enumerate(batch):
             s.slot = len(self._running)
             self._running.append(s)
-            n = s.prompt.length
-            for layer, cached in enumerate(out.past_key_values.layers):
-                self.cache.store(s.slot, layer, cached.keys[row, :, longest - n:], cached.values[row, :, longest - n:])
-            s.length = n
+            s.length = s.prompt.length
             s.position = int(positions[:, row, -1].max()) + 1
+        self.cache.store([(c.keys, c.values) for c in out.past_key_values.layers],
+                         [s.slot for s in batch], [s.length for s in batch])
         self.metrics.prompt_tokens(sum(s.prompt.length for s in batch))
         self.metrics.in_flight(len(self._running))
         tokens = self._select(out.logits[:, -1], batch)

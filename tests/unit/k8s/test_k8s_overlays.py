@@ -103,6 +103,7 @@ def test_gpu_keeps_compiled_kernels_on_the_node_in_a_directory_triton_can_write(
     triton = next(c for c in pod["containers"] if c["name"] == "triton")
     cache_dir = env_of(triton)["TORCHINDUCTOR_CACHE_DIR"]
     mount = next(m for m in triton["volumeMounts"] if m["mountPath"] == cache_dir)
+    assert env_of(triton)["TRITON_CACHE_DIR"].startswith(cache_dir + "/"), "attention kernels on the node too"
     assert not mount.get("readOnly")
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
     assert volume["hostPath"]["type"] == "DirectoryOrCreate"

@@ -1,0 +1,57 @@
+"""The GPU decode-attention kernels, run by Triton's interpreter on the CPU, against SDPA over the same cache.
+
+The interpreter executes the very kernels the GPU compiles (it is chosen when the module is
+imported, hence a fresh process); the bench checks them on an H100 (greedy agreement in float32).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+ROOT = Path(__file__).resolve().parents[3]
+
+CHECK = """
+import json, sys, torch
+import torch.nn.functional as F
+from backend_python.attention import CHUNK, decode_attention
+
+torch.manual_seed(0)
+rows, kv_heads, group, dim, max_len = 6, 2, 4, 64, 3 * CHUNK
+lengths = torch.tensor(json.loads(sys.argv[1]))
+q = torch.randn(rows, kv_heads, group, dim)
+keys = torch.randn(rows + 2, kv_heads, max_len, dim)  # more slots than rows, as in the engine
+values = torch.randn(rows + 2, kv_heads, max_len, dim)
+out = decode_attention(q, keys, values, lengths, dim ** -0.5)
+mask = (torch.arange(max_len)[None, :] <= lengths[:, None]).view(rows, 1, 1, max_len)
+ref = F.scaled_dot_product_attention(q.double(), keys[:rows].double(), values[:rows].double(), attn_mask=mask,
+                                     scale=dim ** -0.5)
+# What a kernel that read past a row's length (or another row's slot) would get instead.
+over = F.scaled_dot_product_attention(q.double(), keys[:rows].double(), values[:rows].double(), scale=dim ** -0.5)
+print(json.dumps({"shape": list(out.shape), "error": (out.double() - ref).abs().max().item(),
+                  "error_if_unmasked": (over - ref).abs().max().item()}))
+"""
+
+
+def run_kernels(lengths: list[int]) -> dict:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", CHECK, json.dumps(lengths)], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_each_row_attends_to_exactly_its_own_cached_tokens():
+    """Lengths on both sides of chunk and block edges, a one-token cache, and the last position."""
+    from backend_python.attention import CHUNK
+
+    result = run_kernels([0, 1, 63, CHUNK - 1, CHUNK, 3 * CHUNK - 1])
+    assert result["shape"] == [6, 2, 4, 64]
+    assert result["error"] < 1e-5
+    assert result["error_if_unmasked"] > 1e-2  # the comparison would catch a kernel reading too far
