@@ -19,38 +19,52 @@ import torch
 import triton
 import triton.language as tl
 
-CHUNK = 128  # cached tokens per program
+CHUNK = 256  # cached tokens per program
 BLOCK = 64  # cached tokens per inner step
 
 
 @triton.jit
-def _partial(q_ptr, k_ptr, v_ptr, lengths_ptr, acc_ptr, stats_ptr,
-             q_row, q_head, k_slot, k_head, v_slot, v_head, scale_log2,
+def _partial(q_ptr, k_new_ptr, v_new_ptr, k_ptr, v_ptr, lengths_ptr, acc_ptr, stats_ptr,
+             q_row, q_head, k_new_row, k_new_head, v_new_row, v_new_head, k_slot, k_head, v_slot, v_head, scale_log2,
              SPLITS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, DIM: tl.constexpr,
              CHUNK: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
-    """One (sequence, key/value head, chunk): unnormalised output and running max and sum."""
+    """One (sequence, key/value head, chunk): unnormalised output and running max and sum.
+
+    The step's own key and value come in registers: the program whose chunk holds their position
+    uses them from there and writes them into the cache (no separate cache-write kernels).
+    """
     row, head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    n = tl.load(lengths_ptr + row).to(tl.int32) + 1  # the cache holds this step's token too
+    new = tl.load(lengths_ptr + row).to(tl.int32)  # the step's own token goes at this index
+    n = new + 1
     g = tl.arange(0, GROUP_PAD)
     d = tl.arange(0, DIM)
-    q = tl.load(q_ptr + row * q_row + head * q_head + g[:, None] * DIM + d[None, :], mask=g[:, None] < GROUP, other=0.0)
+    start = split * CHUNK
+    mine = (new >= start) & (new < start + CHUNK)
+    k_new = tl.load(k_new_ptr + row * k_new_row + head * k_new_head + d)
+    v_new = tl.load(v_new_ptr + row * v_new_row + head * v_new_head + d)
     k_base = k_ptr + row * k_slot + head * k_head
     v_base = v_ptr + row * v_slot + head * v_head
+    tl.store(k_base + new * DIM + d, k_new, mask=mine & (d < DIM))
+    tl.store(v_base + new * DIM + d, v_new, mask=mine & (d < DIM))
     m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     total = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, DIM], tl.float32)
-    start = split * CHUNK
     for offset in range(start, tl.minimum(start + CHUNK, n), BLOCK):
+        q = tl.load(q_ptr + row * q_row + head * q_head + g[:, None] * DIM + d[None, :],
+                    mask=g[:, None] < GROUP, other=0.0)
         t = offset + tl.arange(0, BLOCK)
-        valid = t < n
-        k = tl.load(k_base + t[:, None] * DIM + d[None, :], mask=valid[:, None], other=0.0)
+        old = t < new
+        this = (t == new)[:, None]
+        k = tl.load(k_base + t[:, None] * DIM + d[None, :], mask=old[:, None], other=0.0)
+        k = tl.where(this, k_new[None, :], k)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
-        s = tl.where(valid[None, :], s, float("-inf"))
+        s = tl.where((t < n)[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m - m_new)
         total = total * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + t[:, None] * DIM + d[None, :], mask=valid[:, None], other=0.0)
+        v = tl.load(v_base + t[:, None] * DIM + d[None, :], mask=old[:, None], other=0.0)
+        v = tl.where(this, v_new[None, :], v)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m = m_new
     part = (row * tl.num_programs(1) + head) * SPLITS + split
@@ -86,17 +100,18 @@ def _merge(acc_ptr, stats_ptr, lengths_ptr, out_ptr, out_row, out_head,
     tl.store(out_ptr + row * out_row + head * out_head + g[:, None] * DIM + d[None, :], out.to(out_ptr.dtype.element_ty))
 
 
-def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor,
-                     scale: float) -> torch.Tensor:
-    """Attention of one new token per row over the cache.
+def decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keys: torch.Tensor,
+                     values: torch.Tensor, lengths: torch.Tensor, scale: float) -> torch.Tensor:
+    """Write one new token per row into the cache and attend over the row's cache, that token included.
 
     ``q``: (rows, kv_heads, group, dim), the query heads of each key/value head together;
-    ``keys``/``values``: (slots, kv_heads, max_len, dim), row i reading slot i; ``lengths``: (rows,)
-    tokens cached before this step (the step's own token is at that index). Returns q's shape.
+    ``key``/``value``: (rows, kv_heads, 1, dim), this step's; ``keys``/``values``: (slots, kv_heads,
+    max_len, dim), row i in slot i; ``lengths``: (rows,) tokens cached before this step (the new one
+    goes at that index). Returns q's shape.
     """
     rows, kv_heads, group, dim = q.shape
-    if q.stride(3) != 1 or q.stride(2) != dim or keys.stride(3) != 1 or keys.stride(2) != dim \
-            or values.stride(3) != 1 or values.stride(2) != dim:
+    if any(t.stride(-1) != 1 for t in (q, key, value, keys, values)) or q.stride(2) != dim \
+            or keys.stride(2) != dim or values.stride(2) != dim:
         raise ValueError("decode_attention needs rows of contiguous head dimensions")
     if group & (group - 1) or dim & (dim - 1):
         raise ValueError(f"decode_attention needs power-of-two group and head sizes, got {group} and {dim}")
@@ -105,8 +120,8 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     stats = torch.empty((rows, kv_heads, splits, 2, group), dtype=torch.float32, device=q.device)
     out = torch.empty_like(q)
     _partial[(rows, kv_heads, splits)](
-        q, keys, values, lengths, acc, stats, q.stride(0), q.stride(1), keys.stride(0), keys.stride(1),
-        values.stride(0), values.stride(1), scale * math.log2(math.e),
+        q, key, value, keys, values, lengths, acc, stats, q.stride(0), q.stride(1), key.stride(0), key.stride(1), value.stride(0), value.stride(1),
+        keys.stride(0), keys.stride(1), values.stride(0), values.stride(1), scale * math.log2(math.e),
         SPLITS=splits, GROUP=group, GROUP_PAD=max(16, group), DIM=dim, CHUNK=CHUNK, BLOCK=BLOCK,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
     _merge[(rows, kv_heads)](acc, stats, lengths, out, out.stride(0), out.stride(1),

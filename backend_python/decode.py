@@ -101,15 +101,17 @@ class DecodeStep:
         hidden = self.language.embed_tokens(ids)
         cos, sin = self.language.rotary_emb(hidden, positions.view(1, rows, 1).expand(3, rows, 1))
         cos, sin = cos[:, None], sin[:, None]  # (rows, 1, 1, head_dim)
-        attend = None if self._attention else (arange[:span][None, :] <= lengths[:, None]).view(rows, 1, 1, span)
-        self.cache.bind(lengths, span)
+        if not self._attention:
+            attend = (arange[:span][None, :] <= lengths[:, None]).view(rows, 1, 1, span)
+            self.cache.bind(lengths, span)
         for index, (norm_w, qkv_w, q_norm_w, k_norm_w, o_w, post_w, gate_up_w, down_w) in enumerate(self.layers):
             q, k, v = self._project(hidden, norm_w, qkv_w, q_norm_w, k_norm_w, cos, sin, self.eps,
                                     self.heads, self.kv_heads, self.head_dim)
-            keys, values = self.cache.update(k, v, index)
-            if self._attention:
-                attended = self._attention(q, self.cache.keys[index], self.cache.values[index], lengths, self.scale)
+            if self._attention:  # writes k and v into the cache itself
+                attended = self._attention(q, k, v, self.cache.keys[index], self.cache.values[index], lengths,
+                                           self.scale)
             else:
+                keys, values = self.cache.update(k, v, index)
                 attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=attend, scale=self.scale)
             hidden = self._feed_forward(hidden, attended, o_w, post_w, gate_up_w, down_w, self.eps)
         return self.lm_head(_rms(hidden[:, -1], self.language.norm.weight, self.eps))

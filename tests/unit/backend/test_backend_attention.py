@@ -26,16 +26,23 @@ torch.manual_seed(0)
 rows, kv_heads, group, dim, max_len = 6, 2, 4, 64, 3 * CHUNK
 lengths = torch.tensor(json.loads(sys.argv[1]))
 q = torch.randn(rows, kv_heads, group, dim)
+# This step's key and value as the decode step makes them: views with the heads' own strides.
+key = torch.randn(rows, 1, kv_heads, dim).transpose(1, 2)
+value = torch.randn(rows, 1, 3 * kv_heads, dim)[:, :, kv_heads:2 * kv_heads].transpose(1, 2)
 keys = torch.randn(rows + 2, kv_heads, max_len, dim)  # more slots than rows, as in the engine
 values = torch.randn(rows + 2, kv_heads, max_len, dim)
-out = decode_attention(q, keys, values, lengths, dim ** -0.5)
+expected_keys, expected_values = keys.clone(), values.clone()
+for row, n in enumerate(lengths.tolist()):
+    expected_keys[row, :, n], expected_values[row, :, n] = key[row, :, 0], value[row, :, 0]
+out = decode_attention(q, key, value, keys, values, lengths, dim ** -0.5)
 mask = (torch.arange(max_len)[None, :] <= lengths[:, None]).view(rows, 1, 1, max_len)
-ref = F.scaled_dot_product_attention(q.double(), keys[:rows].double(), values[:rows].double(), attn_mask=mask,
-                                     scale=dim ** -0.5)
+k, v = expected_keys[:rows].double(), expected_values[:rows].double()
+ref = F.scaled_dot_product_attention(q.double(), k, v, attn_mask=mask, scale=dim ** -0.5)
 # What a kernel that read past a row's length (or another row's slot) would get instead.
-over = F.scaled_dot_product_attention(q.double(), keys[:rows].double(), values[:rows].double(), scale=dim ** -0.5)
+over = F.scaled_dot_product_attention(q.double(), k, v, scale=dim ** -0.5)
 print(json.dumps({"shape": list(out.shape), "error": (out.double() - ref).abs().max().item(),
-                  "error_if_unmasked": (over - ref).abs().max().item()}))
+                  "error_if_unmasked": (over - ref).abs().max().item(),
+                  "cache_written": torch.equal(keys, expected_keys) and torch.equal(values, expected_values)}))
 """
 
 
@@ -47,7 +54,7 @@ def run_kernels(lengths: list[int]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_each_row_attends_to_exactly_its_own_cached_tokens():
+def test_each_row_writes_its_new_token_and_attends_to_exactly_its_own_cached_tokens():
     """Lengths on both sides of chunk and block edges, a one-token cache, and the last position."""
     from backend_python.attention import CHUNK
 
@@ -55,3 +62,4 @@ def test_each_row_attends_to_exactly_its_own_cached_tokens():
     assert result["shape"] == [6, 2, 4, 64]
     assert result["error"] < 1e-5
     assert result["error_if_unmasked"] > 1e-2  # the comparison would catch a kernel reading too far
+    assert result["cache_written"], "the new key and value belong at each row's length, nowhere else"
