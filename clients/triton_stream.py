@@ -75,10 +75,16 @@ class StreamResult:
 
 def stream(url: str, inputs: list[grpcclient.InferInput], *, timeout: float = 120.0,
            on_delta=None, cancel_after: int | None = None) -> StreamResult:
-    """Send one request on its own gRPC stream and collect every response until the final one."""
+    """Send one request on its own gRPC stream and collect every response until the final one.
+
+    After the final response the stream is closed, not cancelled: Triton then ends the call itself.
+    Cancelling it while Triton still writes that response makes Triton 2.51 keep the request for
+    ever, and the model then never unloads (SIGTERM ends in the exit timeout).
+    """
     responses: queue.Queue = queue.Queue()
     client = grpcclient.InferenceServerClient(url)
     result = StreamResult(started=time.monotonic())
+    final = False
     try:
         client.start_stream(callback=lambda result, error: responses.put((result, error)))
         client.async_stream_infer(MODEL, inputs, request_id=uuid.uuid4().hex, enable_empty_final_response=True)
@@ -106,6 +112,7 @@ def stream(url: str, inputs: list[grpcclient.InferInput], *, timeout: float = 12
                 result.prompt_tokens = int(response.as_numpy("prompt_tokens").reshape(-1)[0])
                 result.completion_tokens = int(response.as_numpy("completion_tokens").reshape(-1)[0])
             if response.get_response().parameters["triton_final_response"].bool_param:
+                final = True
                 break
             if cancel_after is not None and len(result.deltas) >= cancel_after:
                 client.stop_stream(cancel_requests=True)
@@ -113,7 +120,7 @@ def stream(url: str, inputs: list[grpcclient.InferInput], *, timeout: float = 12
                 break
     finally:
         result.finished_at = time.monotonic()
-        client.stop_stream(cancel_requests=True)
+        client.stop_stream(cancel_requests=not final)
         client.close()
     return result
 

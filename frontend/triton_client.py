@@ -13,6 +13,7 @@ response), with Triton's `triton_final_response` flag honoured when present.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -47,6 +48,7 @@ CHANNEL_ARGS: list[tuple[str, Any]] = [
 ]
 
 _FINISH_REASONS = {"stop", "length", "cancelled"}
+CALL_END_TIMEOUT_S = 5.0
 
 
 def _tensor(name: str, array: np.ndarray, datatype: str) -> grpcclient.InferInput:
@@ -149,6 +151,7 @@ class TritonClient:
         except InferenceServerException as exc:
             raise _classify(exc) from None
         received = 0
+        last = False
         try:
             while True:
                 try:
@@ -167,11 +170,39 @@ class TritonClient:
                 final = is_final(result)
                 if final and chunk.finish_reason is None:
                     chunk = chunk.model_copy(update={"finish_reason": "stop"})
+                # Set before the yield: a caller that stops at the last chunk closes this generator there.
+                last = chunk.finish_reason is not None
                 yield chunk
-                if chunk.finish_reason is not None:
+                if last:
                     return
         finally:
+            if last:
+                await _await_call_end(responses)
+            else:
+                responses.cancel()
+
+
+async def _await_call_end(responses: Any) -> None:
+    """After the last response, let Triton end the call itself; cancel only if it does not.
+
+    Cancelling a call whose final response Triton is still writing makes Triton 2.51 keep that
+    request for ever (its gRPC frontend issues a cancellation no callback will ever answer): the
+    model then never unloads, and a SIGTERM ends in the exit timeout instead of a clean exit.
+    """
+    ended = False
+    try:
+        await asyncio.wait_for(_drain(responses), CALL_END_TIMEOUT_S)
+        ended = True
+    except (asyncio.TimeoutError, grpc.aio.AioRpcError):
+        pass
+    finally:
+        if not ended:
             responses.cancel()
+
+
+async def _drain(responses: Any) -> None:
+    async for _ in responses:
+        pass
 
 
 def _classify(exc: InferenceServerException) -> FrontendError:

@@ -64,7 +64,11 @@ class Client:
         self.client.start_stream(callback=partial(self._on_response))
 
     def close(self) -> None:
-        self.client.stop_stream(cancel_requests=True)
+        """Cancel only if a request is unfinished: cancelling the stream just after a final response
+        makes Triton 2.51 keep that request, and the model with it, for ever (README, Containers)."""
+        with self._lock:
+            unfinished = any(s.finished is None for s in self.streams.values())
+        self.client.stop_stream(cancel_requests=unfinished)
         self.client.close()
 
     def config(self) -> dict:
