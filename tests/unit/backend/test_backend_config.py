@@ -1,10 +1,14 @@
 """Engine settings come from Triton's parameters, once, with clear errors for mistakes."""
 
+import re
+from pathlib import Path
+
 import pytest
 
 from backend_python.config import EngineConfig
 
 pytestmark = pytest.mark.unit
+MODEL_DIR = Path(__file__).resolve().parents[3] / "model_repository" / "qwen3_vl"
 
 
 def test_parameters_are_typed_and_model_path_falls_back_to_the_environment():
@@ -29,3 +33,13 @@ def test_a_bad_value_names_the_parameter():
 def test_no_model_is_a_clear_error():
     with pytest.raises(ValueError, match="MODEL_PATH"):
         EngineConfig.from_parameters({}, environ={})
+
+
+@pytest.mark.parametrize("name", ["config.pbtxt", "configs/gpu.pbtxt"])
+def test_the_shipped_model_configs_load(name):
+    """A mistyped key in the GPU config would otherwise show only when a GPU server starts."""
+    text = (MODEL_DIR / name).read_text()
+    parameters = dict(re.findall(r'key: "(\w+)", value: \{ string_value: "([^"]*)" \}', text))
+    assert len(parameters) == text.count("key:"), "every parameter in the one form the test reads"
+    config = EngineConfig.from_parameters(parameters, environ={"MODEL_PATH": "/models/qwen"})
+    assert config.slots == int(parameters["slots"])
