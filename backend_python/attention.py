@@ -50,6 +50,7 @@ def _partial(q_ptr, k_new_ptr, v_new_ptr, k_ptr, v_ptr, lengths_ptr, acc_ptr, st
     total = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, DIM], tl.float32)
     for offset in range(start, tl.minimum(start + CHUNK, n), BLOCK):
+        # Loaded here, not once above: most programs lie past their sequence's length and read nothing.
         q = tl.load(q_ptr + row * q_row + head * q_head + g[:, None] * DIM + d[None, :],
                     mask=g[:, None] < GROUP, other=0.0)
         t = offset + tl.arange(0, BLOCK)

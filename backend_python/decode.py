@@ -83,7 +83,6 @@ class DecodeStep:
         self._project, self._feed_forward = _project, _feed_forward
         self.compiled = compile
         # Each row reads its own cached length (a GPU kernel); otherwise SDPA reads ``span`` tokens per row.
-        self.exact_attention = exact_attention
         self._attention = None
         if exact_attention:
             from .attention import decode_attention
@@ -92,6 +91,10 @@ class DecodeStep:
         if compile:
             self._project = torch.compile(_project, dynamic=True)
             self._feed_forward = torch.compile(_feed_forward, dynamic=True)
+
+    @property
+    def exact_attention(self) -> bool:
+        return self._attention is not None
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, lengths: torch.Tensor, span: int,
                  arange: torch.Tensor) -> torch.Tensor:
