@@ -1,13 +1,16 @@
-"""One decode step over the slot cache, computed from the checkpoint's own weights.
+"""The language model's decoder layers, run from the checkpoint's own weights.
 
-Prefill runs through the Hugging Face model unchanged. Decoding one token per
-sequence is where serving spends its time, so this step reads each weight once
-with fewer, larger matrix products: q/k/v and gate/up are fused into single
-projections (the original modules keep working as views into the fused weights),
-and the grouped-query attention packs each KV head's query heads together
-instead of repeating keys and values. On a GPU the two halves of a layer around
-the cache access can be compiled (``compile_decode``), which fuses their
-element-wise work (RMSNorm, rotary, SiLU, residuals) into a few kernels.
+Two passes share them: the prefill of a batch of prompts, and one decode step per
+token over the slot cache. Decoding one token per sequence is where serving spends
+its time, so each weight is read once with few, large matrix products: q/k/v and
+gate/up are fused into single projections (the original modules keep working as
+views into the fused weights), and the decode step's grouped-query attention packs
+each KV head's query heads together instead of repeating keys and values. The
+prefill goes through the same functions rather than the Hugging Face layers: their
+eager code launches dozens of small kernels per layer, which made a prefill
+host-bound. On a GPU the two halves of a layer around attention can be compiled
+(``compile``), which fuses their element-wise work (RMSNorm, rotary, SiLU,
+residuals) into a few kernels.
 """
 
 from __future__ import annotations
@@ -32,18 +35,20 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 def _project(hidden, norm_w, qkv_w, q_norm_w, k_norm_w, cos, sin, eps: float, hq: int, hkv: int, d: int):
-    """Everything of a layer before the cache: norm, fused q/k/v projection, q/k norms, rotary."""
-    rows = hidden.shape[0]
+    """Everything of a layer before attention: norm, fused q/k/v projection, q/k norms, rotary.
+
+    ``hidden``: (rows, tokens, hidden); returns q (rows, hq, tokens, d), k and v (rows, hkv, tokens, d)."""
+    rows, tokens = hidden.shape[:2]
     q, k, v = F.linear(_rms(hidden, norm_w, eps), qkv_w).split([hq * d, hkv * d, hkv * d], dim=-1)
-    q = _rotate(_rms(q.view(rows, 1, hq, d), q_norm_w, eps).transpose(1, 2), cos, sin)
-    k = _rotate(_rms(k.view(rows, 1, hkv, d), k_norm_w, eps).transpose(1, 2), cos, sin)
-    return q.reshape(rows, hkv, hq // hkv, d), k, v.view(rows, 1, hkv, d).transpose(1, 2)
+    q = _rotate(_rms(q.view(rows, tokens, hq, d), q_norm_w, eps).transpose(1, 2), cos, sin)
+    k = _rotate(_rms(k.view(rows, tokens, hkv, d), k_norm_w, eps).transpose(1, 2), cos, sin)
+    return q, k, v.view(rows, tokens, hkv, d).transpose(1, 2)
 
 
 def _feed_forward(hidden, attended, o_w, norm_w, gate_up_w, down_w, eps: float):
-    """Everything of a layer after attention: output projection, residual, norm, SwiGLU MLP, residual."""
-    rows = hidden.shape[0]
-    hidden = hidden + F.linear(attended.reshape(rows, 1, -1), o_w)
+    """Everything of a layer after attention (``attended``: rows, tokens, heads x d): output projection,
+    residual, norm, SwiGLU MLP, residual."""
+    hidden = hidden + F.linear(attended, o_w)
     gate, up = F.linear(_rms(hidden, norm_w, eps), gate_up_w).chunk(2, dim=-1)
     return hidden + F.linear(F.silu(gate) * up, down_w)
 
@@ -59,7 +64,7 @@ def _fuse(modules: list[nn.Linear]) -> torch.Tensor:
     return fused
 
 
-class DecodeStep:
+class Decoder:
     def __init__(self, model: nn.Module, cache, compile: bool = False, exact_attention: bool = False):
         self.language = model.model.language_model
         self.lm_head = model.lm_head
@@ -96,8 +101,8 @@ class DecodeStep:
     def exact_attention(self) -> bool:
         return self._attention is not None
 
-    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, lengths: torch.Tensor, span: int,
-                 arange: torch.Tensor) -> torch.Tensor:
+    def step(self, ids: torch.Tensor, positions: torch.Tensor, lengths: torch.Tensor, span: int,
+             arange: torch.Tensor) -> torch.Tensor:
         """Logits of the next token for ``ids`` (rows, 1), reading ``span`` cached tokens per row
         (with ``exact_attention``, each row's own length instead)."""
         rows = ids.shape[0]
@@ -110,11 +115,43 @@ class DecodeStep:
         for index, (norm_w, qkv_w, q_norm_w, k_norm_w, o_w, post_w, gate_up_w, down_w) in enumerate(self.layers):
             q, k, v = self._project(hidden, norm_w, qkv_w, q_norm_w, k_norm_w, cos, sin, self.eps,
                                     self.heads, self.kv_heads, self.head_dim)
+            # One query position: the query heads of a key/value head stand in for query positions.
+            q = q.reshape(rows, self.kv_heads, -1, self.head_dim)
             if self._attention:  # writes k and v into the cache itself
                 attended = self._attention(q, k, v, self.cache.keys[index], self.cache.values[index], lengths,
                                            self.scale)
             else:
                 keys, values = self.cache.update(k, v, index)
                 attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=attend, scale=self.scale)
-            hidden = self._feed_forward(hidden, attended, o_w, post_w, gate_up_w, down_w, self.eps)
+            hidden = self._feed_forward(hidden, attended.reshape(rows, 1, -1), o_w, post_w, gate_up_w, down_w,
+                                        self.eps)
         return self.lm_head(_rms(hidden[:, -1], self.language.norm.weight, self.eps))
+
+    def prefill(self, embeds: torch.Tensor, positions: torch.Tensor, padding: torch.Tensor,
+                visual: torch.Tensor | None = None, deepstack: list[torch.Tensor] = ()):
+        """The last position's logits, and every layer's keys and values, for a left-padded batch.
+
+        ``embeds``: (rows, tokens, hidden), image features already in place; ``positions``: (3, rows,
+        tokens) rotary positions; ``padding``: (rows, tokens), true on prompt tokens; ``visual``: flat
+        indices of the image tokens in (rows x tokens), where the first layers add ``deepstack``.
+        """
+        rows, tokens, width = embeds.shape
+        cos, sin = self.language.rotary_emb(embeds, positions)
+        cos, sin = cos[:, None], sin[:, None]  # (rows, 1, tokens, head_dim)
+        causal = torch.ones((tokens, tokens), dtype=torch.bool, device=embeds.device).tril()
+        # Padding attends to itself alone, so that it stays finite (no row of the softmax is empty).
+        attend = (causal & padding.bool()[:, None, :]) | torch.eye(tokens, dtype=torch.bool, device=embeds.device)
+        attend = attend[:, None]
+        group = self.heads // self.kv_heads
+        hidden, layers = embeds, []
+        for index, (norm_w, qkv_w, q_norm_w, k_norm_w, o_w, post_w, gate_up_w, down_w) in enumerate(self.layers):
+            q, k, v = self._project(hidden, norm_w, qkv_w, q_norm_w, k_norm_w, cos, sin, self.eps,
+                                    self.heads, self.kv_heads, self.head_dim)
+            layers.append((k, v))
+            attended = F.scaled_dot_product_attention(q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1),
+                                                      attn_mask=attend, scale=self.scale)
+            hidden = self._feed_forward(hidden, attended.transpose(1, 2).reshape(rows, tokens, -1), o_w, post_w,
+                                        gate_up_w, down_w, self.eps)
+            if index < len(deepstack):
+                hidden.view(-1, width).index_add_(0, visual, deepstack[index].to(hidden.dtype))
+        return self.lm_head(_rms(hidden[:, -1], self.language.norm.weight, self.eps)), layers

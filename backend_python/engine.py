@@ -30,7 +30,7 @@ from typing import Protocol
 import torch
 
 from .config import EngineConfig
-from .decode import DecodeStep
+from .decode import Decoder
 from .decoding import TextStream
 from .errors import Cancelled, EngineFailure, Overloaded, ServingError
 from .loader import LoadedModel
@@ -153,11 +153,12 @@ class Engine:
         log.info("KV cache: %d slots x %d tokens, %.2f GiB", self.slots, config.max_seq_len,
                  SlotCache.bytes_needed(slots=self.slots, **shape) / 2**30)
         cuda = self.device.type == "cuda"
-        self._step = DecodeStep(self.model, self.cache, compile=config.compile_decode and cuda,
+        self._decoder = Decoder(self.model, self.cache, compile=config.compile_decode and cuda,
                                 exact_attention=config.exact_attention and cuda)
+        self._image_token = self.model.config.image_token_id
         # SDPA reads a span of the cache rounded up (a captured graph serves many steps); the
         # exact kernel reads each row's length, so one graph per batch size serves every step.
-        self._span_step = config.max_seq_len if self._step.exact_attention else 256 if cuda else 16
+        self._span_step = config.max_seq_len if self._decoder.exact_attention else 256 if cuda else 16
         self._arange = torch.arange(config.max_seq_len, device=self.device)
         # Static inputs of the decode step (graphs replay on these very tensors): token ids (written
         # on the device by the step before), rotary positions and cache lengths (copied from the host).
@@ -185,11 +186,20 @@ class Engine:
     # -- the caller's side -------------------------------------------------------------
 
     def start(self) -> "Engine":
-        if self._step.compiled:
-            # Compile before the model reports ready: once for one sequence, once for any other count.
+        if self._decoder.compiled:
+            # Compile before the model reports ready: the decode step once for one sequence and once
+            # for any other count, the prefill likewise. The prefill's sample has 37 tokens, a size the
+            # model has nowhere else: torch.compile takes equal sizes to stay equal (with 8, as many as
+            # the key/value heads, the first real prompt would compile again, for seconds).
             with torch.inference_mode():
                 for rows in (1, 2):
                     self._forward(rows, self._span_step)
+                width, tokens = self.model.config.text_config.hidden_size, 37
+                for rows in (1, 3):
+                    embeds = torch.zeros((rows, tokens, width), dtype=self.cache.keys[0].dtype, device=self.device)
+                    positions = torch.arange(tokens, device=self.device).expand(3, rows, tokens)
+                    padding = torch.ones((rows, tokens), dtype=torch.long, device=self.device)
+                    self._decoder.prefill(embeds, positions, padding)
         self._thread.start()
         return self
 
@@ -288,22 +298,25 @@ class Engine:
         def upload(t: torch.Tensor) -> torch.Tensor:
             return self._pinned(t).to(dev, non_blocking=True)
 
-        out = self.model(
-            input_ids=upload(ids), attention_mask=upload(mask), position_ids=upload(positions),
-            mm_token_type_ids=upload(types),
-            pixel_values=upload(torch.cat(pixels)).to(self.model.dtype) if pixels else None,
-            image_grid_thw=upload(grid) if grid is not None else None, use_cache=True, logits_to_keep=1,
-        )
+        model = self.model.model
+        embeds = model.get_input_embeddings()(upload(ids))
+        visual, deepstack = None, []
+        if pixels:
+            # Straight through the vision encoder: its output stays in one piece, not split per image.
+            vision = model.visual(upload(torch.cat(pixels)).to(model.visual.dtype), grid_thw=upload(grid))
+            visual = upload((ids == self._image_token).view(-1).nonzero().squeeze(1))
+            embeds.view(-1, embeds.shape[-1]).index_copy_(0, visual, vision.pooler_output.to(embeds.dtype))
+            deepstack = vision.deepstack_features
+        logits, layers = self._decoder.prefill(embeds, upload(positions), upload(mask), visual, deepstack)
         for row, s in enumerate(batch):
             s.slot = len(self._running)
             self._running.append(s)
             s.length = s.prompt.length
             s.position = int(positions[:, row, -1].max()) + 1
-        self.cache.store([(c.keys, c.values) for c in out.past_key_values.layers],
-                         [s.slot for s in batch], [s.length for s in batch])
+        self.cache.store(layers, [s.slot for s in batch], [s.length for s in batch])
         self.metrics.prompt_tokens(sum(s.prompt.length for s in batch))
         self.metrics.in_flight(len(self._running))
-        tokens = self._select(out.logits[:, -1], batch)
+        tokens = self._select(logits, batch)
         self._ids.index_copy_(0, upload(torch.tensor([s.slot for s in batch])), tokens.view(-1, 1))
         self._pending.append(_Output.of(batch, tokens))
 
@@ -361,7 +374,7 @@ class Engine:
 
     def _forward(self, rows: int, span: int) -> torch.Tensor:
         """One decode step over the first ``rows`` slots, reading ``span`` cached tokens: graph-capturable."""
-        return self._step(self._ids[:rows], self._positions[:rows], self._lengths[:rows], span, self._arange)
+        return self._decoder.step(self._ids[:rows], self._positions[:rows], self._lengths[:rows], span, self._arange)
 
     def _bucket(self, n: int) -> int:
         return next(b for b in self._buckets if b >= n)

@@ -292,7 +292,7 @@ def replay_times(engine) -> dict:
 
     out = {}
     for (rows, span), (graph, _) in sorted(engine._graphs.items()):
-        for tokens in (256, 512) if engine._step.exact_attention else (span,):
+        for tokens in (256, 512) if engine._decoder.exact_attention else (span,):
             engine._lengths[:rows] = tokens - 1  # the step's own token is the last cached one
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             graph.replay()

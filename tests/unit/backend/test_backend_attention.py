@@ -14,17 +14,20 @@ from pathlib import Path
 
 import pytest
 
+from backend_python.attention import LARGE_FROM_ROWS, launch_for
+
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[3]
 
 CHECK = """
 import json, sys, torch
 import torch.nn.functional as F
-from backend_python.attention import CHUNK, decode_attention
+from backend_python.attention import decode_attention, launch_for
 
 torch.manual_seed(0)
-rows, kv_heads, group, dim, max_len = 6, 2, 4, 64, 3 * CHUNK
 lengths = torch.tensor(json.loads(sys.argv[1]))
+rows, kv_heads, group, dim = len(lengths), 2, 4, 64
+max_len = 3 * launch_for(rows).chunk
 q = torch.randn(rows, kv_heads, group, dim)
 # This step's key and value as the decode step makes them: views with the heads' own strides.
 key = torch.randn(rows, 1, kv_heads, dim).transpose(1, 2)
@@ -54,12 +57,15 @@ def run_kernels(lengths: list[int]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_each_row_writes_its_new_token_and_attends_to_exactly_its_own_cached_tokens():
-    """Lengths on both sides of chunk and block edges, a one-token cache, and the last position."""
-    from backend_python.attention import CHUNK
-
-    result = run_kernels([0, 1, 63, CHUNK - 1, CHUNK, 3 * CHUNK - 1])
-    assert result["shape"] == [6, 2, 4, 64]
+@pytest.mark.parametrize("rows", [6, LARGE_FROM_ROWS], ids=["few rows", "many rows"])
+def test_each_row_writes_its_new_token_and_attends_to_exactly_its_own_cached_tokens(rows):
+    """Lengths on both sides of chunk and block edges, a one-token cache, and the last position, with
+    each launch shape (they differ in chunk and block)."""
+    shape = launch_for(rows)
+    edges = [0, 1, shape.block - 1, shape.block, shape.chunk - 1, shape.chunk, 3 * shape.chunk - 1]
+    lengths = (edges * rows)[:rows]
+    result = run_kernels(lengths)
+    assert result["shape"] == [rows, 2, 4, 64]
     assert result["error"] < 1e-5
     assert result["error_if_unmasked"] > 1e-2  # the comparison would catch a kernel reading too far
     assert result["cache_written"], "the new key and value belong at each row's length, nowhere else"
