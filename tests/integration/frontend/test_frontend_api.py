@@ -173,23 +173,23 @@ def _wait_for_cancel_count(triton, expected: float) -> float:
     return _cancelled_on_triton(triton)
 
 
-def test_client_disconnect_mid_stream_cancels_the_generation_on_triton(frontend, triton):
+def test_client_disconnect_mid_stream_cancels_the_generation_on_triton(long_frontend, triton):
     before = _cancelled_on_triton(triton)
-    with httpx.Client(base_url=frontend.url, timeout=60) as client:
-        body = image_question(stream=True, max_tokens=64, temperature=1.0, seed=3)
+    with httpx.Client(base_url=long_frontend.url, timeout=60) as client:
+        body = image_question(stream=True, max_tokens=1500, temperature=1.0, seed=3)
         with client.stream("POST", "/v1/chat/completions", json=body) as response:
             received = [line for _, line in zip(range(4), response.iter_lines())]
             assert any(line.startswith("data: ") for line in received)
     assert _wait_for_cancel_count(triton, before + 1) == before + 1
-    frontend_metrics = httpx.get(f"{frontend.url}/metrics").text
+    frontend_metrics = httpx.get(f"{long_frontend.url}/metrics").text
     assert _metric(frontend_metrics, "frontend_upstream_errors_total", kind="cancelled") >= 1
 
 
-def test_client_giving_up_on_a_whole_answer_cancels_it_on_triton(frontend, triton):
+def test_client_giving_up_on_a_whole_answer_cancels_it_on_triton(long_frontend, triton):
     before = _cancelled_on_triton(triton)
-    body = image_question(max_tokens=64, temperature=1.0, seed=4)
+    body = image_question(max_tokens=1500, temperature=1.0, seed=4)
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{frontend.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(60, read=0.4))
+        httpx.post(f"{long_frontend.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(60, read=0.4))
     assert _wait_for_cancel_count(triton, before + 1) == before + 1
 
 
