@@ -29,10 +29,11 @@ class Launch:
     stages: int
 
 
-# Measured on an H100 (36 layers, 230-742 cached tokens per row, every configuration swept): from
-# 32 rows on, fewer and longer programs read the cache faster (64 rows: 2.27 instead of 2.65 ms per
-# step, 128 rows: 3.75 instead of 4.79, 32 rows: even); with fewer rows they leave most of the GPU idle (one row:
-# 0.88 instead of 0.38 ms). Each captured graph has one batch size, so it has one launch shape.
+# Measured on an H100 (36 layers, 230-742 cached tokens per row, every configuration swept): from 32
+# rows on, fewer and longer programs read the cache faster (64 rows: 2.27 instead of 2.65 ms per
+# step, 128 rows: 3.75 instead of 4.79, 32 rows: even); with fewer rows they leave
+# most of the GPU idle (one row: 0.88 instead of 0.38 ms). Each captured graph has one batch size,
+# so it has one launch shape.
 SMALL = Launch(chunk=256, block=64, warps=4, stages=3)
 LARGE = Launch(chunk=512, block=32, warps=2, stages=3)
 LARGE_FROM_ROWS = 32
