@@ -125,7 +125,7 @@ class Decoder:
                 attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=attend, scale=self.scale)
             hidden = self._feed_forward(hidden, attended.reshape(rows, 1, -1), o_w, post_w, gate_up_w, down_w,
                                         self.eps)
-        return self.lm_head(_rms(hidden[:, -1], self.language.norm.weight, self.eps))
+        return self._logits(hidden)
 
     def prefill(self, embeds: torch.Tensor, positions: torch.Tensor, padding: torch.Tensor,
                 visual: torch.Tensor | None = None, deepstack: list[torch.Tensor] = ()):
@@ -154,4 +154,8 @@ class Decoder:
                                         gate_up_w, down_w, self.eps)
             if index < len(deepstack):
                 hidden.view(-1, width).index_add_(0, visual, deepstack[index].to(hidden.dtype))
-        return self.lm_head(_rms(hidden[:, -1], self.language.norm.weight, self.eps)), layers
+        return self._logits(hidden), layers
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The next token's logits, from each row's last position."""
+        return self.lm_head(_rms(hidden[:, -1], self.language.norm.weight, self.eps))
