@@ -26,14 +26,13 @@ def test_excess_requests_are_refused_and_the_queue_signal_rises_and_returns_to_z
     """The overload is built in waves, so that it does not depend on how simultaneous arrivals are
     batched: one request takes the slot, a second waits for it inside the model (its execute blocks,
     so Triton queues whatever comes next), then a burst fills the queue of two and is refused beyond."""
-    peak = {"pending": 0.0, "waiting": 0.0}
+    peak = {"pending": 0.0}
     done = threading.Event()
 
     def watch():
         while not done.is_set():
             m = scrape(small_triton.metrics_url)
             peak["pending"] = max(peak["pending"], m["nv_inference_pending_request_count"])
-            peak["waiting"] = max(peak["waiting"], m["qwen3vl_sequences_waiting"])
             time.sleep(0.05)
 
     def load(i: int, tokens: int = 120, **on):
