@@ -2,8 +2,9 @@
 
 One background thread owns the model. Each iteration it
 1. admits up to ``prefills_per_step`` waiting sequences: one batched prefill
-   (vision encoder and prompt, left-padded) through the Hugging Face model, whose
-   keys and values are copied into the sequences' cache slots;
+   (vision encoder and prompt, left-padded) through the checkpoint's own vision
+   blocks and decoder layers, whose keys and values are copied into the
+   sequences' cache slots;
 2. launches one decode step for every running sequence, through the checkpoint's
    own decoder layers, reading and writing the slot cache in place; the sampled
    tokens stay on the device as the next step's input;
@@ -38,6 +39,7 @@ from .metrics import EngineMetrics
 from .prompt import Prompt
 from .request import FINISH_CANCELLED, FINISH_LENGTH, FINISH_STOP, GenerationChunk, GenerationRequest
 from .sampling import select
+from .vision import VisionEncoder
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +157,7 @@ class Engine:
         cuda = self.device.type == "cuda"
         self._decoder = Decoder(self.model, self.cache, compile=config.compile_decode and cuda,
                                 exact_attention=config.exact_attention and cuda)
+        self._vision = VisionEncoder(self.model.model.visual, compile=config.compile_decode and cuda)
         self._image_token = self.model.config.image_token_id
         # SDPA reads a span of the cache rounded up (a captured graph serves many steps); the
         # exact kernel reads each row's length, so one graph per batch size serves every step.
@@ -188,7 +191,7 @@ class Engine:
     def start(self) -> "Engine":
         if self._decoder.compiled:
             # Compile before the model reports ready: the decode step once for one sequence and once
-            # for any other count, the prefill likewise. The prefill's sample has 37 tokens, a size the
+            # for any other count, the prefill likewise, and the vision encoder. The prefill's sample has 37 tokens, a size the
             # model has nowhere else: torch.compile takes equal sizes to stay equal (with 8, as many as
             # the key/value heads, the first real prompt would compile again, for seconds).
             with torch.inference_mode():
@@ -200,6 +203,14 @@ class Engine:
                     positions = torch.arange(tokens, device=self.device).expand(3, rows, tokens)
                     padding = torch.ones((rows, tokens), dtype=torch.long, device=self.device)
                     self._decoder.prefill(embeds, positions, padding)
+                # The vision blocks likewise, on a 6x6-patch image: 36 patches, a count the blocks'
+                # weights have in no dimension.
+                grid = torch.tensor([[1, 6, 6]])
+                layout = {k: v.to(self.device) if torch.is_tensor(v) else v
+                          for k, v in self._vision.layout(grid).items()}
+                patch = self.model.model.visual.patch_embed
+                volume = patch.in_channels * patch.temporal_patch_size * patch.patch_size ** 2
+                self._vision(torch.zeros((36, volume), dtype=self._vision.dtype, device=self.device), layout)
         self._thread.start()
         return self
 
@@ -298,15 +309,14 @@ class Engine:
         def upload(t: torch.Tensor) -> torch.Tensor:
             return self._pinned(t).to(dev, non_blocking=True)
 
-        model = self.model.model
-        embeds = model.get_input_embeddings()(upload(ids))
+        embeds = self.model.model.get_input_embeddings()(upload(ids))
         visual, deepstack = None, []
         if pixels:
-            # Straight through the vision encoder: its output stays in one piece, not split per image.
-            vision = model.visual(upload(torch.cat(pixels)).to(model.visual.dtype), grid_thw=upload(grid))
+            layout = {k: upload(v) if torch.is_tensor(v) else v for k, v in self._vision.layout(grid).items()}
+            # Each prompt's pixels are copied up on their own (the prompt builder pinned them) and joined there.
+            features, deepstack = self._vision(torch.cat([upload(p) for p in pixels]), layout)
             visual = upload((ids == self._image_token).view(-1).nonzero().squeeze(1))
-            embeds.view(-1, embeds.shape[-1]).index_copy_(0, visual, vision.pooler_output.to(embeds.dtype))
-            deepstack = vision.deepstack_features
+            embeds.view(-1, embeds.shape[-1]).index_copy_(0, visual, features.to(embeds.dtype))
         logits, layers = self._decoder.prefill(embeds, upload(positions), upload(mask), visual, deepstack)
         for row, s in enumerate(batch):
             s.slot = len(self._running)

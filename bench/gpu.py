@@ -188,6 +188,12 @@ def float32_agreement(model_path: str, images: list[bytes], tokens: int = 48) ->
         out = loaded.model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
         expected.append(out[0, p.length:].tolist())
     engine = Engine(loaded, config).start()
+    pixels = torch.cat([p.pixel_values for p in built]).cuda()
+    grid = torch.cat([p.image_grid_thw for p in built])
+    layout = {k: v.cuda() if torch.is_tensor(v) else v for k, v in engine._vision.layout(grid).items()}
+    with torch.inference_mode():
+        vision = _worst_difference(engine._vision(pixels, layout),
+                                   loaded.model.model.visual(pixels, grid_thw=grid.cuda()))
     got: dict[int, list[int]] = {}
     original = engine._advance
 
@@ -207,7 +213,8 @@ def float32_agreement(model_path: str, images: list[bytes], tokens: int = 48) ->
                for s, e in zip(sinks, expected)]
     del engine, loaded
     torch.cuda.empty_cache()
-    return {"float32_agreement_tokens": matches, "float32_reference_len": tokens}
+    return {"float32_agreement_tokens": matches, "float32_reference_len": tokens,
+            "float32_vision_difference": vision}
 
 
 def engine_alone(model_path: str, images: list[bytes], refs: list[list[int]], batches: list[int],
@@ -221,13 +228,13 @@ def engine_alone(model_path: str, images: list[bytes], refs: list[list[int]], ba
     from backend_python.prompt import PromptBuilder
     from backend_python.request import ChatMessage, GenerationRequest, SamplingParams
 
-    config = EngineConfig(model_path=model_path, slots=max(batches), max_seq_len=1024, prefills_per_step=8,
+    config = EngineConfig(model_path=model_path, slots=max(batches), max_seq_len=1024, prefills_per_step=16,
                           compile_decode=compile, limits=Limits(max_prompt_tokens=512, max_new_tokens=512))
     loaded = load(config)
     started = time.perf_counter()
     engine = Engine(loaded, config).start()
     log(f"engine started in {time.perf_counter() - started:.1f} s (compile_decode={compile})")
-    prompts = PromptBuilder(loaded.processor, config)
+    prompts = PromptBuilder(loaded.processor, config, pixel_dtype=loaded.dtype, pin_memory=True)
 
     def request(i, tokens, ignore_eos=True):
         content = ({"type": "image", "image": 0}, {"type": "text", "text": PROMPTS[i % 8]})
@@ -276,6 +283,13 @@ def engine_alone(model_path: str, images: list[bytes], refs: list[list[int]], ba
                         **{f"host_{k}_ms": 1000 * v / n_steps for k, v in engine.timings.items()}}
         log(f"engine alone, batch {batch}: {steps[batch]}")
     result["engine_steps"] = steps
+    result["prefill_breakdown"] = prefill_breakdown(engine, [(r, prompts.build(r)) for r in (request(i, 1) for i in range(16))])
+    log(f"prefill of 16 image prompts: {result['prefill_breakdown']['ms']}")
+    result["vision_16"] = vision_against_transformers(engine, [(r, prompts.build(r)) for r in (request(i, 1) for i in range(16))])
+    log(f"vision encoder, 16 images: {result['vision_16']}")
+    burst = [(r, prompts.build(r)) for r in (request(i, 512) for i in range(64))]
+    result["burst_64x512"] = engine_burst(engine, burst)
+    log(f"engine alone, 64 x 512 at once: {result['burst_64x512']}")
     result["graph_replay_ms"] = replay_times(engine)
     result["eager_step_profile"] = profile_step(engine)
     result["gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -283,6 +297,120 @@ def engine_alone(model_path: str, images: list[bytes], refs: list[list[int]], ba
     del engine, loaded
     torch.cuda.empty_cache()
     return result
+
+
+class _Timed:
+    """Times each call of a callable, the device synchronized before and after; passes the rest through."""
+
+    def __init__(self, inner, times: list[float]):
+        self._inner, self._times = inner, times
+
+    def __call__(self, *args, **kwargs):
+        import torch
+
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = self._inner(*args, **kwargs)
+        torch.cuda.synchronize()
+        self._times.append((time.perf_counter() - start) * 1000)
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def prefill_breakdown(engine, built: list, repeats: int = 3) -> dict:
+    """Where one batched prefill of ``built`` goes: the vision encoder, the decoder layers, the copy into
+    the slots (each synchronized, median of ``repeats``), and its kernels' device time. The requests are
+    handed over while the engine waits, so that they make one prefill."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    parts: dict[str, list[float]] = {"vision": [], "decoder": [], "store": []}
+    originals = (engine._vision, engine._decoder.prefill, engine.cache.store)
+    engine._vision = _Timed(engine._vision, parts["vision"])
+    engine._decoder.prefill = _Timed(engine._decoder.prefill, parts["decoder"])
+    engine.cache.store = _Timed(engine.cache.store, parts["store"])
+
+    def once():
+        sinks = [_Sink() for _ in built]
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        with engine._lock:
+            for (r, p), s in zip(built, sinks):
+                engine.submit(r, p, s)
+        for s in sinks:
+            s.done.wait(120)
+        return (time.perf_counter() - start) * 1000
+
+    try:
+        once()
+        for times in parts.values():
+            times.clear()
+        totals = [once() for _ in range(repeats)]
+    finally:
+        engine._vision, engine._decoder.prefill, engine.cache.store = originals
+    result = {"ms": {"first token, all": round(statistics.median(totals), 1),
+                     **{k: round(statistics.median(v), 1) for k, v in parts.items() if v}},
+              "prefills": {k: len(v) for k, v in parts.items()}}
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        once()
+    result["profile"] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30)
+    return result
+
+
+def _worst_difference(got: tuple, want) -> float:
+    """The largest difference of a vision encoder's features (merged, then deepstack) from ``want``'s,
+    relative to the largest reference feature."""
+    pairs = [(got[0], want.pooler_output), *zip(got[1], want.deepstack_features)]
+    return max(float((a.float() - b.float()).abs().max() / b.float().abs().max()) for a, b in pairs)
+
+
+def vision_against_transformers(engine, built: list, repeats: int = 5) -> dict:
+    """The engine's vision encoder against the checkpoint's own on the same images, in the served dtype:
+    time (synchronized, median), and how far each one's features are from the checkpoint's in float32."""
+    import copy
+
+    import torch
+
+    pixels = torch.cat([p.pixel_values for _, p in built]).cuda()
+    grid = torch.cat([p.image_grid_thw for _, p in built])
+    visual = engine.model.model.visual
+    layout = {k: v.cuda() if torch.is_tensor(v) else v for k, v in engine._vision.layout(grid).items()}
+    runs = {"transformers": lambda: visual(pixels, grid_thw=grid.cuda()),
+            "engine": lambda: engine._vision(pixels, layout)}
+    out: dict = {"images": len(built)}
+    with torch.inference_mode():
+        for name, fn in runs.items():
+            fn()
+            times: list[float] = []
+            timed = _Timed(fn, times)
+            for _ in range(repeats):
+                timed()
+            out[f"{name}_ms"] = round(statistics.median(times), 2)
+        exact = copy.deepcopy(visual).float()(pixels.float(), grid_thw=grid.cuda())
+        theirs = runs["transformers"]()
+        out["difference_to_float32"] = {"transformers": _worst_difference((theirs.pooler_output,
+                                                                           theirs.deepstack_features), exact),
+                                        "engine": _worst_difference(runs["engine"](), exact)}
+    return out
+
+
+def engine_burst(engine, built: list) -> dict:
+    """The table's 64 x 512 burst without Triton: every request submitted at once, prompts prebuilt."""
+    import torch
+
+    sinks = [_Sink() for _ in built]
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for (r, p), s in zip(built, sinks):
+        engine.submit(r, p, s)
+    for s in sinks:
+        s.done.wait(300)
+    elapsed = time.perf_counter() - start
+    ttft = sorted(s.times[0] - start for s in sinks)
+    return {"tok_s": round(sum(s.tokens for s in sinks) / elapsed), "ttft_p50_ms": round(1000 * percentile(ttft, 50)),
+            "last_first_token_ms": round(1000 * ttft[-1]), "seconds": round(elapsed, 2)}
 
 
 def replay_times(engine) -> dict:
@@ -463,7 +591,8 @@ def main() -> None:
     if "engine" not in args.skip:
         if "float32" not in args.skip:
             report.update(float32_agreement(model, images))
-            log(f"float32 agreement: {report['float32_agreement_tokens']} of {report['float32_reference_len']}")
+            log(f"float32 agreement: {report['float32_agreement_tokens']} of {report['float32_reference_len']}, "
+                f"vision features {report['float32_vision_difference']:.1e} from the checkpoint's (relative)")
         report.update(engine_alone(model, images, refs, [1, 8, 32, 64, 128], args.compile))
     if "triton" not in args.skip:
         parameters = dict(args.param)
@@ -485,6 +614,11 @@ def main() -> None:
     if "graph_replay_ms" in report:
         print("captured decode step, GPU ms:", {k: round(v, 2) for k, v in report["graph_replay_ms"].items()})
         print(report["eager_step_profile"])
+    if "prefill_breakdown" in report:
+        print("prefill of 16 image prompts, ms:", report["prefill_breakdown"]["ms"])
+        print(report["prefill_breakdown"]["profile"])
+        print("engine alone, 64 x 512 at once:", report["burst_64x512"])
+        print("vision encoder, 16 images:", report["vision_16"])
     if "engine_steps" in report:
         print(table([{"batch": str(b), "tok/s": f"{v['tok_s']:.0f}", "ms/step": f"{v['ms_per_step']:.2f}",
                       "launch ms": f"{v.get('host_launch_ms', 0):.2f}", "wait ms": f"{v.get('host_wait_ms', 0):.2f}",

@@ -1,0 +1,121 @@
+"""The vision encoder, run from the checkpoint's own weights over a batch of images.
+
+Hugging Face's eager blocks launch some fifty kernels per layer, attention image by
+image, and work out positions and interpolation weights on the device from the image
+grid with host round trips: a prefill of 16 images took 64 ms on an H200, most of it
+the host launching kernels. Here the grid-dependent tensors are computed on the host
+(with the model's own helpers, while the decode step runs), a block's work around
+attention goes through two functions that ``compile`` fuses on a GPU, and every
+image of the batch is attended to in one variable-length flash-attention call. The
+patch embedding, learned position table and mergers are the model's own modules;
+the patch embedding's 3-D convolution, whose stride equals its kernel, is applied as
+the matrix product it is.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.vision_utils import (
+    get_vision_cu_seqlens,
+    get_vision_interpolation_indices_and_weights,
+    get_vision_position_ids,
+)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The model's 2-D rotary embedding, in float32 as it computes it."""
+    half = x.shape[-1] // 2
+    y = x.float()
+    return (y * cos + torch.cat((-y[..., half:], y[..., :half]), dim=-1) * sin).to(x.dtype)
+
+
+def _before_attention(hidden, norm_w, norm_b, qkv_w, qkv_b, cos, sin, eps: float, heads: int):
+    """LayerNorm, the fused q/k/v projection and rotary: q, k, v as (patches, heads, head_dim)."""
+    patches, width = hidden.shape
+    qkv = F.linear(F.layer_norm(hidden, (width,), norm_w, norm_b, eps), qkv_w, qkv_b)
+    q, k, v = qkv.view(patches, 3, heads, -1).unbind(1)
+    return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+
+
+def _after_attention(hidden, attended, proj_w, proj_b, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, eps: float,
+                     act: nn.Module):
+    """Output projection and residual, then LayerNorm, MLP and residual."""
+    hidden = hidden + F.linear(attended, proj_w, proj_b)
+    mlp = F.linear(act(F.linear(F.layer_norm(hidden, (hidden.shape[-1],), norm_w, norm_b, eps), fc1_w, fc1_b)),
+                   fc2_w, fc2_b)
+    return hidden + mlp
+
+
+class VisionEncoder:
+    def __init__(self, visual: nn.Module, compile: bool = False):
+        self.visual = visual
+        config = visual.config
+        self.heads = config.num_heads
+        self.merge = config.spatial_merge_size
+        self.eps = visual.blocks[0].norm1.eps
+        self.act = visual.blocks[0].mlp.act_fn
+        self.blocks = [(b.norm1.weight, b.norm1.bias, b.attn.qkv.weight, b.attn.qkv.bias, b.attn.proj.weight,
+                        b.attn.proj.bias, b.norm2.weight, b.norm2.bias, b.mlp.linear_fc1.weight,
+                        b.mlp.linear_fc1.bias, b.mlp.linear_fc2.weight, b.mlp.linear_fc2.bias)
+                       for b in visual.blocks]
+        self.deepstack = dict(zip(config.deepstack_visual_indexes, visual.deepstack_merger_list))
+        proj = visual.patch_embed.proj
+        if proj.kernel_size != proj.stride or proj.padding != (0, 0, 0):
+            raise ValueError("the patch embedding must be a convolution whose stride equals its kernel")
+        self.patch_w, self.patch_b = proj.weight.view(proj.out_channels, -1), proj.bias
+        self._before, self._after = _before_attention, _after_attention
+        if compile:
+            self._before = torch.compile(_before_attention, dynamic=True)
+            self._after = torch.compile(_after_attention, dynamic=True)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_w.dtype
+
+    def layout(self, grid: torch.Tensor) -> dict[str, torch.Tensor | int]:
+        """What the images' grid (``(images, 3)``, on the host) decides: rotary positions, position-table
+        taps and weights, attention segments. Host work, kept off the device's queue."""
+        visual = self.visual
+        indices, weights = get_vision_interpolation_indices_and_weights(
+            grid, num_grid_per_side=visual.num_grid_per_side, mode=visual.interpolation_mode,
+            align_corners=visual.interpolation_align_corners, spatial_merge_size=self.merge)
+        segments = get_vision_cu_seqlens(grid)
+        return {"positions": get_vision_position_ids(grid, self.merge), "taps": indices, "weights": weights,
+                "segments": segments, "longest": int((segments[1:] - segments[:-1]).max())}
+
+    def __call__(self, pixels: torch.Tensor, layout: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The merged image features (one row per image token) and the deepstack features, for
+        ``pixels`` (patches, channels x patch volume) on the device; ``layout`` from ``layout`` (on the
+        device too)."""
+        visual = self.visual
+        hidden = F.linear(pixels.to(self.dtype), self.patch_w, self.patch_b)
+        table = (visual.pos_embed(layout["taps"]) * layout["weights"][:, :, None]).sum(1)
+        hidden = hidden + table.to(hidden.dtype)
+        cos, sin = visual.rotary_pos_emb(hidden, layout["positions"])
+        cos, sin = cos[:, None].float(), sin[:, None].float()
+        deepstack = []
+        for index, (n1_w, n1_b, qkv_w, qkv_b, proj_w, proj_b, n2_w, n2_b, fc1_w, fc1_b, fc2_w, fc2_b) \
+                in enumerate(self.blocks):
+            q, k, v = self._before(hidden, n1_w, n1_b, qkv_w, qkv_b, cos, sin, self.eps, self.heads)
+            attended = self._attend(q, k, v, layout["segments"], layout["longest"])
+            hidden = self._after(hidden, attended.flatten(1), proj_w, proj_b, n2_w, n2_b, fc1_w, fc1_b, fc2_w,
+                                 fc2_b, self.eps, self.act)
+            if index in self.deepstack:
+                deepstack.append(self.deepstack[index](hidden))
+        return visual.merger(hidden), deepstack
+
+    @staticmethod
+    def _attend(q, k, v, segments: torch.Tensor, longest: int) -> torch.Tensor:
+        """Each image (each frame of a video) attends to itself: one flash-attention call over all of
+        them on a GPU, one call per image elsewhere (flash attention needs CUDA and 16-bit floats)."""
+        if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
+            from torch.nn.attention.varlen import varlen_attn
+
+            return varlen_attn(q, k, v, segments, segments, longest, longest)
+        bounds = segments.tolist()
+        return torch.cat([
+            F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1),
+                                           v[a:b].transpose(0, 1)).transpose(0, 1)
+            for a, b in zip(bounds, bounds[1:])])
