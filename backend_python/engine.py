@@ -313,7 +313,7 @@ class Engine:
         visual, deepstack = None, []
         if pixels:
             layout = {k: upload(v) if torch.is_tensor(v) else v for k, v in self._vision.layout(grid).items()}
-            # Each prompt's pixels are copied up on their own (the prompt builder pinned them) and joined there.
+            # Each prompt's pixels are copied up on their own and joined there (no copy of them all on the host).
             features, deepstack = self._vision(torch.cat([upload(p) for p in pixels]), layout)
             visual = upload((ids == self._image_token).view(-1).nonzero().squeeze(1))
             embeds.view(-1, embeds.shape[-1]).index_copy_(0, visual, features.to(embeds.dtype))

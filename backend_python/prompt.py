@@ -30,13 +30,13 @@ class Prompt:
 
 
 class PromptBuilder:
-    def __init__(self, processor: Any, config: EngineConfig, pixel_dtype: torch.dtype | None = None,
-                 pin_memory: bool = False):
-        """``pixel_dtype``: the vision encoder's, to which the engine would cast the pixels anyway;
-        ``pin_memory``: page-locked pixels, which the engine copies to a GPU without waiting. Both
-        spare the engine's thread work per image (on this thread pool they overlap)."""
+    def __init__(self, processor: Any, config: EngineConfig, pixel_dtype: torch.dtype | None = None):
+        """``pixel_dtype``: the vision encoder's, to which the engine would cast the pixels anyway (here,
+        on this thread pool, with half the bytes left for the engine to copy). The pixels are not
+        page-locked here: that is a CUDA call, and one from another thread while the engine captures
+        a graph breaks the capture."""
         self._processor = processor
-        self._pixel_dtype, self._pin = pixel_dtype, pin_memory
+        self._pixel_dtype = pixel_dtype
         self._pool = ThreadPoolExecutor(config.prompt_workers, thread_name_prefix="qwen3vl-prompt")
         self._limits = config.limits
         self._images_kwargs: dict[str, Any] = {}
@@ -89,9 +89,8 @@ class PromptBuilder:
                 f"at most {self._limits.max_prompt_tokens}"
             )
         pixels = inputs.get("pixel_values")
-        if pixels is not None:
-            pixels = pixels.to(self._pixel_dtype or pixels.dtype)
-            pixels = pixels.pin_memory() if self._pin else pixels
+        if pixels is not None and self._pixel_dtype is not None:
+            pixels = pixels.to(self._pixel_dtype)
         return Prompt(
             input_ids=inputs["input_ids"][0],
             mm_token_type_ids=inputs["mm_token_type_ids"][0],

@@ -172,6 +172,9 @@ def float32_agreement(model_path: str, images: list[bytes], tokens: int = 48) ->
     from backend_python.prompt import PromptBuilder
     from backend_python.request import ChatMessage, GenerationRequest, SamplingParams
 
+    # cuDNN runs float32 convolutions in TF32 unless told not to: the checkpoint's patch embedding
+    # (a convolution) would then be less exact than the engine's (a matrix product, in float32).
+    torch.backends.cudnn.allow_tf32 = False
     config = EngineConfig(model_path=model_path, dtype="float32", slots=4, max_seq_len=512,
                           limits=Limits(max_prompt_tokens=400, max_new_tokens=64))
     loaded = load(config)
@@ -213,6 +216,7 @@ def float32_agreement(model_path: str, images: list[bytes], tokens: int = 48) ->
                for s, e in zip(sinks, expected)]
     del engine, loaded
     torch.cuda.empty_cache()
+    torch.backends.cudnn.allow_tf32 = True
     return {"float32_agreement_tokens": matches, "float32_reference_len": tokens,
             "float32_vision_difference": vision}
 
@@ -234,7 +238,7 @@ def engine_alone(model_path: str, images: list[bytes], refs: list[list[int]], ba
     started = time.perf_counter()
     engine = Engine(loaded, config).start()
     log(f"engine started in {time.perf_counter() - started:.1f} s (compile_decode={compile})")
-    prompts = PromptBuilder(loaded.processor, config, pixel_dtype=loaded.dtype, pin_memory=True)
+    prompts = PromptBuilder(loaded.processor, config, pixel_dtype=loaded.dtype)
 
     def request(i, tokens, ignore_eos=True):
         content = ({"type": "image", "image": 0}, {"type": "text", "text": PROMPTS[i % 8]})
@@ -499,6 +503,37 @@ def gpu_memory_used_gib() -> float:
     return float(out.stdout.split()[0]) / 1024 if out.returncode == 0 else float("nan")
 
 
+SERVER_COUNTERS = ("nv_inference_request_success", "nv_inference_exec_count", "nv_inference_queue_duration_us",
+                   "nv_inference_compute_infer_duration_us", "qwen3vl_time_to_first_token_seconds_sum",
+                   "qwen3vl_time_to_first_token_seconds_count")
+
+
+def server_counters(url: str) -> dict[str, float]:
+    """Triton's and the model's counters that split a request's time on the server, summed over labels."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    totals = dict.fromkeys(SERVER_COUNTERS, 0.0)
+    for line in lines:
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in totals:
+            totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def server_split(before: dict[str, float], after: dict[str, float]) -> dict[str, str]:
+    """Per request, means: in Triton's queue, in the ``execute`` call that parsed it and built its prompt
+    (its batch's), and from the engine taking it to its first token."""
+    delta = {k: after[k] - before[k] for k in SERVER_COUNTERS}
+    requests = max(delta["nv_inference_request_success"], 1.0)
+    first = max(delta["qwen3vl_time_to_first_token_seconds_count"], 1.0)
+    return {"queue ms": f"{delta['nv_inference_queue_duration_us'] / requests / 1000:.0f}",
+            "execute ms": f"{delta['nv_inference_compute_infer_duration_us'] / requests / 1000:.0f}",
+            "batches": f"{delta['nv_inference_exec_count']:.0f}",
+            "engine TTFT ms": f"{1000 * delta['qwen3vl_time_to_first_token_seconds_sum'] / first:.0f}"}
+
+
 def through_triton(model_path: str, clients: list[int], token_counts: list[int], images: list[bytes], rounds: int,
                    compile: bool = False, restarts: int = 1, parameters: dict[str, str] | None = None) -> dict:
     from clients.triton_stream import build_inputs, stream, user_turn
@@ -532,12 +567,15 @@ def through_triton(model_path: str, clients: list[int], token_counts: list[int],
             # this load reaches are captured (once per server) before the timed rounds.
             drive(server.grpc_url, n, 1, tokens, images)
             # One stream's time to first token is a percentile of several requests, not of one.
+            before = server_counters(server.metrics_url)
             summary = drive(server.grpc_url, n, rounds if n > 1 else max(rounds, 8), tokens, images)
+            time.sleep(0.3)  # the model applies its metric updates every 100 ms
+            split = server_split(before, server_counters(server.metrics_url))
             row = {"tokens": str(tokens), **summary.row()}
             row["GPU mem GiB"] = f"{gpu_memory_used_gib():.1f}"
-            result["runs"].append({**row, "tok_s_value": summary.tokens_per_s,
+            result["runs"].append({**row, "tok_s_value": summary.tokens_per_s, "server": split,
                                    "ttft_p50": percentile(summary.ttft, 50), "itl_p50": percentile(summary.itl, 50)})
-            log(f"{n} clients: {row}")
+            log(f"{n} clients: {row}; on the server, per request: {split}")
     finally:
         server.stop()
     return result
@@ -626,7 +664,8 @@ def main() -> None:
                      for b, v in report["engine_steps"].items()]))
     rows = []
     for run in report.get("runs", []):
-        row = {k: v for k, v in run.items() if not k.endswith("_value") and not k.startswith(("ttft_", "itl_"))}
+        row = {k: v for k, v in run.items()
+               if not k.endswith("_value") and not k.startswith(("ttft_", "itl_")) and k != "server"}
         base1 = report.get("generate_1_tok_s")
         if base1:
             row["x generate(1)"] = f"{run['tok_s_value'] / base1:.1f}"
@@ -636,6 +675,9 @@ def main() -> None:
         rows.append(row)
     if rows:
         print(table(rows))
+        print("on the server, per request (means):")
+        print(table([{"tokens": r["tokens"], "clients": r["clients"], **r["server"]}
+                     for r in report["runs"] if "server" in r]))
     print(f"baseline generate: 1 stream {report.get('generate_1_tok_s', float('nan')):.1f} tok/s, "
           f"static batch 64 {report.get('generate_static_64_tok_s', float('nan')):.0f} tok/s")
 

@@ -170,8 +170,7 @@ class TritonPythonModel:
         started = time.monotonic()
         loaded = load(self.config)
         weights = time.monotonic() - started
-        self.prompts = PromptBuilder(loaded.processor, self.config, pixel_dtype=loaded.dtype,
-                                     pin_memory=loaded.device.type == "cuda")
+        self.prompts = PromptBuilder(loaded.processor, self.config, pixel_dtype=loaded.dtype)
         self.outbox = Outbox()
         self.cancel_watch = CancelWatch()
         self.engine = Engine(loaded, self.config, self.metrics).start()
