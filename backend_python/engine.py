@@ -351,10 +351,11 @@ class Engine:
         host[0, :n] = torch.tensor([s.position for s in running])
         host[1, :n] = torch.tensor([s.length for s in running])
         self._inputs[1:, :rows].copy_(self._pinned(host), non_blocking=True)
-        if self._graphs is None:
+        captured = None if self._graphs is None else self._graphs.get((rows, span)) or self._capture(rows, span)
+        if captured is None:
             logits = self._forward(rows, span)
         else:
-            graph, logits = self._graphs.get((rows, span)) or self._capture(rows, span)
+            graph, logits = captured
             graph.replay()
         batch = list(running)
         tokens = self._select(logits[:n], batch)
@@ -390,7 +391,19 @@ class Engine:
         return next(b for b in self._buckets if b >= n)
 
     def _capture(self, rows: int, span: int):
-        """Record the decode step for this (batch, span) shape once; later steps replay it."""
+        """Record the decode step for this (batch, span) shape once; later steps replay it.
+
+        A capture that fails leaves the allocator's graph pool unusable for the next one, so the engine
+        goes on without graphs (slower steps, the same tokens) instead of failing every later step."""
+        try:
+            return self._record(rows, span)
+        except Exception:
+            log.exception("capturing the decode step for %d sequences x %d tokens failed: decode steps run "
+                          "without CUDA graphs from now on", rows, span)
+            self._graphs = None
+            return None
+
+    def _record(self, rows: int, span: int):
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):

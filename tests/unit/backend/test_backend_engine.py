@@ -153,6 +153,24 @@ def test_greedy_output_equals_transformers_generate(engine, prompts, loaded):
         assert run(engine, prompts, [r])[0].text == expected
 
 
+def test_a_failed_graph_capture_costs_speed_not_answers(engine, prompts, loaded, caplog):
+    """A capture can fail on a GPU (a CUDA call from another thread invalidates it); here the capture
+    fails for real, for want of a GPU. The engine decodes without graphs from then on."""
+    config, model = loaded
+    capturing = Engine(model, config)
+    capturing._graphs = {}
+    capturing.start()
+    try:
+        batch = [request(**spec) for spec in REQUESTS[:2]]
+        got = run(capturing, prompts, batch)
+        assert capturing._graphs is None
+        assert "run without CUDA graphs" in caplog.text
+        assert [s.text for s in got] == [s.text for s in run(engine, prompts, batch)]
+        assert all(s.error is None for s in got)
+    finally:
+        capturing.stop()
+
+
 def test_streamed_deltas_join_to_the_whole_answer(engine, prompts):
     streamed = run(engine, prompts, [request("Tell me a story.", max_tokens=24)])[0]
     whole = run(engine, prompts, [request("Tell me a story.", max_tokens=24, stream=False)])[0]
