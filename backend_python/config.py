@@ -38,7 +38,7 @@ class EngineConfig:
     prefills_per_step: int = 4  # new sequences admitted between two decode steps
     prompt_workers: int = 4  # threads that decode images and tokenize a batch of requests
     cuda_graphs: bool = True  # captured decode steps on CUDA devices
-    compile_decode: bool = False  # torch.compile the decoder layers' element-wise work, decode and prefill (CUDA only)
+    compile_decode: bool = False  # torch.compile the element-wise work of the decoder layers and vision blocks (CUDA only)
     exact_attention: bool = True  # decode attention reads each sequence's own length (CUDA only)
     image_min_pixels: int = 0  # 0: the processor's own defaults
     image_max_pixels: int = 0
