@@ -191,9 +191,9 @@ class Engine:
     def start(self) -> "Engine":
         if self._decoder.compiled:
             # Compile before the model reports ready: the decode step once for one sequence and once
-            # for any other count, the prefill likewise, and the vision encoder. The prefill's sample has 37 tokens, a size the
-            # model has nowhere else: torch.compile takes equal sizes to stay equal (with 8, as many as
-            # the key/value heads, the first real prompt would compile again, for seconds).
+            # for any other count, the prefill likewise, then the vision blocks. The prefill's sample has
+            # 37 tokens, a size the model has nowhere else: torch.compile takes equal sizes to stay equal
+            # (with 8, as many as the key/value heads, the first real prompt would compile again, for seconds).
             with torch.inference_mode():
                 for rows in (1, 2):
                     self._forward(rows, self._span_step)
@@ -203,14 +203,7 @@ class Engine:
                     positions = torch.arange(tokens, device=self.device).expand(3, rows, tokens)
                     padding = torch.ones((rows, tokens), dtype=torch.long, device=self.device)
                     self._decoder.prefill(embeds, positions, padding)
-                # The vision blocks likewise, on a 6x6-patch image: 36 patches, a count the blocks'
-                # weights have in no dimension.
-                grid = torch.tensor([[1, 6, 6]])
-                layout = {k: v.to(self.device) if torch.is_tensor(v) else v
-                          for k, v in self._vision.layout(grid).items()}
-                patch = self.model.model.visual.patch_embed
-                volume = patch.in_channels * patch.temporal_patch_size * patch.patch_size ** 2
-                self._vision(torch.zeros((36, volume), dtype=self._vision.dtype, device=self.device), layout)
+                self._vision.warm_up(self.device)
         self._thread.start()
         return self
 

@@ -74,6 +74,13 @@ class VisionEncoder:
     def dtype(self) -> torch.dtype:
         return self.patch_w.dtype
 
+    def warm_up(self, device: torch.device) -> None:
+        """Run once on a 6x6-patch image, so that ``compile`` happens before the first request: 36
+        patches, a count the blocks' weights have in no dimension (compile keeps equal sizes equal)."""
+        grid = torch.tensor([[1, 6, 6]])
+        layout = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.layout(grid).items()}
+        self(torch.zeros((36, self.patch_w.shape[1]), dtype=self.dtype, device=device), layout)
+
     def layout(self, grid: torch.Tensor) -> dict[str, torch.Tensor | int]:
         """What the images' grid (``(images, 3)``, on the host) decides: rotary positions, position-table
         taps and weights, attention segments. Host work, kept off the device's queue."""

@@ -267,15 +267,8 @@ def engine_alone(model_path: str, images: list[bytes], refs: list[list[int]], ba
         for _ in range(2):  # the first run is untimed: it captures the graphs of this batch's shapes
             engine.timings = {}
             tokens = 96
-            sinks = [_Sink() for _ in range(batch)]
             built = [(r, prompts.build(r)) for r in (request(i, tokens) for i in range(batch))]
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            for (r, p), s in zip(built, sinks):
-                engine.submit(r, p, s)
-            for s in sinks:
-                s.done.wait(300)
-            elapsed = time.perf_counter() - start
+            sinks, _, elapsed = run_all(engine, built)
         # Decode-only rate: from the last first token to the first final token.
         first = max(s.times[0] for s in sinks)
         last = min(s.times[-1] for s in sinks)
@@ -287,9 +280,10 @@ def engine_alone(model_path: str, images: list[bytes], refs: list[list[int]], ba
                         **{f"host_{k}_ms": 1000 * v / n_steps for k, v in engine.timings.items()}}
         log(f"engine alone, batch {batch}: {steps[batch]}")
     result["engine_steps"] = steps
-    result["prefill_breakdown"] = prefill_breakdown(engine, [(r, prompts.build(r)) for r in (request(i, 1) for i in range(16))])
+    sixteen = [(r, prompts.build(r)) for r in (request(i, 1) for i in range(16))]
+    result["prefill_breakdown"] = prefill_breakdown(engine, sixteen)
     log(f"prefill of 16 image prompts: {result['prefill_breakdown']['ms']}")
-    result["vision_16"] = vision_against_transformers(engine, [(r, prompts.build(r)) for r in (request(i, 1) for i in range(16))])
+    result["vision_16"] = vision_against_transformers(engine, sixteen)
     log(f"vision encoder, 16 images: {result['vision_16']}")
     burst = [(r, prompts.build(r)) for r in (request(i, 512) for i in range(64))]
     result["burst_64x512"] = engine_burst(engine, burst)
@@ -301,6 +295,25 @@ def engine_alone(model_path: str, images: list[bytes], refs: list[list[int]], ba
     del engine, loaded
     torch.cuda.empty_cache()
     return result
+
+
+def run_all(engine, built: list, at_once: bool = False, timeout: float = 300) -> tuple[list[_Sink], float, float]:
+    """Submit every prebuilt (request, prompt) and wait for all: the sinks, the start, the seconds taken.
+
+    ``at_once``: handed over while the engine waits (fewer than its free slots), so they make one prefill."""
+    import contextlib
+
+    import torch
+
+    sinks = [_Sink() for _ in built]
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    with engine._lock if at_once else contextlib.nullcontext():
+        for (r, p), s in zip(built, sinks):
+            engine.submit(r, p, s)
+    for s in sinks:
+        s.done.wait(timeout)
+    return sinks, start, time.perf_counter() - start
 
 
 class _Timed:
@@ -337,15 +350,7 @@ def prefill_breakdown(engine, built: list, repeats: int = 3) -> dict:
     engine.cache.store = _Timed(engine.cache.store, parts["store"])
 
     def once():
-        sinks = [_Sink() for _ in built]
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        with engine._lock:
-            for (r, p), s in zip(built, sinks):
-                engine.submit(r, p, s)
-        for s in sinks:
-            s.done.wait(120)
-        return (time.perf_counter() - start) * 1000
+        return run_all(engine, built, at_once=True)[2] * 1000
 
     try:
         once()
@@ -402,16 +407,7 @@ def vision_against_transformers(engine, built: list, repeats: int = 5) -> dict:
 
 def engine_burst(engine, built: list) -> dict:
     """The table's 64 x 512 burst without Triton: every request submitted at once, prompts prebuilt."""
-    import torch
-
-    sinks = [_Sink() for _ in built]
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for (r, p), s in zip(built, sinks):
-        engine.submit(r, p, s)
-    for s in sinks:
-        s.done.wait(300)
-    elapsed = time.perf_counter() - start
+    sinks, start, elapsed = run_all(engine, built)
     ttft = sorted(s.times[0] - start for s in sinks)
     return {"tok_s": round(sum(s.tokens for s in sinks) / elapsed), "ttft_p50_ms": round(1000 * percentile(ttft, 50)),
             "last_first_token_ms": round(1000 * ttft[-1]), "seconds": round(elapsed, 2)}

@@ -46,6 +46,7 @@ def test_features_equal_the_checkpoints_vision_model_for_images_of_different_siz
     visual = loaded[1].model.model.visual
     encoder = VisionEncoder(visual)
     with torch.inference_mode():
+        encoder.warm_up(torch.device("cpu"))  # what the engine runs at start, before any request
         expected = visual(pixels, grid_thw=grid)
         features, deepstack = encoder(pixels, encoder.layout(grid))
     torch.testing.assert_close(features, expected.pooler_output)
