@@ -318,6 +318,7 @@ class Engine:
             s.position = int(positions[:, row, -1].max()) + 1
         self.cache.store(layers, [s.slot for s in batch], [s.length for s in batch])
         self.metrics.prompt_tokens(sum(s.prompt.length for s in batch))
+        self.metrics.prefill_size(len(batch))
         self.metrics.in_flight(len(self._running))
         tokens = self._select(logits, batch)
         self._ids.index_copy_(0, upload(torch.tensor([s.slot for s in batch])), tokens.view(-1, 1))

@@ -25,6 +25,7 @@ class EngineMetrics:
     def generated_tokens(self, n: int) -> None: ...
     def time_to_first_token(self, seconds: float) -> None: ...
     def batch_size(self, n: int) -> None: ...
+    def prefill_size(self, n: int) -> None: ...
     def in_flight(self, n: int) -> None: ...
     def slots(self, n: int) -> None: ...
     def waiting(self, n: int) -> None: ...
@@ -52,6 +53,7 @@ class TritonMetrics(EngineMetrics):
                 family.HISTOGRAM,
             ),
             "batch": family("qwen3vl_batch_size", "Sequences in one decode step of the engine", family.HISTOGRAM),
+            "prefill": family("qwen3vl_prefill_size", "Prompts in one prefill of the engine", family.HISTOGRAM),
             "in_flight": family("qwen3vl_sequences_in_flight", "Sequences holding a slot of the engine", family.GAUGE),
             "slots": family("qwen3vl_slots", "Sequences the engine can hold at once", family.GAUGE),
             "waiting": family(
@@ -69,6 +71,7 @@ class TritonMetrics(EngineMetrics):
         self._generated = f["generated"].Metric(labels=labels)
         self._ttft = f["ttft"].Metric(labels=labels, buckets=TTFT_BUCKETS)
         self._batch = f["batch"].Metric(labels=labels, buckets=BATCH_BUCKETS)
+        self._prefill = f["prefill"].Metric(labels=labels, buckets=BATCH_BUCKETS)
         self._in_flight = f["in_flight"].Metric(labels=labels)
         self._slots = f["slots"].Metric(labels=labels)
         self._waiting = f["waiting"].Metric(labels=labels)
@@ -94,6 +97,9 @@ class TritonMetrics(EngineMetrics):
 
     def batch_size(self, n: int) -> None:
         self._observe(self._batch, n)
+
+    def prefill_size(self, n: int) -> None:
+        self._observe(self._prefill, n)
 
     def in_flight(self, n: int) -> None:
         self._set(self._in_flight, n)

@@ -501,7 +501,8 @@ def gpu_memory_used_gib() -> float:
 
 SERVER_COUNTERS = ("nv_inference_request_success", "nv_inference_exec_count", "nv_inference_queue_duration_us",
                    "nv_inference_compute_infer_duration_us", "qwen3vl_time_to_first_token_seconds_sum",
-                   "qwen3vl_time_to_first_token_seconds_count")
+                   "qwen3vl_time_to_first_token_seconds_count", "qwen3vl_prefill_size_sum",
+                   "qwen3vl_prefill_size_count")
 
 
 def server_counters(url: str) -> dict[str, float]:
@@ -520,14 +521,16 @@ def server_counters(url: str) -> dict[str, float]:
 
 def server_split(before: dict[str, float], after: dict[str, float]) -> dict[str, str]:
     """Per request, means: in Triton's queue, in the ``execute`` call that parsed it and built its prompt
-    (its batch's), and from the engine taking it to its first token."""
+    (its batch's), and from the engine taking it to its first token; and prompts per prefill."""
     delta = {k: after[k] - before[k] for k in SERVER_COUNTERS}
     requests = max(delta["nv_inference_request_success"], 1.0)
     first = max(delta["qwen3vl_time_to_first_token_seconds_count"], 1.0)
+    prefills = max(delta["qwen3vl_prefill_size_count"], 1.0)
     return {"queue ms": f"{delta['nv_inference_queue_duration_us'] / requests / 1000:.0f}",
             "execute ms": f"{delta['nv_inference_compute_infer_duration_us'] / requests / 1000:.0f}",
             "batches": f"{delta['nv_inference_exec_count']:.0f}",
-            "engine TTFT ms": f"{1000 * delta['qwen3vl_time_to_first_token_seconds_sum'] / first:.0f}"}
+            "engine TTFT ms": f"{1000 * delta['qwen3vl_time_to_first_token_seconds_sum'] / first:.0f}",
+            "prompts per prefill": f"{delta['qwen3vl_prefill_size_sum'] / prefills:.1f}"}
 
 
 def through_triton(model_path: str, clients: list[int], token_counts: list[int], images: list[bytes], rounds: int,

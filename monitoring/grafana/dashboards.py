@@ -188,9 +188,13 @@ SRE_OVERVIEW_ROWS: tuple[RowSpec, ...] = (
         PanelSpec(
             "Batch size",
             "Mean sequences per decode step (rule) against the engine's slots and the sequences it holds. "
-            "Batch size near the slot count means the engine is full.",
+            "Batch size near the slot count means the engine is full. Prompts per prefill: a burst that "
+            "reaches the engine a few prompts at a time is prefilled at a higher cost per prompt.",
             (
                 Query(f"qwen3vl:batch_size:avg1m{{{PODS}}}", "mean batch {{pod}}"),
+                Query(f"sum by (pod) (rate(qwen3vl_prefill_size_sum{{{PODS}}}[$__rate_interval])) / "
+                      f"sum by (pod) (rate(qwen3vl_prefill_size_count{{{PODS}}}[$__rate_interval]))",
+                      "prompts per prefill {{pod}}"),
                 Query(f"sum by (pod) (qwen3vl_sequences_in_flight{{{PODS}}})", "in flight {{pod}}"),
                 Query(f"sum by (pod) (qwen3vl_slots{{{PODS}}})", "slots {{pod}}"),
             ),

@@ -68,6 +68,8 @@ def test_concurrent_requests_run_in_shared_batches(triton):
     steps = after["qwen3vl_batch_size_count"] - before.get("qwen3vl_batch_size_count", 0)
     sequences = after["qwen3vl_batch_size_sum"] - before.get("qwen3vl_batch_size_sum", 0)
     assert sequences / steps > 2, "decode steps should carry several sequences"
+    prefilled = after["qwen3vl_prefill_size_sum"] - before.get("qwen3vl_prefill_size_sum", 0)
+    assert prefilled == 16, "each request is prefilled once, and counted in the prefill-size histogram"
     executions = after["nv_inference_exec_count_total"] - before["nv_inference_exec_count_total"]
     assert executions < 16, "Triton's dynamic batcher should hand over several requests per execute"
     assert generated(after) >= 16 * 24
