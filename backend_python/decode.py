@@ -29,7 +29,8 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding as Qwen3-VL applies it (each half of the head paired with the other)."""
     half = x.shape[-1] // 2
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
@@ -40,8 +41,8 @@ def _project(hidden, norm_w, qkv_w, q_norm_w, k_norm_w, cos, sin, eps: float, hq
     ``hidden``: (rows, tokens, hidden); returns q (rows, hq, tokens, d), k and v (rows, hkv, tokens, d)."""
     rows, tokens = hidden.shape[:2]
     q, k, v = F.linear(_rms(hidden, norm_w, eps), qkv_w).split([hq * d, hkv * d, hkv * d], dim=-1)
-    q = _rotate(_rms(q.view(rows, tokens, hq, d), q_norm_w, eps).transpose(1, 2), cos, sin)
-    k = _rotate(_rms(k.view(rows, tokens, hkv, d), k_norm_w, eps).transpose(1, 2), cos, sin)
+    q = rotary(_rms(q.view(rows, tokens, hq, d), q_norm_w, eps).transpose(1, 2), cos, sin)
+    k = rotary(_rms(k.view(rows, tokens, hkv, d), k_norm_w, eps).transpose(1, 2), cos, sin)
     return q, k, v.view(rows, tokens, hkv, d).transpose(1, 2)
 
 

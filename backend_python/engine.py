@@ -305,7 +305,7 @@ class Engine:
         embeds = self.model.model.get_input_embeddings()(upload(ids))
         visual, deepstack = None, []
         if pixels:
-            layout = {k: upload(v) if torch.is_tensor(v) else v for k, v in self._vision.layout(grid).items()}
+            layout = self._vision.layout(grid, upload)
             # Each prompt's pixels are copied up on their own and joined there (no copy of them all on the host).
             features, deepstack = self._vision(torch.cat([upload(p) for p in pixels]), layout)
             visual = upload((ids == self._image_token).view(-1).nonzero().squeeze(1))

@@ -23,12 +23,7 @@ from transformers.vision_utils import (
     get_vision_position_ids,
 )
 
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """The model's 2-D rotary embedding, in float32 as it computes it."""
-    half = x.shape[-1] // 2
-    y = x.float()
-    return (y * cos + torch.cat((-y[..., half:], y[..., :half]), dim=-1) * sin).to(x.dtype)
+from .decode import rotary
 
 
 def _before_attention(hidden, norm_w, norm_b, qkv_w, qkv_b, cos, sin, eps: float, heads: int):
@@ -36,7 +31,8 @@ def _before_attention(hidden, norm_w, norm_b, qkv_w, qkv_b, cos, sin, eps: float
     patches, width = hidden.shape
     qkv = F.linear(F.layer_norm(hidden, (width,), norm_w, norm_b, eps), qkv_w, qkv_b)
     q, k, v = qkv.view(patches, 3, heads, -1).unbind(1)
-    return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+    # The 2-D rotary embedding, in float32 as the model computes it.
+    return rotary(q.float(), cos, sin).to(q.dtype), rotary(k.float(), cos, sin).to(k.dtype), v
 
 
 def _after_attention(hidden, attended, proj_w, proj_b, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, eps: float,
@@ -77,25 +73,26 @@ class VisionEncoder:
     def warm_up(self, device: torch.device) -> None:
         """Run once on a 6x6-patch image, so that ``compile`` happens before the first request: 36
         patches, a count the blocks' weights have in no dimension (compile keeps equal sizes equal)."""
-        grid = torch.tensor([[1, 6, 6]])
-        layout = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.layout(grid).items()}
+        layout = self.layout(torch.tensor([[1, 6, 6]]), lambda t: t.to(device))
         self(torch.zeros((36, self.patch_w.shape[1]), dtype=self.dtype, device=device), layout)
 
-    def layout(self, grid: torch.Tensor) -> dict[str, torch.Tensor | int]:
+    def layout(self, grid: torch.Tensor, move=lambda t: t) -> dict[str, torch.Tensor | int]:
         """What the images' grid (``(images, 3)``, on the host) decides: rotary positions, position-table
-        taps and weights, attention segments. Host work, kept off the device's queue."""
+        taps and weights, attention segments. Host work, kept off the device's queue; ``move`` takes
+        each tensor to where the encoder runs."""
         visual = self.visual
         indices, weights = get_vision_interpolation_indices_and_weights(
             grid, num_grid_per_side=visual.num_grid_per_side, mode=visual.interpolation_mode,
             align_corners=visual.interpolation_align_corners, spatial_merge_size=self.merge)
         segments = get_vision_cu_seqlens(grid)
-        return {"positions": get_vision_position_ids(grid, self.merge), "taps": indices, "weights": weights,
-                "segments": segments, "longest": int((segments[1:] - segments[:-1]).max())}
+        tensors = {"positions": get_vision_position_ids(grid, self.merge), "taps": indices, "weights": weights,
+                   "segments": segments}
+        return {**{k: move(v) for k, v in tensors.items()}, "longest": int((segments[1:] - segments[:-1]).max())}
 
     def __call__(self, pixels: torch.Tensor, layout: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The merged image features (one row per image token) and the deepstack features, for
-        ``pixels`` (patches, channels x patch volume) on the device; ``layout`` from ``layout`` (on the
-        device too)."""
+        ``pixels`` (patches, channels x patch volume) on the device; ``layout`` from ``layout`` (moved
+        there too)."""
         visual = self.visual
         hidden = F.linear(pixels.to(self.dtype), self.patch_w, self.patch_b)
         table = (visual.pos_embed(layout["taps"]) * layout["weights"][:, :, None]).sum(1)

@@ -193,7 +193,7 @@ def float32_agreement(model_path: str, images: list[bytes], tokens: int = 48) ->
     engine = Engine(loaded, config).start()
     pixels = torch.cat([p.pixel_values for p in built]).cuda()
     grid = torch.cat([p.image_grid_thw for p in built])
-    layout = {k: v.cuda() if torch.is_tensor(v) else v for k, v in engine._vision.layout(grid).items()}
+    layout = engine._vision.layout(grid, torch.Tensor.cuda)
     with torch.inference_mode():
         vision = _worst_difference(engine._vision(pixels, layout),
                                    loaded.model.model.visual(pixels, grid_thw=grid.cuda()))
@@ -385,7 +385,7 @@ def vision_against_transformers(engine, built: list, repeats: int = 5) -> dict:
     pixels = torch.cat([p.pixel_values for _, p in built]).cuda()
     grid = torch.cat([p.image_grid_thw for _, p in built])
     visual = engine.model.model.visual
-    layout = {k: v.cuda() if torch.is_tensor(v) else v for k, v in engine._vision.layout(grid).items()}
+    layout = engine._vision.layout(grid, torch.Tensor.cuda)
     runs = {"transformers": lambda: visual(pixels, grid_thw=grid.cuda()),
             "engine": lambda: engine._vision(pixels, layout)}
     out: dict = {"images": len(built)}
