@@ -174,7 +174,7 @@ def float32_agreement(model_path: str, images: list[bytes], tokens: int = 48) ->
 
     # cuDNN runs float32 convolutions in TF32 unless told not to: the checkpoint's patch embedding
     # (a convolution) would then be less exact than the engine's (a matrix product, in float32).
-    torch.backends.cudnn.allow_tf32 = False
+    tf32, torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.allow_tf32, False
     config = EngineConfig(model_path=model_path, dtype="float32", slots=4, max_seq_len=512,
                           limits=Limits(max_prompt_tokens=400, max_new_tokens=64))
     loaded = load(config)
@@ -216,7 +216,7 @@ def float32_agreement(model_path: str, images: list[bytes], tokens: int = 48) ->
                for s, e in zip(sinks, expected)]
     del engine, loaded
     torch.cuda.empty_cache()
-    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = tf32
     return {"float32_agreement_tokens": matches, "float32_reference_len": tokens,
             "float32_vision_difference": vision}
 
