@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -43,3 +44,13 @@ def bomb() -> bytes:
     buf = io.BytesIO()
     Image.new("1", (20000, 20000)).save(buf, "PNG")
     return buf.getvalue()
+
+
+def tiny_checkpoint() -> Path:
+    """The small random-weight Qwen3-VL the tests run on, built on first use."""
+    from backend_python.checkpoint import build
+
+    path = Path(__file__).resolve().parents[3] / "var" / "checkpoints" / "tiny"
+    if not (path / "config.json").exists():
+        build(path)
+    return path

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from backend_samples import png, tensors, truncated_jpeg, user
+from backend_samples import png, tensors, tiny_checkpoint, truncated_jpeg, user
 
-from backend_python.checkpoint import build
 from backend_python.config import EngineConfig, Limits
 from backend_python.engine import Engine
 from backend_python.errors import InvalidImage, LimitExceeded, Overloaded
@@ -20,7 +18,6 @@ from backend_python.prompt import PromptBuilder
 from backend_python.request import GenerationRequest
 
 pytestmark = pytest.mark.unit
-CHECKPOINT = Path(__file__).resolve().parents[3] / "var" / "checkpoints" / "tiny"
 
 
 class Sink:
@@ -62,9 +59,7 @@ class SlowSink(Sink):
 
 @pytest.fixture(scope="module")
 def loaded():
-    if not (CHECKPOINT / "config.json").exists():
-        build(CHECKPOINT)
-    config = EngineConfig(model_path=str(CHECKPOINT), slots=4, max_seq_len=512,
+    config = EngineConfig(model_path=str(tiny_checkpoint()), slots=4, max_seq_len=512,
                           limits=Limits(max_prompt_tokens=400, max_new_tokens=100),
                           image_min_pixels=32 * 32 * 4, image_max_pixels=128 * 128)
     return config, load(config)

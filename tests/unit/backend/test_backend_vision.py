@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from backend_samples import png, tensors, user
+from backend_samples import png, tensors, tiny_checkpoint, user
 
-from backend_python.checkpoint import build
 from backend_python.config import EngineConfig, Limits
 from backend_python.loader import load
 from backend_python.prompt import PromptBuilder
@@ -16,14 +13,11 @@ from backend_python.request import GenerationRequest
 from backend_python.vision import VisionEncoder
 
 pytestmark = pytest.mark.unit
-CHECKPOINT = Path(__file__).resolve().parents[3] / "var" / "checkpoints" / "tiny"
 
 
 @pytest.fixture(scope="module")
 def loaded():
-    if not (CHECKPOINT / "config.json").exists():
-        build(CHECKPOINT)
-    config = EngineConfig(model_path=str(CHECKPOINT), slots=2, max_seq_len=512,
+    config = EngineConfig(model_path=str(tiny_checkpoint()), slots=2, max_seq_len=512,
                           limits=Limits(max_prompt_tokens=400), image_max_pixels=160 * 160)
     return config, load(config)
 
