@@ -169,6 +169,7 @@ class Engine:
         self._ids = self._inputs[0].view(self.slots, 1)
         self._positions, self._lengths = self._inputs[1], self._inputs[2]
         self.timings: dict[str, float] | None = None  # per-phase seconds, when a benchmark asks
+        self.start_timings: dict[str, float] = {}
         use_graphs = config.cuda_graphs and self.device.type == "cuda"
         self._graphs: dict[tuple[int, int], tuple] | None = {} if use_graphs else None
         self._graph_pool = None
@@ -189,21 +190,35 @@ class Engine:
     # -- the caller's side -------------------------------------------------------------
 
     def start(self) -> "Engine":
+        """Compile (with ``compile_decode``) before the model reports ready, then start the engine thread.
+
+        Seconds per warm-up land in ``start_timings``: the ready log line reports them, since they are
+        most of a start with warm caches.
+        """
         if self._decoder.compiled:
-            # Compile before the model reports ready: the decode step once for one sequence and once
-            # for any other count, the prefill likewise, then the vision blocks. The prefill's sample has
-            # 37 tokens, a size the model has nowhere else: torch.compile takes equal sizes to stay equal
-            # (with 8, as many as the key/value heads, the first real prompt would compile again, for seconds).
+            # The decode step once for one sequence and once for any other count, the prefill likewise,
+            # then the vision blocks. The prefill's sample has 37 tokens, a size the model has nowhere
+            # else: torch.compile takes equal sizes to stay equal (with 8, as many as the key/value
+            # heads, the first real prompt would compile again, for seconds).
             with torch.inference_mode():
+                began = time.monotonic()
                 for rows in (1, 2):
                     self._forward(rows, self._span_step)
+                torch.cuda.synchronize(self.device)
+                self.start_timings["decode"] = time.monotonic() - began
+                began = time.monotonic()
                 width, tokens = self.model.config.text_config.hidden_size, 37
                 for rows in (1, 3):
                     embeds = torch.zeros((rows, tokens, width), dtype=self.cache.keys[0].dtype, device=self.device)
                     positions = torch.arange(tokens, device=self.device).expand(3, rows, tokens)
                     padding = torch.ones((rows, tokens), dtype=torch.long, device=self.device)
                     self._decoder.prefill(embeds, positions, padding)
+                torch.cuda.synchronize(self.device)
+                self.start_timings["prefill"] = time.monotonic() - began
+                began = time.monotonic()
                 self._vision.warm_up(self.device)
+                torch.cuda.synchronize(self.device)
+                self.start_timings["vision"] = time.monotonic() - began
         self._thread.start()
         return self
 

@@ -237,7 +237,8 @@ def engine_alone(model_path: str, images: list[bytes], refs: list[list[int]], ba
     loaded = load(config)
     started = time.perf_counter()
     engine = Engine(loaded, config).start()
-    log(f"engine started in {time.perf_counter() - started:.1f} s (compile_decode={compile})")
+    log(f"engine started in {time.perf_counter() - started:.1f} s (compile_decode={compile}): {engine.start_timings}")
+    graphs_at_start = _dynamo_graphs()
     prompts = PromptBuilder(loaded.processor, config, pixel_dtype=loaded.dtype)
 
     def request(i, tokens, ignore_eos=True):
@@ -291,10 +292,20 @@ def engine_alone(model_path: str, images: list[bytes], refs: list[list[int]], ba
     result["graph_replay_ms"] = replay_times(engine)
     result["eager_step_profile"] = profile_step(engine)
     result["gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    # The start's warm-up is meant to compile every shape serving meets: a graph compiled later is
+    # seconds of some request's latency.
+    result["dynamo_graphs"] = {"after_start": graphs_at_start, "after_serving": _dynamo_graphs()}
+    log(f"torch.compile graphs: {result['dynamo_graphs']}")
     engine.stop()
     del engine, loaded
     torch.cuda.empty_cache()
     return result
+
+
+def _dynamo_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
 
 
 def run_all(engine, built: list, at_once: bool = False, timeout: float = 300) -> tuple[list[_Sink], float, float]:
@@ -533,6 +544,12 @@ def server_split(before: dict[str, float], after: dict[str, float]) -> dict[str,
             "prompts per prefill": f"{delta['qwen3vl_prefill_size_sum'] / prefills:.1f}"}
 
 
+def ready_line(log_file: Path) -> str:
+    """The model's own account of its start (weights, engine, each warm-up), from the newest start in the log."""
+    lines = [line for line in log_file.read_text(errors="replace").splitlines() if "qwen3_vl ready in" in line]
+    return lines[-1].strip() if lines else "(no ready line in the log)"
+
+
 def through_triton(model_path: str, clients: list[int], token_counts: list[int], images: list[bytes], rounds: int,
                    compile: bool = False, restarts: int = 1, parameters: dict[str, str] | None = None) -> dict:
     from clients.triton_stream import build_inputs, stream, user_turn
@@ -549,8 +566,9 @@ def through_triton(model_path: str, clients: list[int], token_counts: list[int],
     first_token = time.monotonic() - start
     if first.error:
         raise RuntimeError(f"first request failed: {first.error}")
-    result = {"cold_start_ready_s": ready, "cold_start_first_token_s": first_token, "runs": []}
-    log(f"Triton ready after {ready:.1f} s, first token after {first_token:.1f} s")
+    result = {"cold_start_ready_s": ready, "cold_start_first_token_s": first_token, "runs": [],
+              "cold_start_model": ready_line(OUT / "triton-gpu.log")}
+    log(f"Triton ready after {ready:.1f} s, first token after {first_token:.1f} s; {result['cold_start_model']}")
     for restart in range(1, restarts):  # again, with the page cache (and Inductor's cache) warm
         server.stop()
         start = time.monotonic()
@@ -558,7 +576,9 @@ def through_triton(model_path: str, clients: list[int], token_counts: list[int],
         ready = time.monotonic() - start
         stream(server.grpc_url, build_inputs(user_turn(PROMPTS[0], 1), [images[0]], max_tokens=1))
         result[f"restart_{restart}_ready_s"], result[f"restart_{restart}_first_token_s"] = ready, time.monotonic() - start
-        log(f"restart {restart}: ready after {ready:.1f} s, first token after {time.monotonic() - start:.1f} s")
+        result[f"restart_{restart}_model"] = ready_line(OUT / "triton-gpu.log")
+        log(f"restart {restart}: ready after {ready:.1f} s, first token after {time.monotonic() - start:.1f} s; "
+            f"{result[f'restart_{restart}_model']}")
     try:
         drive(server.grpc_url, 8, 1, 16, images)  # warm-up: graphs, allocator, clients
         for tokens, n in ((t, n) for t in token_counts for n in clients):

@@ -173,11 +173,15 @@ class TritonPythonModel:
         self.prompts = PromptBuilder(loaded.processor, self.config, pixel_dtype=loaded.dtype)
         self.outbox = Outbox()
         self.cancel_watch = CancelWatch()
-        self.engine = Engine(loaded, self.config, self.metrics).start()
+        engine = Engine(loaded, self.config, self.metrics)
+        built = time.monotonic() - started - weights
+        self.engine = engine.start()
         seconds = time.monotonic() - started
         self.metrics.model_load(seconds)
-        log.warning("qwen3_vl ready in %.1f s (weights %.1f s): %s on %s, %d slots",
-                    seconds, weights, self.config.model_path, loaded.device, self.engine.slots)
+        warm_ups = "".join(f", {name} warm-up {s:.1f} s" for name, s in self.engine.start_timings.items())
+        log.warning("qwen3_vl ready in %.1f s (weights %.1f s, engine %.1f s%s): "
+                    "%s on %s, %d slots", seconds, weights, built, warm_ups, self.config.model_path,
+                    loaded.device, self.engine.slots)
 
     def execute(self, requests):
         parsed = []
