@@ -8,8 +8,11 @@ random weights on local disk (same shapes, same cost). In one run it measures:
    weights a decode step must read;
 2. the baseline: the same requests through transformers' ``generate``, one at a
    time and as one static batch;
-3. the engine alone: greedy agreement with ``generate``, and decode steps/s per batch size;
-4. cold start of Triton (process start -> ready -> first token) with the weights on disk;
+3. the engine alone: greedy agreement with ``generate``, decode steps/s per batch size, the
+   prefill and vision encoder split, whether serving compiled anything the start's warm-up did
+   not, and a graph capture broken on purpose (the engine must fall back, not fail requests);
+4. cold start of Triton (process start -> ready -> first token) with the weights on disk, and
+   the model's own split of it (weights, engine, each warm-up);
 5. N concurrent streaming gRPC clients through Triton, each request one 448x448
    image and text, a fixed number of tokens (EOS ignored), after a warm-up.
 Prints tables and writes bench-gpu.json.
@@ -158,6 +161,63 @@ class _Sink:
         return False
 
 
+class _RecordingSink(_Sink):
+    """Keeps the token ids streamed and the error, if any, instead of raising it."""
+
+    def __init__(self):
+        super().__init__()
+        self.ids, self.error = [], None
+
+    def send(self, chunk, final):
+        self.ids.extend(chunk.token_ids)
+        super().send(chunk, final)
+
+    def fail(self, error):
+        self.error = error
+        self.done.set()
+
+
+def capture_failure_fallback(engine, built: list) -> dict:
+    """A decode-graph capture broken on purpose (another thread makes CUDA calls while the engine
+    captures, as the prompt threads of 85657cf's first version did), then the same greedy requests
+    again: the engine is meant to drop graphs and give the same tokens, with no request failed. Run
+    last: graphs stay off."""
+    import contextlib
+    import threading
+
+    import torch
+
+    def answers():
+        sinks = [_RecordingSink() for _ in built]
+        for (r, p), s in zip(built, sinks):
+            engine.submit(r, p, s)
+        for s in sinks:
+            s.done.wait(120)
+        return sinks
+
+    before = answers()
+    engine._graphs.clear()  # every batch size is captured again, now with the other thread running
+    stop = threading.Event()
+
+    def interfere():
+        while not stop.is_set():
+            with contextlib.suppress(RuntimeError):  # refused while a capture runs: that breaks it
+                torch.cuda.synchronize()
+            time.sleep(0.0002)
+
+    thread = threading.Thread(target=interfere, daemon=True)
+    thread.start()
+    try:
+        after = answers()
+    finally:
+        stop.set()
+        thread.join()
+    return {"requests": len(built), "failed": sum(s.error is not None for s in after),
+            "graphs_dropped": engine._graphs is None,
+            "same_tokens": sum(a.ids == b.ids for a, b in zip(before, after)),
+            "first_error": next((str(s.error) for s in after if s.error is not None), "")}
+
+
 def float32_agreement(model_path: str, images: list[bytes], tokens: int = 48) -> dict:
     """Greedy tokens of the engine (CUDA graphs, batched) vs transformers' generate, both in float32 on the GPU.
 
@@ -291,6 +351,9 @@ def engine_alone(model_path: str, images: list[bytes], refs: list[list[int]], ba
     log(f"engine alone, 64 x 512 at once: {result['burst_64x512']}")
     result["graph_replay_ms"] = replay_times(engine)
     result["eager_step_profile"] = profile_step(engine)
+    greedy = [(r, prompts.build(r)) for r in (request(i, 64) for i in range(8))]
+    result["capture_failure"] = capture_failure_fallback(engine, greedy)
+    log(f"capture broken on purpose: {result['capture_failure']}")
     result["gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     # The start's warm-up is meant to compile every shape serving meets: a graph compiled later is
     # seconds of some request's latency.
@@ -676,6 +739,8 @@ def main() -> None:
         print(report["prefill_breakdown"]["profile"])
         print("engine alone, 64 x 512 at once:", report["burst_64x512"])
         print("vision encoder, 16 images:", report["vision_16"])
+        print("torch.compile graphs:", report["dynamo_graphs"], "; capture broken on purpose:",
+              report["capture_failure"])
     if "engine_steps" in report:
         print(table([{"batch": str(b), "tok/s": f"{v['tok_s']:.0f}", "ms/step": f"{v['ms_per_step']:.2f}",
                       "launch ms": f"{v.get('host_launch_ms', 0):.2f}", "wait ms": f"{v.get('host_wait_ms', 0):.2f}",
