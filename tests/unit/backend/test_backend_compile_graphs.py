@@ -1,0 +1,67 @@
+"""How many graphs ``compile_decode`` asks torch.compile for: each one is traced again at every start
+(0.2-2.5 s each on an H200, even with Inductor's cache warm), and one that only serving reaches is
+seconds of some request's latency. Dynamo runs here on the CPU with a counting backend in place of
+Inductor (which the engine only uses on CUDA), so the graphs counted are the ones a GPU compiles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from backend_samples import tiny_checkpoint
+from torch._dynamo.testing import CompileCounter
+
+from backend_python import decode, vision
+from backend_python.config import EngineConfig, Limits
+from backend_python.engine import Engine
+from backend_python.loader import load
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def engine():
+    config = EngineConfig(model_path=str(tiny_checkpoint()), slots=8, max_seq_len=256,
+                          limits=Limits(max_prompt_tokens=200, max_new_tokens=50))
+    torch._dynamo.reset()
+    yield Engine(load(config), config)
+    torch._dynamo.reset()
+
+
+def _prefill(engine, rows: int, tokens: int) -> None:
+    width = engine.model.config.text_config.hidden_size
+    embeds = torch.randn((rows, tokens, width))
+    positions = torch.arange(tokens).expand(3, rows, tokens)
+    engine._decoder.prefill(embeds, positions, torch.ones((rows, tokens), dtype=torch.long))
+
+
+def test_decode_steps_and_prefills_of_any_size_share_four_graphs(engine):
+    counter = CompileCounter()
+    engine._decoder._project = torch.compile(decode._project, backend=counter, dynamic=True)
+    engine._decoder._feed_forward = torch.compile(decode._feed_forward, backend=counter, dynamic=True)
+    with torch.inference_mode():
+        # What Engine.start warms up: a step of one row and of two, prefills of one prompt and of three.
+        engine._forward(1, engine._span_step)
+        engine._forward(2, engine._span_step)
+        _prefill(engine, 1, 37)
+        _prefill(engine, 3, 37)
+        assert counter.frame_count == 4  # each function once for one row, once for any other count
+        for rows in (3, 8):
+            engine._forward(rows, engine._span_step)
+        for rows, tokens in ((1, 5), (2, 64), (5, 128)):
+            _prefill(engine, rows, tokens)
+    assert counter.frame_count == 4, "serving shapes compiled graphs the start's warm-up did not"
+
+
+def test_images_of_any_size_share_the_vision_blocks_two_graphs(engine):
+    counter = CompileCounter()
+    encoder = engine._vision
+    encoder._before = torch.compile(vision._before_attention, backend=counter, dynamic=True)
+    encoder._after = torch.compile(vision._after_attention, backend=counter, dynamic=True)
+    channels = encoder.patch_w.shape[1]
+    with torch.inference_mode():
+        encoder.warm_up(torch.device("cpu"))
+        assert counter.frame_count == 2
+        for grid in ([[1, 4, 8]], [[1, 8, 8], [1, 2, 6]]):
+            grid = torch.tensor(grid)
+            encoder(torch.zeros((int(grid.prod(1).sum()), channels)), encoder.layout(grid))
+    assert counter.frame_count == 2, "an image size compiled a graph the start's warm-up did not"
