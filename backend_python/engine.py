@@ -196,10 +196,11 @@ class Engine:
         most of a start with warm caches.
         """
         if self._decoder.compiled:
-            # The decode step once for one sequence and once for any other count, the prefill likewise,
-            # then the vision blocks. The prefill's sample has 37 tokens, a size the model has nowhere
-            # else: torch.compile takes equal sizes to stay equal (with 8, as many as the key/value
-            # heads, the first real prompt would compile again, for seconds).
+            # The decode step once for one sequence and once for any other count, then the vision
+            # blocks. A prefill passes its tokens as rows of one token and so reuses the step's graphs;
+            # its warm-up runs its own kernels once. Samples have sizes the model has nowhere else
+            # (2 rows, 3 x 37 tokens, 36 patches): torch.compile takes sizes equal at tracing to stay
+            # equal, and a real prompt would then compile again, for seconds.
             with torch.inference_mode():
                 began = time.monotonic()
                 for rows in (1, 2):
@@ -207,12 +208,11 @@ class Engine:
                 torch.cuda.synchronize(self.device)
                 self.start_timings["decode"] = time.monotonic() - began
                 began = time.monotonic()
-                width, tokens = self.model.config.text_config.hidden_size, 37
-                for rows in (1, 3):
-                    embeds = torch.zeros((rows, tokens, width), dtype=self.cache.keys[0].dtype, device=self.device)
-                    positions = torch.arange(tokens, device=self.device).expand(3, rows, tokens)
-                    padding = torch.ones((rows, tokens), dtype=torch.long, device=self.device)
-                    self._decoder.prefill(embeds, positions, padding)
+                rows, tokens, width = 3, 37, self.model.config.text_config.hidden_size
+                embeds = torch.zeros((rows, tokens, width), dtype=self.cache.keys[0].dtype, device=self.device)
+                positions = torch.arange(tokens, device=self.device).expand(3, rows, tokens)
+                padding = torch.ones((rows, tokens), dtype=torch.long, device=self.device)
+                self._decoder.prefill(embeds, positions, padding)
                 torch.cuda.synchronize(self.device)
                 self.start_timings["prefill"] = time.monotonic() - began
                 began = time.monotonic()
