@@ -20,6 +20,7 @@ Triton's own queue (backpressure) where its queue metrics and queue policy see t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
@@ -202,25 +203,27 @@ class Engine:
             # (2 rows, 3 x 37 tokens, 36 patches): torch.compile takes sizes equal at tracing to stay
             # equal, and a real prompt would then compile again, for seconds.
             with torch.inference_mode():
-                began = time.monotonic()
-                for rows in (1, 2):
-                    self._forward(rows, self._span_step)
-                torch.cuda.synchronize(self.device)
-                self.start_timings["decode"] = time.monotonic() - began
-                began = time.monotonic()
-                rows, tokens, width = 3, 37, self.model.config.text_config.hidden_size
-                embeds = torch.zeros((rows, tokens, width), dtype=self.cache.keys[0].dtype, device=self.device)
-                positions = torch.arange(tokens, device=self.device).expand(3, rows, tokens)
-                padding = torch.ones((rows, tokens), dtype=torch.long, device=self.device)
-                self._decoder.prefill(embeds, positions, padding)
-                torch.cuda.synchronize(self.device)
-                self.start_timings["prefill"] = time.monotonic() - began
-                began = time.monotonic()
-                self._vision.warm_up(self.device)
-                torch.cuda.synchronize(self.device)
-                self.start_timings["vision"] = time.monotonic() - began
+                with self._warming_up("decode"):
+                    for rows in (1, 2):
+                        self._forward(rows, self._span_step)
+                with self._warming_up("prefill"):
+                    rows, tokens, width = 3, 37, self.model.config.text_config.hidden_size
+                    embeds = torch.zeros((rows, tokens, width), dtype=self.cache.keys[0].dtype, device=self.device)
+                    positions = torch.arange(tokens, device=self.device).expand(3, rows, tokens)
+                    padding = torch.ones((rows, tokens), dtype=torch.long, device=self.device)
+                    self._decoder.prefill(embeds, positions, padding)
+                with self._warming_up("vision"):
+                    self._vision.warm_up(self.device)
         self._thread.start()
         return self
+
+    @contextlib.contextmanager
+    def _warming_up(self, name: str):
+        """Times one warm-up into ``start_timings``, until the device has run what it launched."""
+        began = time.monotonic()
+        yield
+        torch.cuda.synchronize(self.device)
+        self.start_timings[name] = time.monotonic() - began
 
     def submit(self, request: GenerationRequest, prompt: Prompt, sink: ResponseSink,
                timeout: float | None = None) -> None:

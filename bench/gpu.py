@@ -74,14 +74,15 @@ def copy_bandwidth() -> float:
     return bytes_moved / statistics.median(times)
 
 
-def decode_bytes(model) -> int:
-    """Weights one decode step reads: the text decoder and the LM head (the vision tower is not used)."""
-    if isinstance(model, (str, Path)):  # the checkpoint's architecture on the meta device: shapes, no weights
-        import torch
-        from transformers import AutoConfig, AutoModelForImageTextToText
+def decode_bytes(model_path: str) -> int:
+    """Weights one decode step reads: the text decoder and the LM head (the vision tower is not used).
 
-        with torch.device("meta"):
-            model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(model), dtype=torch.bfloat16)
+    From the checkpoint's architecture on the meta device: its shapes, none of its weights."""
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(model_path), dtype=torch.bfloat16)
     language = model.model.language_model
     total = sum(p.numel() * p.element_size() for p in language.layers.parameters())
     total += sum(p.numel() * p.element_size() for p in language.norm.parameters())
