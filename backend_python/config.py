@@ -1,8 +1,8 @@
 """Engine configuration, read once when the model instance starts.
 
 Values come from the ``parameters`` block of the Triton model config (strings),
-with ``MODEL_PATH`` from the environment as the model location when the config
-leaves it empty. Nothing here is read at import time.
+with ``MODEL_PATH`` and ``COMPILE_ARTIFACTS_DIR`` from the environment when the
+config leaves them empty. Nothing here is read at import time.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ class EngineConfig:
     cuda_graphs: bool = True  # captured decode steps on CUDA devices
     compile_decode: bool = False  # torch.compile the element-wise work of the decoder layers and vision blocks (CUDA only)
     exact_attention: bool = True  # decode attention reads each sequence's own length (CUDA only)
+    # With compile_decode: a folder of compile artifacts (compile_artifacts.py). A start loads the one
+    # made for this GPU, library versions, checkpoint and release, or writes it after compiling.
+    compile_artifacts_dir: str = ""
     image_min_pixels: int = 0  # 0: the processor's own defaults
     image_max_pixels: int = 0
     stream_interval_ms: float = 0.0  # coalesce streamed deltas (0: every token)
@@ -59,6 +62,7 @@ class EngineConfig:
         engine = {k: _coerce(cls, k, v) for k, v in flat.items() if k in _field_names(cls)}
         limits = {k: _coerce(Limits, k, v) for k, v in flat.items() if k in _field_names(Limits)}
         engine.setdefault("model_path", environ.get("MODEL_PATH", ""))
+        engine.setdefault("compile_artifacts_dir", environ.get("COMPILE_ARTIFACTS_DIR", ""))
         config = cls(**engine, limits=Limits(**limits))
         config.validate()
         return config

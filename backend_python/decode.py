@@ -93,11 +93,11 @@ class Decoder:
         self._project, self._feed_forward = _project, _feed_forward
         self.compiled = compile
         # Each row reads its own cached length (a GPU kernel); otherwise SDPA reads ``span`` tokens per row.
-        self._attention = None
+        self._attention, self.kernels = None, ()
         if exact_attention:
-            from .attention import decode_attention
+            from .attention import KERNELS, decode_attention
 
-            self._attention = decode_attention
+            self._attention, self.kernels = decode_attention, KERNELS
         if compile:
             self._project = torch.compile(_project, dynamic=True)
             self._feed_forward = torch.compile(_feed_forward, dynamic=True)

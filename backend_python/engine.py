@@ -31,6 +31,7 @@ from typing import Protocol
 
 import torch
 
+from .compile_artifacts import CompileArtifacts
 from .config import EngineConfig
 from .decode import Decoder
 from .decoding import TextStream
@@ -171,6 +172,7 @@ class Engine:
         self._positions, self._lengths = self._inputs[1], self._inputs[2]
         self.timings: dict[str, float] | None = None  # per-phase seconds, when a benchmark asks
         self.start_timings: dict[str, float] = {}
+        self.compile_artifacts: CompileArtifacts | None = None
         use_graphs = config.cuda_graphs and self.device.type == "cuda"
         self._graphs: dict[tuple[int, int], tuple] | None = {} if use_graphs else None
         self._graph_pool = None
@@ -191,11 +193,14 @@ class Engine:
     # -- the caller's side -------------------------------------------------------------
 
     def start(self) -> "Engine":
-        """Compile (with ``compile_decode``) before the model reports ready, then start the engine thread.
+        """Compile (with ``compile_decode``) and capture the decode step's graphs before the model reports
+        ready, then start the engine thread.
 
         Seconds per warm-up land in ``start_timings``: the ready log line reports them, since they are
         most of a start with warm caches.
         """
+        artifacts = self.compile_artifacts = self._compile_artifacts()
+        reused = artifacts is not None and artifacts.load()
         if self._decoder.compiled:
             # The decode step once for one sequence and once for any other count, then the vision
             # blocks. A prefill passes its tokens as rows of one token and so reuses the step's graphs;
@@ -214,15 +219,34 @@ class Engine:
                     self._decoder.prefill(embeds, positions, padding)
                 with self._warming_up("vision"):
                     self._vision.warm_up(self.device)
+        if self._graphs is not None:
+            # Every batch size's step graph now, not when a load first reaches it: captured while
+            # serving, each one stalled every running stream for ~75 ms (H200), and a burst that
+            # met three new sizes started its streams 400 ms late. The step's attention kernels for
+            # many rows compile here too.
+            with torch.inference_mode(), self._warming_up("graphs"):
+                for rows in self._buckets:
+                    if self._capture(rows, self._span_step) is None:
+                        break
+        if artifacts is not None and not reused:
+            artifacts.save(self._decoder.kernels)
         self._thread.start()
         return self
+
+    def _compile_artifacts(self) -> CompileArtifacts | None:
+        if not (self._decoder.compiled and self.config.compile_artifacts_dir):
+            return None
+        return CompileArtifacts.for_engine(self.config.compile_artifacts_dir, self.device, {
+            "model": self.model.config.to_dict(), "dtype": self.cache.keys[0].dtype,
+            "max_seq_len": self.config.max_seq_len, "exact_attention": self._decoder.exact_attention})
 
     @contextlib.contextmanager
     def _warming_up(self, name: str):
         """Times one warm-up into ``start_timings``, until the device has run what it launched."""
         began = time.monotonic()
         yield
-        torch.cuda.synchronize(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         self.start_timings[name] = time.monotonic() - began
 
     def submit(self, request: GenerationRequest, prompt: Prompt, sink: ResponseSink,

@@ -25,6 +25,7 @@ import io
 import json
 import multiprocessing as mp
 import os
+import shutil
 import statistics
 import subprocess
 import time
@@ -305,7 +306,7 @@ def engine_alone(model_path: str, images: list[bytes], refs: list[list[int]], ba
     started = time.perf_counter()
     engine = Engine(loaded, config).start()
     log(f"engine started in {time.perf_counter() - started:.1f} s (compile_decode={compile}): {engine.start_timings}")
-    graphs_at_start = _dynamo_graphs()
+    graphs_at_start, step_graphs_at_start = _dynamo_graphs(), len(engine._graphs or {})
     prompts = PromptBuilder(loaded.processor, config, pixel_dtype=loaded.dtype)
 
     def request(i, tokens, ignore_eos=True):
@@ -358,6 +359,9 @@ def engine_alone(model_path: str, images: list[bytes], refs: list[list[int]], ba
     log(f"engine alone, 64 x 512 at once: {result['burst_64x512']}")
     result["graph_replay_ms"] = replay_times(engine)
     result["eager_step_profile"] = profile_step(engine)
+    # Captured at start, every batch size: a capture while serving stalls every running stream.
+    result["step_graphs"] = {"after_start": step_graphs_at_start, "after_serving": len(engine._graphs or {})}
+    log(f"decode-step CUDA graphs: {result['step_graphs']}")
     greedy = [(r, prompts.build(r)) for r in (request(i, 64) for i in range(8))]
     result["capture_failure"] = capture_failure_fallback(engine, greedy)
     log(f"capture broken on purpose: {result['capture_failure']}")
@@ -620,8 +624,22 @@ def ready_line(log_file: Path) -> str:
     return lines[-1].strip() if lines else "(no ready line in the log)"
 
 
+def new_node_caches(start: int) -> None:
+    """Empty compile caches for the next Triton start, as on a new node; the compile artifacts are
+    kept from start to start (the first writes them, the later ones load them)."""
+    root = OUT / "new-node-caches" / f"start-{start}"
+    shutil.rmtree(root, ignore_errors=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "inductor")
+    os.environ["TRITON_CACHE_DIR"] = str(root / "inductor" / "triton")
+    if start == 0:
+        artifacts = OUT / "compile-artifacts"
+        shutil.rmtree(artifacts, ignore_errors=True)
+        os.environ["COMPILE_ARTIFACTS_DIR"] = str(artifacts)
+
+
 def through_triton(model_path: str, clients: list[int], token_counts: list[int], images: list[bytes], rounds: int,
-                   compile: bool = False, restarts: int = 1, parameters: dict[str, str] | None = None) -> dict:
+                   compile: bool = False, restarts: int = 1, parameters: dict[str, str] | None = None,
+                   new_nodes: bool = False) -> dict:
     from clients.triton_stream import build_inputs, stream, user_turn
     from stack.ports import free_port
     from stack.triton import TritonServer
@@ -629,6 +647,8 @@ def through_triton(model_path: str, clients: list[int], token_counts: list[int],
     server = TritonServer(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
                           model_path=model_path, config_name="gpu", log_file=str(OUT / "triton-gpu.log"),
                           parameters={"compile_decode": "true" if compile else "false", **(parameters or {})})
+    if new_nodes:
+        new_node_caches(0)
     start = time.monotonic()
     server.start(timeout=900)
     ready = time.monotonic() - start
@@ -639,8 +659,10 @@ def through_triton(model_path: str, clients: list[int], token_counts: list[int],
     result = {"cold_start_ready_s": ready, "cold_start_first_token_s": first_token, "runs": [],
               "cold_start_model": ready_line(OUT / "triton-gpu.log")}
     log(f"Triton ready after {ready:.1f} s, first token after {first_token:.1f} s; {result['cold_start_model']}")
-    for restart in range(1, restarts):  # again, with the page cache (and Inductor's cache) warm
+    for restart in range(1, restarts):  # again, with the page cache (and, unless new_nodes, compile caches) warm
         server.stop()
+        if new_nodes:
+            new_node_caches(restart)
         start = time.monotonic()
         server.start(timeout=900)
         ready = time.monotonic() - start
@@ -652,8 +674,7 @@ def through_triton(model_path: str, clients: list[int], token_counts: list[int],
     try:
         drive(server.grpc_url, 8, 1, 16, images)  # warm-up: graphs, allocator, clients
         for tokens, n in ((t, n) for t in token_counts for n in clients):
-            # Once untimed with the same shapes: the step graphs of every batch size and cache span
-            # this load reaches are captured (once per server) before the timed rounds.
+            # Once untimed with the same load: clients connected, allocator and page cache settled.
             drive(server.grpc_url, n, 1, tokens, images)
             # One stream's time to first token is a percentile of several requests, not of one.
             before = server_counters(server.metrics_url)
@@ -688,6 +709,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="requests per client")
     parser.add_argument("--skip", nargs="*", default=[], choices=["baseline", "engine", "triton", "float32"])
     parser.add_argument("--starts", type=int, default=1, help="start Triton this many times (cold start, then warm)")
+    parser.add_argument("--new-nodes", action="store_true",
+                        help="every start with empty compile caches, as on a new node: the first writes compile "
+                             "artifacts ($OUT/compile-artifacts), the later ones load them")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", type=_key_value,
                         help="override a model parameter of configs/gpu.pbtxt (repeatable)")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
@@ -726,7 +750,7 @@ def main() -> None:
         parameters = dict(args.param)
         report["parameters"] = parameters
         report.update(through_triton(model, args.clients, args.tokens, images, args.rounds, args.compile,
-                                     args.starts, parameters))
+                                     args.starts, parameters, args.new_nodes))
     (OUT / "bench-gpu.json").write_text(json.dumps(report, indent=2, default=str))
 
     floor_step = report.get("decode_bytes", 0) / (report["copy_bandwidth_GBps"] * 1e9) if "decode_bytes" in report else None
@@ -747,8 +771,8 @@ def main() -> None:
         print(report["prefill_breakdown"]["profile"])
         print("engine alone, 64 x 512 at once:", report["burst_64x512"])
         print("vision encoder, 16 images:", report["vision_16"])
-        print("torch.compile graphs:", report["dynamo_graphs"], "; capture broken on purpose:",
-              report["capture_failure"])
+        print("torch.compile graphs:", report["dynamo_graphs"], "; decode-step CUDA graphs:", report["step_graphs"],
+              "; capture broken on purpose:", report["capture_failure"])
     if "engine_steps" in report:
         print(table([{"batch": str(b), "tok/s": f"{v['tok_s']:.0f}", "ms/step": f"{v['ms_per_step']:.2f}",
                       "launch ms": f"{v.get('host_launch_ms', 0):.2f}", "wait ms": f"{v.get('host_wait_ms', 0):.2f}",

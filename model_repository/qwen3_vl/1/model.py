@@ -179,9 +179,11 @@ class TritonPythonModel:
         seconds = time.monotonic() - started
         self.metrics.model_load(seconds)
         warm_ups = "".join(f", {name} warm-up {s:.1f} s" for name, s in self.engine.start_timings.items())
+        artifacts = self.engine.compile_artifacts
+        artifacts = f"; compile artifacts {artifacts.outcome}: {artifacts.path}" if artifacts else ""
         log.warning("qwen3_vl ready in %.1f s (weights %.1f s, engine %.1f s%s): "
-                    "%s on %s, %d slots", seconds, weights, built, warm_ups, self.config.model_path,
-                    loaded.device, self.engine.slots)
+                    "%s on %s, %d slots%s", seconds, weights, built, warm_ups, self.config.model_path,
+                    loaded.device, self.engine.slots, artifacts)
 
     def execute(self, requests):
         parsed = []

@@ -17,10 +17,13 @@ SCRIPT = K8S / "base" / "fill-model-cache.sh"
 FAKE_DOWNLOAD = 'echo run >> "$RUNS" && echo "{}" > "$MODEL_PATH/config.json"'
 
 
-def fill(model_path: Path, command: str | None, runs: Path) -> subprocess.CompletedProcess[str]:
+def fill(model_path: Path, command: str | None, runs: Path,
+         artifacts: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {"PATH": os.environ["PATH"], "MODEL_PATH": str(model_path), "RUNS": str(runs)}
     if command is not None:
         env["MODEL_FILL_COMMAND"] = command
+    if artifacts is not None:
+        env["COMPILE_ARTIFACTS_DIR"] = str(artifacts)
     return subprocess.run(["sh", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=30)
 
 
@@ -54,6 +57,36 @@ def test_a_cache_filled_by_hand_is_kept(tmp_path: Path) -> None:
     result = fill(model, FAKE_DOWNLOAD, runs)
     assert result.returncode == 0
     assert not runs.exists()
+
+
+# Stands in for a download of weights published with their compile artifacts.
+DOWNLOAD_WITH_ARTIFACTS = (FAKE_DOWNLOAD + ' && mkdir -p "$MODEL_PATH/compile-artifacts"'
+                           ' && echo h100 > "$MODEL_PATH/compile-artifacts/compile-nvidia-h100-1.zip"')
+
+
+def test_compile_artifacts_published_with_the_model_reach_the_node(tmp_path: Path) -> None:
+    model, artifacts = tmp_path / "models" / "m", tmp_path / "compile-cache" / "artifacts"
+    result = fill(model, DOWNLOAD_WITH_ARTIFACTS, tmp_path / "runs", artifacts)
+    assert result.returncode == 0, result.stderr
+    assert (artifacts / "compile-nvidia-h100-1.zip").read_text() == "h100\n"
+    assert sorted(p.name for p in artifacts.iterdir()) == ["compile-nvidia-h100-1.zip"]
+
+
+def test_artifacts_reach_a_node_whose_model_cache_is_warm_and_its_own_are_kept(tmp_path: Path) -> None:
+    model, artifacts, runs = tmp_path / "models" / "m", tmp_path / "compile-cache" / "artifacts", tmp_path / "runs"
+    assert fill(model, DOWNLOAD_WITH_ARTIFACTS, runs).returncode == 0  # filled before artifacts were asked for
+    artifacts.mkdir(parents=True)
+    (artifacts / "compile-nvidia-h100-1.zip").write_text("written on this node")
+    (model / "compile-artifacts" / "compile-nvidia-h200-2.zip").write_text("h200")
+    result = fill(model, DOWNLOAD_WITH_ARTIFACTS, runs, artifacts)
+    assert result.returncode == 0 and "model cache warm" in result.stdout
+    assert (artifacts / "compile-nvidia-h100-1.zip").read_text() == "written on this node"
+    assert (artifacts / "compile-nvidia-h200-2.zip").read_text() == "h200"
+
+
+def test_without_an_artifacts_folder_nothing_is_copied(tmp_path: Path) -> None:
+    result = fill(tmp_path / "models" / "m", DOWNLOAD_WITH_ARTIFACTS, tmp_path / "runs")
+    assert result.returncode == 0 and "compile artifacts" not in result.stdout
 
 
 def test_a_fill_command_that_writes_nothing_fails_the_pod(tmp_path: Path) -> None:
