@@ -94,10 +94,14 @@ class Decoder:
         self.compiled = compile
         # Each row reads its own cached length (a GPU kernel); otherwise SDPA reads ``span`` tokens per row.
         self._attention, self.kernels = None, ()
+        # Batch sizes a start runs the step at: one row and any other count for compile; the exact
+        # kernels also have a launch shape for many rows, which Triton compiles on first use.
+        self.warm_up_rows: tuple[int, ...] = (1, 2)
         if exact_attention:
-            from .attention import KERNELS, decode_attention
+            from .attention import KERNELS, LARGE_FROM_ROWS, decode_attention
 
             self._attention, self.kernels = decode_attention, KERNELS
+            self.warm_up_rows = (1, 2, LARGE_FROM_ROWS)
         if compile:
             self._project = torch.compile(_project, dynamic=True)
             self._feed_forward = torch.compile(_feed_forward, dynamic=True)

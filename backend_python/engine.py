@@ -193,8 +193,7 @@ class Engine:
     # -- the caller's side -------------------------------------------------------------
 
     def start(self) -> "Engine":
-        """Compile (with ``compile_decode``) and capture the decode step's graphs before the model reports
-        ready, then start the engine thread.
+        """Compile (with ``compile_decode``) before the model reports ready, then start the engine thread.
 
         Seconds per warm-up land in ``start_timings``: the ready log line reports them, since they are
         most of a start with warm caches.
@@ -202,15 +201,17 @@ class Engine:
         artifacts = self.compile_artifacts = self._compile_artifacts()
         reused = artifacts is not None and artifacts.load()
         if self._decoder.compiled:
-            # The decode step once for one sequence and once for any other count, then the vision
-            # blocks. A prefill passes its tokens as rows of one token and so reuses the step's graphs;
-            # its warm-up runs its own kernels once. Samples have sizes the model has nowhere else
+            # The decode step once for one sequence and once for any other count (and, with exact
+            # attention, for many: its kernels' other launch shape), then the vision blocks. A prefill
+            # passes its tokens as rows of one token and so reuses the step's graphs; its warm-up runs
+            # its own kernels once. Samples have sizes the model has nowhere else
             # (2 rows, 3 x 37 tokens, 36 patches): torch.compile takes sizes equal at tracing to stay
             # equal, and a real prompt would then compile again, for seconds.
             with torch.inference_mode():
                 with self._warming_up("decode"):
-                    for rows in (1, 2):
-                        self._forward(rows, self._span_step)
+                    for rows in self._decoder.warm_up_rows:
+                        if rows <= self.slots:
+                            self._forward(rows, self._span_step)
                 with self._warming_up("prefill"):
                     rows, tokens, width = 3, 37, self.model.config.text_config.hidden_size
                     embeds = torch.zeros((rows, tokens, width), dtype=self.cache.keys[0].dtype, device=self.device)
@@ -219,15 +220,6 @@ class Engine:
                     self._decoder.prefill(embeds, positions, padding)
                 with self._warming_up("vision"):
                     self._vision.warm_up(self.device)
-        if self._graphs is not None:
-            # Every batch size's step graph now, not when a load first reaches it: captured while
-            # serving, each one stalled every running stream for ~75 ms (H200), and a burst that
-            # met three new sizes started its streams 400 ms late. The step's attention kernels for
-            # many rows compile here too.
-            with torch.inference_mode(), self._warming_up("graphs"):
-                for rows in self._buckets:
-                    if self._capture(rows, self._span_step) is None:
-                        break
         if artifacts is not None and not reused:
             artifacts.save(self._decoder.kernels)
         self._thread.start()
@@ -245,8 +237,7 @@ class Engine:
         """Times one warm-up into ``start_timings``, until the device has run what it launched."""
         began = time.monotonic()
         yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        torch.cuda.synchronize(self.device)
         self.start_timings[name] = time.monotonic() - began
 
     def submit(self, request: GenerationRequest, prompt: Prompt, sink: ResponseSink,

@@ -149,8 +149,8 @@ def test_greedy_output_equals_transformers_generate(engine, prompts, loaded):
 
 
 def test_a_failed_graph_capture_costs_speed_not_answers(engine, prompts, loaded, caplog):
-    """A capture can fail on a GPU (a CUDA call from another thread invalidates it); here the start's
-    capture fails for real, for want of a GPU. The engine decodes without graphs from then on."""
+    """A capture can fail on a GPU (a CUDA call from another thread invalidates it); here the capture
+    fails for real, for want of a GPU. The engine decodes without graphs from then on."""
     config, model = loaded
     capturing = Engine(model, config)
     capturing._graphs = {}
