@@ -85,13 +85,17 @@ class CompileArtifacts:
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             archive.writestr(TORCH_PART, artifacts[0])
             _add_triton_entries(archive, triton_cache_dir(), set(kernels))
+        tmp = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=self.path.parent, prefix=".compile-", delete=False) as tmp:
                 tmp.write(buffer.getvalue())
+            os.chmod(tmp.name, 0o644)  # others may read it: kubectl cp, a pod of another user
             os.replace(tmp.name, self.path)
         except OSError as exc:
             log.warning("compile artifacts could not be written to %s: %s", self.path, exc)
+            if tmp is not None:
+                Path(tmp.name).unlink(missing_ok=True)
             return False
         log.info("compile artifacts written to %s (%.1f MB)", self.path, len(buffer.getvalue()) / 1e6)
         self.outcome = "written"

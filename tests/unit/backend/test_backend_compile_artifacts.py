@@ -63,7 +63,8 @@ def test_a_start_on_an_empty_machine_loads_what_another_compiled(tmp_path):
 
     wrote, _ = _start("save", first, artifacts, script)
     assert wrote["saved"] and wrote["outcome"] == "written" and wrote["fxgraph_cache_miss"] == 1
-    assert [p.name for p in artifacts.iterdir()] == ["compile-test.zip"]
+    assert [p.name for p in artifacts.iterdir()] == ["compile-test.zip"]  # no temporary file left
+    assert (artifacts / "compile-test.zip").stat().st_mode & 0o777 == 0o644  # for kubectl cp, other users
 
     read, _ = _start("load", second, artifacts, script)
     assert read["loaded"] and read["outcome"] == "loaded"
