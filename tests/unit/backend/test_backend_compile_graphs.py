@@ -39,9 +39,9 @@ def test_decode_steps_and_prefills_of_any_size_share_four_graphs(engine):
     engine._decoder._project = torch.compile(decode._project, backend=counter, dynamic=True)
     engine._decoder._feed_forward = torch.compile(decode._feed_forward, backend=counter, dynamic=True)
     with torch.inference_mode():
-        # What Engine.start warms up: a step of one row and of two, a prefill of three prompts.
-        engine._forward(1, engine._span_step)
-        engine._forward(2, engine._span_step)
+        # What Engine.start warms up: a step of one row and of two (and on a GPU of 32), a prefill of three prompts.
+        for rows in engine._decoder.warm_up_rows:
+            engine._forward(rows, engine._span_step)
         _prefill(engine, 3, 37)
         assert counter.frame_count == 4  # each function once for one row, once for any other count
         for rows in (3, 8):
