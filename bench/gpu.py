@@ -644,30 +644,25 @@ def through_triton(model_path: str, clients: list[int], token_counts: list[int],
     server = TritonServer(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
                           model_path=model_path, config_name="gpu", log_file=str(OUT / "triton-gpu.log"),
                           parameters={"compile_decode": "true" if compile else "false", **(parameters or {})})
-    if new_nodes:
-        new_node_caches(0)
-    start = time.monotonic()
-    server.start(timeout=900)
-    ready = time.monotonic() - start
-    first = stream(server.grpc_url, build_inputs(user_turn(PROMPTS[0], 1), [images[0]], max_tokens=1))
-    first_token = time.monotonic() - start
-    if first.error:
-        raise RuntimeError(f"first request failed: {first.error}")
-    result = {"cold_start_ready_s": ready, "cold_start_first_token_s": first_token, "runs": [],
-              "cold_start_model": ready_line(OUT / "triton-gpu.log")}
-    log(f"Triton ready after {ready:.1f} s, first token after {first_token:.1f} s; {result['cold_start_model']}")
-    for restart in range(1, restarts):  # again, with the page cache (and, unless new_nodes, compile caches) warm
-        server.stop()
+    result: dict = {"runs": []}
+    # The first start is the cold one; the others find the page cache (and, unless new_nodes, the
+    # compile caches) warm.
+    for restart in range(max(restarts, 1)):
+        if restart:
+            server.stop()
         if new_nodes:
             new_node_caches(restart)
         start = time.monotonic()
         server.start(timeout=900)
         ready = time.monotonic() - start
-        stream(server.grpc_url, build_inputs(user_turn(PROMPTS[0], 1), [images[0]], max_tokens=1))
-        result[f"restart_{restart}_ready_s"], result[f"restart_{restart}_first_token_s"] = ready, time.monotonic() - start
-        result[f"restart_{restart}_model"] = ready_line(OUT / "triton-gpu.log")
-        log(f"restart {restart}: ready after {ready:.1f} s, first token after {time.monotonic() - start:.1f} s; "
-            f"{result[f'restart_{restart}_model']}")
+        first = stream(server.grpc_url, build_inputs(user_turn(PROMPTS[0], 1), [images[0]], max_tokens=1))
+        first_token = time.monotonic() - start
+        if first.error:
+            raise RuntimeError(f"first request after start {restart} failed: {first.error}")
+        key, name = ("cold_start", "Triton") if restart == 0 else (f"restart_{restart}", f"restart {restart}:")
+        result[f"{key}_ready_s"], result[f"{key}_first_token_s"] = ready, first_token
+        result[f"{key}_model"] = ready_line(OUT / "triton-gpu.log")
+        log(f"{name} ready after {ready:.1f} s, first token after {first_token:.1f} s; {result[f'{key}_model']}")
     try:
         drive(server.grpc_url, 8, 1, 16, images)  # warm-up: graphs, allocator, clients
         for tokens, n in ((t, n) for t in token_counts for n in clients):
@@ -751,10 +746,10 @@ def main() -> None:
                                      args.starts, parameters, args.new_nodes))
     (OUT / "bench-gpu.json").write_text(json.dumps(report, indent=2, default=str))
 
-    floor_step = report.get("decode_bytes", 0) / (report["copy_bandwidth_GBps"] * 1e9) if "decode_bytes" in report else None
+    floor_step = report["decode_bytes"] / (report["copy_bandwidth_GBps"] * 1e9)
     print(f"\n{report['gpu']}, torch {report['torch']}; weights read per decode step "
-          f"{report.get('decode_bytes', 0) / 2**30:.2f} GiB; copy bandwidth {report['copy_bandwidth_GBps']:.0f} GB/s; "
-          + (f"floor {floor_step * 1000:.2f} ms per step = {1 / floor_step:.0f} tok/s for one stream" if floor_step else ""))
+          f"{report['decode_bytes'] / 2**30:.2f} GiB; copy bandwidth {report['copy_bandwidth_GBps']:.0f} GB/s; "
+          f"floor {floor_step * 1000:.2f} ms per step = {1 / floor_step:.0f} tok/s for one stream")
     if "cold_start_ready_s" in report:
         print(f"cold start: ready {report['cold_start_ready_s']:.1f} s, first token {report['cold_start_first_token_s']:.1f} s")
     if "greedy_agreement_tokens" in report:
@@ -783,9 +778,7 @@ def main() -> None:
         base1 = report.get("generate_1_tok_s")
         if base1:
             row["x generate(1)"] = f"{run['tok_s_value'] / base1:.1f}"
-        if floor_step:
-            n = int(run["clients"])
-            row["% of floor"] = f"{100 * run['tok_s_value'] / (n / floor_step):.0f}"
+        row["% of floor"] = f"{100 * run['tok_s_value'] / (int(run['clients']) / floor_step):.0f}"
         rows.append(row)
     if rows:
         print(table(rows))
