@@ -2,7 +2,7 @@
 
 One background thread owns the model. Each iteration it
 1. admits up to ``prefills_per_step`` waiting sequences: one batched prefill
-   (vision encoder and prompt, left-padded) through the checkpoint's own vision
+   (vision encoder and prompts, packed end to end) through the checkpoint's own vision
    blocks and decoder layers, whose keys and values are copied into the
    sequences' cache slots;
 2. launches one decode step for every running sequence, through the checkpoint's
@@ -21,6 +21,7 @@ Triton's own queue (backpressure) where its queue metrics and queue policy see t
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import secrets
 import threading
@@ -109,21 +110,19 @@ class SlotCache:
         v[rows, :, positions] = value[:, :, 0]
         return k[: self._batch, :, : self._span], v[: self._batch, :, : self._span]
 
-    def store(self, layers, slots: list[int], lengths: list[int]) -> None:
-        """Copy a left-padded prefill's keys and values (``layers``: per layer, (rows, heads, longest, dim)
-        each) into the slots: row i's last ``lengths[i]`` tokens become the first of ``slots[i]``.
+    def store(self, layers, slots: list[int], lengths: list[int], upload=lambda t: t) -> None:
+        """Copy a prefill's keys and values (``layers``: per layer, (tokens, heads, dim) each, the prompts
+        end to end) into the slots: prompt i's ``lengths[i]`` tokens become the first of ``slots[i]``.
 
-        One gather and one scatter per layer and tensor, whatever the number of rows."""
-        longest = layers[0][0].shape[2]
-        rows = torch.repeat_interleave(torch.arange(len(slots)), torch.tensor(lengths))
-        dst_slots = torch.tensor(slots)[rows]
+        One scatter per layer and tensor, whatever the number of prompts. The indices go up in one
+        copy through ``upload`` (the engine's, from page-locked memory: a copy from pageable memory
+        can make the host wait for the device)."""
+        dst_slots = torch.repeat_interleave(torch.tensor(slots), torch.tensor(lengths))
         dst = torch.cat([torch.arange(n) for n in lengths])
-        src = dst + (longest - torch.tensor(lengths))[rows]
-        device = self.keys[0].device
-        rows, src, dst_slots, dst = (t.to(device, non_blocking=True) for t in (rows, src, dst_slots, dst))
+        dst_slots, dst = upload(torch.stack([dst_slots, dst]))
         for layer, (key, value) in enumerate(layers):
-            self.keys[layer][dst_slots, :, dst] = key[rows, :, src]
-            self.values[layer][dst_slots, :, dst] = value[rows, :, src]
+            self.keys[layer][dst_slots, :, dst] = key
+            self.values[layer][dst_slots, :, dst] = value
 
     def move(self, src: int, dst: int, length: int) -> None:
         for k, v in zip(self.keys, self.values):
@@ -204,8 +203,8 @@ class Engine:
             # The decode step once for one sequence and once for any other count (and, with exact
             # attention, for many: its kernels' other launch shape), then the vision blocks. A prefill
             # passes its tokens as rows of one token and so reuses the step's graphs; its warm-up runs
-            # its own kernels once. Samples have sizes the model has nowhere else
-            # (2 rows, 3 x 37 tokens, 36 patches): torch.compile takes sizes equal at tracing to stay
+            # its own kernels once. Samples have sizes the model has nowhere else (2 rows, three
+            # prompts of 37 tokens, 36 patches): torch.compile takes sizes equal at tracing to stay
             # equal, and a real prompt would then compile again, for seconds.
             with torch.inference_mode():
                 with self._warming_up("decode"):
@@ -213,11 +212,11 @@ class Engine:
                         if rows <= self.slots:
                             self._forward(rows, self._span_step)
                 with self._warming_up("prefill"):
-                    rows, tokens, width = 3, 37, self.model.config.text_config.hidden_size
-                    embeds = torch.zeros((rows, tokens, width), dtype=self.cache.keys[0].dtype, device=self.device)
-                    positions = torch.arange(tokens, device=self.device).expand(3, rows, tokens)
-                    padding = torch.ones((rows, tokens), dtype=torch.long, device=self.device)
-                    self._decoder.prefill(embeds, positions, padding)
+                    bounds, width = [0, 37, 74, 111], self.model.config.text_config.hidden_size
+                    embeds = torch.zeros((bounds[-1], width), dtype=self.cache.keys[0].dtype, device=self.device)
+                    positions = torch.arange(37, device=self.device).repeat(3).expand(3, -1)
+                    segments = torch.tensor(bounds, dtype=torch.int32, device=self.device)
+                    self._decoder.prefill(embeds, positions, bounds, segments)
                 with self._warming_up("vision"):
                     self._vision.warm_up(self.device)
         if artifacts is not None and not reused:
@@ -315,21 +314,16 @@ class Engine:
         batch = [s for s in batch if not self._cancelled(s)]
         if not batch:
             return
-        longest = max(s.prompt.length for s in batch)
-        ids = torch.full((len(batch), longest), self.pad_id, dtype=torch.long)
-        types = torch.zeros((len(batch), longest), dtype=torch.long)
-        mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        for row, s in enumerate(batch):
-            n = s.prompt.length
-            ids[row, longest - n:] = s.prompt.input_ids
-            types[row, longest - n:] = s.prompt.mm_token_type_ids
-            mask[row, longest - n:] = 1
+        # The prompts go end to end, without padding: a short prompt beside a long one costs its own
+        # tokens, not the long one's.
+        bounds = [0, *itertools.accumulate(s.prompt.length for s in batch)]
+        ids = torch.cat([s.prompt.input_ids for s in batch])
         pixels = [s.prompt.pixel_values for s in batch if s.prompt.pixel_values is not None]
         grids = [s.prompt.image_grid_thw for s in batch if s.prompt.image_grid_thw is not None]
-        grid = torch.cat(grids) if grids else None
-        # Rotary positions on the host: they are a function of the prompt alone, and computing them
-        # here leaves the decode step that is still running on the device undisturbed.
-        positions, _ = self.model.model.get_rope_index(ids, types, grid, None, mask)
+        # Rotary positions on the host, prompt by prompt: they are a function of the prompt alone, and
+        # computing them here leaves the decode step that is still running on the device undisturbed.
+        positions = [self.model.model.get_rope_index(s.prompt.input_ids[None], s.prompt.mm_token_type_ids[None],
+                                                     s.prompt.image_grid_thw)[0][:, 0] for s in batch]
         dev = self.device
 
         def upload(t: torch.Tensor) -> torch.Tensor:
@@ -338,18 +332,19 @@ class Engine:
         embeds = self.model.model.get_input_embeddings()(upload(ids))
         visual, deepstack = None, []
         if pixels:
-            layout = self._vision.layout(grid, upload)
+            layout = self._vision.layout(torch.cat(grids), upload)
             # Each prompt's pixels are copied up on their own and joined there (no copy of them all on the host).
             features, deepstack = self._vision(torch.cat([upload(p) for p in pixels]), layout)
-            visual = upload((ids == self._image_token).view(-1).nonzero().squeeze(1))
-            embeds.view(-1, embeds.shape[-1]).index_copy_(0, visual, features.to(embeds.dtype))
-        logits, layers = self._decoder.prefill(embeds, upload(positions), upload(mask), visual, deepstack)
-        for row, s in enumerate(batch):
+            visual = upload((ids == self._image_token).nonzero().squeeze(1))
+            embeds.index_copy_(0, visual, features.to(embeds.dtype))
+        logits, layers = self._decoder.prefill(embeds, upload(torch.cat(positions, dim=1)), bounds,
+                                               upload(torch.tensor(bounds, dtype=torch.int32)), visual, deepstack)
+        for s, p in zip(batch, positions):
             s.slot = len(self._running)
             self._running.append(s)
             s.length = s.prompt.length
-            s.position = int(positions[:, row, -1].max()) + 1
-        self.cache.store(layers, [s.slot for s in batch], [s.length for s in batch])
+            s.position = int(p[:, -1].max()) + 1
+        self.cache.store(layers, [s.slot for s in batch], [s.length for s in batch], upload)
         self.metrics.prompt_tokens(sum(s.prompt.length for s in batch))
         self.metrics.prefill_size(len(batch))
         self.metrics.in_flight(len(self._running))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -309,9 +310,11 @@ def engine_alone(model_path: str, images: list[bytes], refs: list[list[int]], ba
     graphs_at_start = _dynamo_graphs()
     prompts = PromptBuilder(loaded.processor, config, pixel_dtype=loaded.dtype)
 
-    def request(i, tokens, ignore_eos=True):
-        content = ({"type": "image", "image": 0}, {"type": "text", "text": PROMPTS[i % 8]})
-        return GenerationRequest(messages=(ChatMessage("user", content),), images=(images[i % len(images)],),
+    def request(i, tokens, ignore_eos=True, image=True):
+        content = ({"type": "image", "image": 0},) if image else ()
+        content += ({"type": "text", "text": PROMPTS[i % 8]},)
+        return GenerationRequest(messages=(ChatMessage("user", content),),
+                                 images=(images[i % len(images)],) if image else (),
                                  sampling=SamplingParams(max_tokens=tokens, ignore_eos=ignore_eos))
 
     agreement = []
@@ -352,6 +355,15 @@ def engine_alone(model_path: str, images: list[bytes], refs: list[list[int]], ba
     sixteen = [(r, prompts.build(r)) for r in (request(i, 1) for i in range(16))]
     result["prefill_breakdown"] = prefill_breakdown(engine, sixteen)
     log(f"prefill of 16 image prompts: {result['prefill_breakdown']['ms']}")
+    # Half of them text alone (~20 tokens against ~214): what packing the prompts saves over padding them.
+    mixed = [(r, prompts.build(r)) for r in (request(i, 1, image=i % 2 == 0) for i in range(16))]
+    result["prefill_mixed"] = prefill_breakdown(engine, mixed)
+    result["prefill_mixed"]["tokens"] = {"computed": sum(p.length for _, p in mixed),
+                                         "padded": len(mixed) * max(p.length for _, p in mixed)}
+    log(f"prefill of 16 prompts, 8 of them without an image: {result['prefill_mixed']['ms']}, "
+        f"tokens {result['prefill_mixed']['tokens']}")
+    result["packed_attention"] = packed_attention_check(loaded.model.config.text_config)
+    log(f"packed prefill attention against prompt-by-prompt float32: {result['packed_attention']}")
     result["vision_16"] = vision_against_transformers(engine, sixteen)
     log(f"vision encoder, 16 images: {result['vision_16']}")
     burst = [(r, prompts.build(r)) for r in (request(i, 512) for i in range(64))]
@@ -416,6 +428,31 @@ class _Timed:
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
+
+
+def packed_attention_check(text_config, lengths=(214, 20, 466, 1, 97)) -> dict:
+    """The prefill's one flash-attention call over packed prompts (bfloat16) against causal attention
+    prompt by prompt in float32, with the checkpoint's head counts: the largest difference, relative
+    to the largest output."""
+    import torch
+    import torch.nn.functional as F
+
+    from backend_python.decode import prompt_attention
+
+    heads, kv_heads = text_config.num_attention_heads, text_config.num_key_value_heads
+    dim = getattr(text_config, "head_dim", text_config.hidden_size // heads)
+    bounds = [0, *itertools.accumulate(lengths)]
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn((bounds[-1], h, dim), device="cuda", generator=generator)
+               for h in (heads, kv_heads, kv_heads))
+    packed = prompt_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), bounds,
+                              torch.tensor(bounds, dtype=torch.int32, device="cuda"), max(lengths)).float()
+    reference = torch.cat([
+        F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1),
+                                       is_causal=True, enable_gqa=True).transpose(0, 1)
+        for a, b in zip(bounds, bounds[1:])])
+    return {"prompts": list(lengths),
+            "max_difference": float((packed - reference).abs().max() / reference.abs().max())}
 
 
 def prefill_breakdown(engine, built: list, repeats: int = 3) -> dict:
@@ -762,6 +799,9 @@ def main() -> None:
     if "prefill_breakdown" in report:
         print("prefill of 16 image prompts, ms:", report["prefill_breakdown"]["ms"])
         print(report["prefill_breakdown"]["profile"])
+        print("prefill of 16 prompts, 8 of them without an image, ms:", report["prefill_mixed"]["ms"],
+              "tokens:", report["prefill_mixed"]["tokens"])
+        print("packed prefill attention (bfloat16) against prompt by prompt (float32):", report["packed_attention"])
         print("engine alone, 64 x 512 at once:", report["burst_64x512"])
         print("vision encoder, 16 images:", report["vision_16"])
         print("torch.compile graphs:", report["dynamo_graphs"], "; capture broken on purpose:",

@@ -27,11 +27,12 @@ def engine():
     torch._dynamo.reset()
 
 
-def _prefill(engine, rows: int, tokens: int) -> None:
+def _prefill(engine, prompts: int, tokens: int) -> None:
     width = engine.model.config.text_config.hidden_size
-    embeds = torch.randn((rows, tokens, width))
-    positions = torch.arange(tokens).expand(3, rows, tokens)
-    engine._decoder.prefill(embeds, positions, torch.ones((rows, tokens), dtype=torch.long))
+    bounds = [tokens * i for i in range(prompts + 1)]
+    embeds = torch.randn((bounds[-1], width))
+    positions = torch.arange(tokens).repeat(prompts).expand(3, -1)
+    engine._decoder.prefill(embeds, positions, bounds, torch.tensor(bounds, dtype=torch.int32))
 
 
 def test_decode_steps_and_prefills_of_any_size_share_four_graphs(engine):
@@ -46,8 +47,8 @@ def test_decode_steps_and_prefills_of_any_size_share_four_graphs(engine):
         assert counter.frame_count == 4  # each function once for one row, once for any other count
         for rows in (3, 8):
             engine._forward(rows, engine._span_step)
-        for rows, tokens in ((1, 37), (1, 5), (2, 64), (5, 128)):
-            _prefill(engine, rows, tokens)
+        for prompts, tokens in ((1, 37), (1, 5), (2, 64), (5, 128)):
+            _prefill(engine, prompts, tokens)
     assert counter.frame_count == 4, "serving shapes compiled graphs the start's warm-up did not"
 
 

@@ -118,6 +118,27 @@ def test_batched_answers_equal_single_answers(engine, prompts):
     assert all(alone)
 
 
+def test_prompts_of_different_lengths_prefilled_together_get_their_answers_alone(engine, prompts):
+    """Handed over at once, image and text prompts of 9 to 29 tokens make one prefill (packed end to
+    end): each prompt attends to its own tokens only, so every answer is the one it gets alone."""
+    requests = [request(**r) for r in REQUESTS]
+    alone = [run(engine, prompts, [r])[0].text for r in requests]
+    built = [prompts.build(r) for r in requests]
+    assert len({p.length for p in built}) == len(built)
+    prefills, original = [], engine._prefill
+    engine._prefill = lambda batch: (prefills.append(len(batch)), original(batch))
+    sinks = [Sink() for _ in requests]
+    try:
+        with engine._lock:  # the engine thread takes them all in its next iteration
+            for r, p, s in zip(requests, built, sinks):
+                engine.submit(r, p, s)
+        assert all(s.done.wait(60) for s in sinks)
+    finally:
+        engine._prefill = original
+    assert prefills == [len(requests)]
+    assert [s.text for s in sinks] == alone
+
+
 def test_sequences_ending_at_different_steps_leave_their_neighbours_unchanged(engine, prompts):
     """More requests than slots, ending after 1, 3, ... tokens or at a stop string: slots are freed and
     refilled while later steps are already launched, and every answer is still the one it gets alone."""
