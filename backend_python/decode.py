@@ -1,16 +1,16 @@
 """The language model's decoder layers, run from the checkpoint's own weights.
 
 Two passes share them: the prefill of a batch of prompts (packed end to end, no
-padding), and one decode step per token over the slot cache. Decoding one token per sequence is where serving spends
-its time, so each weight is read once with few, large matrix products: q/k/v and
-gate/up are fused into single projections (the original modules keep working as
-views into the fused weights), and the decode step's grouped-query attention packs
-each KV head's query heads together instead of repeating keys and values. The
-prefill goes through the same functions rather than the Hugging Face layers: their
-eager code launches dozens of small kernels per layer, which made a prefill
-host-bound. On a GPU the two halves of a layer around attention can be compiled
-(``compile``), which fuses their element-wise work (RMSNorm, rotary, SiLU,
-residuals) into a few kernels.
+padding), and one decode step per token over the slot cache. Decoding one token per
+sequence is where serving spends its time, so each weight is read once with few,
+large matrix products: q/k/v and gate/up are fused into single projections (the
+original modules keep working as views into the fused weights), and the decode
+step's grouped-query attention packs each KV head's query heads together instead of
+repeating keys and values. The prefill goes through the same functions rather than
+the Hugging Face layers: their eager code launches dozens of small kernels per layer,
+which made a prefill host-bound. On a GPU the two halves of a layer around attention
+can be compiled (``compile``), which fuses their element-wise work (RMSNorm, rotary,
+SiLU, residuals) into a few kernels.
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ def prompt_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: 
 @functools.cache
 def _varlen_causal() -> dict:
     """``varlen_attn``'s keywords for causal attention with fewer key/value heads than query heads:
-    torch 2.11 spells causal ``is_causal`` and takes fewer heads as they come; later releases spell it
-    ``window_size=(-1, 0)`` and ask for ``enable_gqa``."""
+    its first releases spell causal ``is_causal``, torch 2.11 ``window_size=(-1, 0)`` (and takes fewer
+    key/value heads as they come), torch 2.14 also asks for ``enable_gqa``."""
     from torch.nn.attention.varlen import varlen_attn
 
     parameters = inspect.signature(varlen_attn).parameters

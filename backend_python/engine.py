@@ -140,7 +140,6 @@ class Engine:
         self.metrics = metrics or EngineMetrics()
         text_config = self.model.config.text_config
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
         shape = dict(layers=text_config.num_hidden_layers, kv_heads=text_config.num_key_value_heads,
                      max_len=config.max_seq_len, dtype=loaded.dtype,
                      head_dim=getattr(text_config, "head_dim",
