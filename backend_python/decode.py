@@ -60,19 +60,21 @@ def _feed_forward(hidden, attended, o_w, norm_w, gate_up_w, down_w, eps: float):
     return hidden + F.linear(F.silu(gate) * up, down_w)
 
 
-def prompt_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int],
-                     segments: torch.Tensor, longest: int) -> torch.Tensor:
-    """Causal attention of each prompt to its own tokens, for prompts packed end to end (``q``: (tokens,
-    heads, dim), ``k`` and ``v`` with fewer heads): one variable-length flash-attention call on a GPU in
-    16 bits, prompt by prompt elsewhere (flash attention needs CUDA and 16-bit floats). The scale is
-    the default, 1/sqrt(dim), as in Qwen3-VL."""
+def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int],
+                     segments: torch.Tensor, longest: int, causal: bool) -> torch.Tensor:
+    """Attention of each segment (a prompt, an image) to its own tokens, for segments packed end to
+    end (``q``: (tokens, heads, dim), ``k`` and ``v`` with as many heads or fewer): one
+    variable-length flash-attention call on a GPU in 16 bits, segment by segment elsewhere (flash
+    attention needs CUDA and 16-bit floats). ``bounds``: where each segment starts, then the end (on
+    the host); ``segments``: the same on the device, as int32. The scale is the default, 1/sqrt(dim),
+    as in Qwen3-VL."""
     if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
         from torch.nn.attention.varlen import varlen_attn
 
-        return varlen_attn(q, k, v, segments, segments, longest, longest, **_varlen_causal())
+        return varlen_attn(q, k, v, segments, segments, longest, longest, **(_varlen_causal() if causal else {}))
     return torch.cat([
         F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1),
-                                       is_causal=True, enable_gqa=True).transpose(0, 1)
+                                       is_causal=causal, enable_gqa=True).transpose(0, 1)
         for a, b in zip(bounds, bounds[1:])])
 
 
@@ -189,7 +191,7 @@ class Decoder:
                                     self.heads, self.kv_heads, self.head_dim)
             q, k, v = q.squeeze(2), k.squeeze(2), v.squeeze(2)
             layers.append((k, v))
-            attended = prompt_attention(q, k, v, bounds, segments, longest)
+            attended = packed_attention(q, k, v, bounds, segments, longest, causal=True)
             hidden = self._feed_forward(hidden, attended.reshape(tokens, 1, -1), o_w, post_w, gate_up_w, down_w,
                                         self.eps)
             if index < len(deepstack):

@@ -110,7 +110,7 @@ class SlotCache:
         v[rows, :, positions] = value[:, :, 0]
         return k[: self._batch, :, : self._span], v[: self._batch, :, : self._span]
 
-    def store(self, layers, slots: list[int], lengths: list[int], upload=lambda t: t) -> None:
+    def store(self, layers, slots: list[int], lengths: list[int], upload) -> None:
         """Copy a prefill's keys and values (``layers``: per layer, (tokens, heads, dim) each, the prompts
         end to end) into the slots: prompt i's ``lengths[i]`` tokens become the first of ``slots[i]``.
 

@@ -23,7 +23,7 @@ from transformers.vision_utils import (
     get_vision_position_ids,
 )
 
-from .decode import rotary
+from .decode import packed_attention, rotary
 
 
 def _before_attention(hidden, norm_w, norm_b, qkv_w, qkv_b, cos, sin, eps: float, heads: int):
@@ -76,10 +76,10 @@ class VisionEncoder:
         layout = self.layout(torch.tensor([[1, 6, 6]]), lambda t: t.to(device))
         self(torch.zeros((36, self.patch_w.shape[1]), dtype=self.dtype, device=device), layout)
 
-    def layout(self, grid: torch.Tensor, move=lambda t: t) -> dict[str, torch.Tensor | int]:
+    def layout(self, grid: torch.Tensor, move=lambda t: t) -> dict[str, torch.Tensor | list[int] | int]:
         """What the images' grid (``(images, 3)``, on the host) decides: rotary positions, position-table
-        taps and weights, attention segments. Host work, kept off the device's queue; ``move`` takes
-        each tensor to where the encoder runs."""
+        taps and weights, attention segments (and their bounds, kept on the host). Host work, kept off
+        the device's queue; ``move`` takes each tensor to where the encoder runs."""
         visual = self.visual
         indices, weights = get_vision_interpolation_indices_and_weights(
             grid, num_grid_per_side=visual.num_grid_per_side, mode=visual.interpolation_mode,
@@ -87,7 +87,8 @@ class VisionEncoder:
         segments = get_vision_cu_seqlens(grid)
         tensors = {"positions": get_vision_position_ids(grid, self.merge), "taps": indices, "weights": weights,
                    "segments": segments}
-        return {**{k: move(v) for k, v in tensors.items()}, "longest": int((segments[1:] - segments[:-1]).max())}
+        return {**{k: move(v) for k, v in tensors.items()}, "bounds": segments.tolist(),
+                "longest": int((segments[1:] - segments[:-1]).max())}
 
     def __call__(self, pixels: torch.Tensor, layout: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The merged image features (one row per image token) and the deepstack features, for
@@ -103,23 +104,10 @@ class VisionEncoder:
         for index, (n1_w, n1_b, qkv_w, qkv_b, proj_w, proj_b, n2_w, n2_b, fc1_w, fc1_b, fc2_w, fc2_b) \
                 in enumerate(self.blocks):
             q, k, v = self._before(hidden, n1_w, n1_b, qkv_w, qkv_b, cos, sin, self.eps, self.heads)
-            attended = self._attend(q, k, v, layout["segments"], layout["longest"])
+            attended = packed_attention(q, k, v, layout["bounds"], layout["segments"], layout["longest"],
+                                        causal=False)
             hidden = self._after(hidden, attended.flatten(1), proj_w, proj_b, n2_w, n2_b, fc1_w, fc1_b, fc2_w,
                                  fc2_b, self.eps, self.act)
             if index in self.deepstack:
                 deepstack.append(self.deepstack[index](hidden))
         return visual.merger(hidden), deepstack
-
-    @staticmethod
-    def _attend(q, k, v, segments: torch.Tensor, longest: int) -> torch.Tensor:
-        """Each image (each frame of a video) attends to itself: one flash-attention call over all of
-        them on a GPU, one call per image elsewhere (flash attention needs CUDA and 16-bit floats)."""
-        if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
-            from torch.nn.attention.varlen import varlen_attn
-
-            return varlen_attn(q, k, v, segments, segments, longest, longest)
-        bounds = segments.tolist()
-        return torch.cat([
-            F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1),
-                                           v[a:b].transpose(0, 1)).transpose(0, 1)
-            for a, b in zip(bounds, bounds[1:])])

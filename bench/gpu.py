@@ -439,7 +439,7 @@ def packed_attention_check(text_config, lengths=(214, 20, 466, 1, 97)) -> dict:
     difference, relative to the largest output."""
     import torch
 
-    from backend_python.decode import prompt_attention
+    from backend_python.decode import packed_attention
 
     heads, kv_heads = text_config.num_attention_heads, text_config.num_key_value_heads
     dim = getattr(text_config, "head_dim", text_config.hidden_size // heads)
@@ -448,8 +448,9 @@ def packed_attention_check(text_config, lengths=(214, 20, 466, 1, 97)) -> dict:
     generator = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn((bounds[-1], h, dim), device="cuda", generator=generator)
                for h in (heads, kv_heads, kv_heads))
-    packed = prompt_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), bounds, segments, max(lengths)).float()
-    reference = prompt_attention(q, k, v, bounds, segments, max(lengths))
+    packed = packed_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), bounds, segments, max(lengths),
+                              causal=True).float()
+    reference = packed_attention(q, k, v, bounds, segments, max(lengths), causal=True)
     return {"prompts": list(lengths),
             "max_difference": float((packed - reference).abs().max() / reference.abs().max())}
 
