@@ -106,7 +106,9 @@ class TritonServer(ServerProcess):
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         super().__init__(log_file)
         self.model_path = model_path or os.environ.get("MODEL_PATH") or str(TINY_CHECKPOINT)
-        self.repository = model_repository(parameters, queue_size, config_name)
+        # A copy with overrides exists from start to stop only: tests start hundreds of servers.
+        self._overrides = (parameters, queue_size, config_name)
+        self.repository = MODEL_REPOSITORY
         self.config_name = config_name
         self.exit_timeout = exit_timeout
         self.log_verbose = log_verbose
@@ -141,6 +143,7 @@ class TritonServer(ServerProcess):
 
             build(TINY_CHECKPOINT)
         env = {**triton_environment(), "MODEL_PATH": self.model_path}
+        self.repository = model_repository(*self._overrides)
         self.launch(self.command(), f"{self.http_url}/v2/models/{MODEL_NAME}/ready", timeout, env=env)
         return self
 
@@ -150,6 +153,9 @@ class TritonServer(ServerProcess):
     def stop(self, timeout: float = 60) -> None:
         """SIGTERM: Triton refuses new requests and lets in-flight ones finish, up to its exit timeout."""
         super().stop(timeout)
+        if self.repository != MODEL_REPOSITORY:
+            shutil.rmtree(self.repository, ignore_errors=True)
+            self.repository = MODEL_REPOSITORY
 
 
 def main() -> None:
