@@ -1,6 +1,6 @@
 """`make bench-gpu`: the generation engine on one NVIDIA GPU, through the real Triton, against transformers' generate.
 
-    python -m bench.gpu [--model PATH] [--clients 1 8 32 64 128] [--tokens 128 512] [--no-compile]
+    python -m bench.gpu [--model PATH] [--clients 1 8 32 64 128] [--tokens 128 512] [--rates 4 12 24] [--no-compile]
 
 Without MODEL_PATH (or --model) it builds Qwen3-VL-4B-Instruct's architecture with
 random weights on local disk (same shapes, same cost). In one run it measures:
@@ -14,7 +14,8 @@ random weights on local disk (same shapes, same cost). In one run it measures:
 4. cold start of Triton (process start -> ready -> first token) with the weights on disk, and
    the model's own split of it (weights, engine, each warm-up);
 5. N concurrent streaming gRPC clients through Triton, each request one 448x448
-   image and text, a fixed number of tokens (EOS ignored), after a warm-up.
+   image and text, a fixed number of tokens (EOS ignored), after a warm-up;
+6. with --rates, the same requests at Poisson arrival times (an open loop, requests per second).
 Prints tables and writes bench-gpu.json.
 """
 
@@ -26,6 +27,7 @@ import itertools
 import json
 import multiprocessing as mp
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -571,23 +573,32 @@ def profile_step(engine, rows: int = 1, span: int = 256) -> str:
 
 # -- 4. and 5. through Triton ---------------------------------------------------------------------
 
-def _client_worker(args) -> list[tuple]:
-    """One process drives its share of the streams with threads (the GIL of one process is not enough)."""
-    url, indices, tokens, images = args
-    from concurrent.futures import ThreadPoolExecutor
-
+def _one_stream(url: str, i: int, tokens: int, images: list[bytes]) -> tuple:
     from clients.triton_stream import build_inputs, stream, user_turn
 
-    def one(i):
-        r = stream(url, build_inputs(user_turn(PROMPTS[i % 8], 1), [images[i % len(images)]],
-                                     max_tokens=tokens, ignore_eos=True), timeout=600)
-        gaps = [b - a for a, b in zip(r.token_times, r.token_times[1:])]
-        return (r.error is None, r.completion_tokens, r.ttft, gaps, r.started, r.finished_at, str(r.error or ""))
+    r = stream(url, build_inputs(user_turn(PROMPTS[i % 8], 1), [images[i % len(images)]],
+                                 max_tokens=tokens, ignore_eos=True), timeout=600)
+    gaps = [b - a for a, b in zip(r.token_times, r.token_times[1:])]
+    return (r.error is None, r.completion_tokens, r.ttft, gaps, r.started, r.finished_at, str(r.error or ""))
 
-    if not indices:
+
+def _client_worker(args) -> list[tuple]:
+    """One process drives its share of the streams with threads (the GIL of one process is not enough).
+    Each item is a request's index, or (index, monotonic time to send it at)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, items, tokens, images = args
+
+    def one(item):
+        i, at = item if isinstance(item, tuple) else (item, None)
+        if at is not None:
+            time.sleep(max(0.0, at - time.monotonic()))
+        return _one_stream(url, i, tokens, images)
+
+    if not items:
         return []
-    with ThreadPoolExecutor(len(indices)) as pool:
-        return list(pool.map(one, indices))
+    with ThreadPoolExecutor(len(items)) as pool:
+        return list(pool.map(one, items))
 
 
 def drive(url: str, clients: int, requests_per_client: int, tokens: int, images: list[bytes]) -> RunSummary:
@@ -610,6 +621,43 @@ def drive(url: str, clients: int, requests_per_client: int, tokens: int, images:
     return RunSummary(label="triton gRPC", clients=clients, requests=len(good), errors=len(errors), seconds=seconds,
                       tokens=sum(r[1] for r in good), ttft=[r[2] for r in good if r[2] is not None],
                       itl=[g for r in good for g in r[3]], latency=[r[5] - r[4] for r in good])
+
+
+def arrivals(rate: float, seconds: float, seed: int = 0) -> list[float]:
+    """Poisson arrivals: send times (from 0) of requests at ``rate`` per second over ``seconds``."""
+    rng, times, t = random.Random(seed), [], 0.0
+    while (t := t + rng.expovariate(rate)) < seconds:
+        times.append(t)
+    return times
+
+
+def drive_paced(url: str, rate: float, seconds: float, tokens: int, images: list[bytes], seed: int = 0) -> dict:
+    """Requests sent at Poisson arrival times, whatever the answers before them (an open loop, as
+    users arrive): the load a service sees between bursts, where prefills come a few prompts at a
+    time and each holds up every running stream's next step."""
+    procs = 16
+    times = arrivals(rate, seconds, seed)
+    with mp.get_context("spawn").Pool(procs) as pool:
+        pool.map(_client_worker, [(url, [], tokens, images)] * procs)  # processes up, modules imported
+        start = time.monotonic() + 0.5  # every process has its schedule before the first send
+        shares = [[(i, start + t) for i, t in enumerate(times) if i % procs == p] for p in range(procs)]
+        results = [r for chunk in pool.map(_client_worker, [(url, s, tokens, images) for s in shares if s])
+                   for r in chunk]
+    good = [r for r in results if r[0]]
+    span = max(r[5] for r in results) - start
+    itl = [g for r in good for g in r[3]]
+    ms = lambda v: f"{v * 1000:.0f}"  # noqa: E731
+    row = {"tokens": str(tokens), "rate req/s": f"{rate:g}", "requests": str(len(good)),
+           "errors": str(len(results) - len(good)), "tok/s": f"{sum(r[1] for r in good) / span:.0f}",
+           "streams (mean)": f"{sum(r[5] - r[4] for r in good) / span:.1f}",
+           "TTFT p50 ms": ms(percentile([r[2] for r in good], 50)),
+           "TTFT p95 ms": ms(percentile([r[2] for r in good], 95)),
+           "ITL p50 ms": ms(percentile(itl, 50)), "ITL p95 ms": ms(percentile(itl, 95)),
+           "ITL p99 ms": ms(percentile(itl, 99)), "ITL max ms": ms(max(itl))}
+    errors = [r[6] for r in results if not r[0]]
+    if errors:
+        log(f"{len(errors)} errors, first: {errors[0]}")
+    return row
 
 
 def gpu_memory_used_gib() -> float:
@@ -673,7 +721,7 @@ def new_node_caches(start: int) -> None:
 
 def through_triton(model_path: str, clients: list[int], token_counts: list[int], images: list[bytes], rounds: int,
                    compile: bool = False, restarts: int = 1, parameters: dict[str, str] | None = None,
-                   new_nodes: bool = False) -> dict:
+                   new_nodes: bool = False, rates: list[float] = (), rate_seconds: float = 30) -> dict:
     from clients.triton_stream import build_inputs, stream, user_turn
     from stack.ports import free_port
     from stack.triton import TritonServer
@@ -681,7 +729,7 @@ def through_triton(model_path: str, clients: list[int], token_counts: list[int],
     server = TritonServer(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
                           model_path=model_path, config_name="gpu", log_file=str(OUT / "triton-gpu.log"),
                           parameters={"compile_decode": "true" if compile else "false", **(parameters or {})})
-    result: dict = {"runs": []}
+    result: dict = {"runs": [], "paced": []}
     # The first start is the cold one; the others find the page cache (and, unless new_nodes, the
     # compile caches) warm.
     for restart in range(max(restarts, 1)):
@@ -716,6 +764,15 @@ def through_triton(model_path: str, clients: list[int], token_counts: list[int],
             result["runs"].append({**row, "tok_s_value": summary.tokens_per_s, "server": split,
                                    "ttft_p50": percentile(summary.ttft, 50), "itl_p50": percentile(summary.itl, 50)})
             log(f"{n} clients: {row}; on the server, per request: {split}")
+        for rate in rates:
+            tokens = token_counts[-1]
+            drive_paced(server.grpc_url, rate, max(5.0, rate_seconds / 3), tokens, images, seed=1)  # untimed
+            before = server_counters(server.metrics_url)
+            row = drive_paced(server.grpc_url, rate, rate_seconds, tokens, images)
+            time.sleep(0.3)
+            split = server_split(before, server_counters(server.metrics_url))
+            result["paced"].append({**row, "server": split})
+            log(f"Poisson arrivals at {rate:g}/s: {row}; on the server, per request: {split}")
     finally:
         server.stop()
     return result
@@ -738,6 +795,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[128, 512], help="generated tokens per request")
     parser.add_argument("--rounds", type=int, default=2, help="requests per client")
     parser.add_argument("--skip", nargs="*", default=[], choices=["baseline", "engine", "triton", "float32"])
+    parser.add_argument("--rates", type=float, nargs="*", default=[],
+                        help="also send requests at Poisson arrival times, this many per second (of the last --tokens)")
+    parser.add_argument("--rate-seconds", type=float, default=30, help="how long each --rates run sends")
     parser.add_argument("--starts", type=int, default=1, help="start Triton this many times (cold start, then warm)")
     parser.add_argument("--new-nodes", action="store_true",
                         help="every start with empty compile caches, as on a new node: the first writes compile "
@@ -780,7 +840,7 @@ def main() -> None:
         parameters = dict(args.param)
         report["parameters"] = parameters
         report.update(through_triton(model, args.clients, args.tokens, images, args.rounds, args.compile,
-                                     args.starts, parameters, args.new_nodes))
+                                     args.starts, parameters, args.new_nodes, args.rates, args.rate_seconds))
     (OUT / "bench-gpu.json").write_text(json.dumps(report, indent=2, default=str))
 
     floor_step = report["decode_bytes"] / (report["copy_bandwidth_GBps"] * 1e9)
@@ -826,6 +886,10 @@ def main() -> None:
         print("on the server, per request (means):")
         print(table([{"tokens": r["tokens"], "clients": r["clients"], **r["server"]}
                      for r in report["runs"] if "server" in r]))
+    if report.get("paced"):
+        print("Poisson arrivals (an open loop):")
+        print(table([{k: v for k, v in r.items() if k != "server"} for r in report["paced"]]))
+        print(table([{"rate req/s": r["rate req/s"], **r["server"]} for r in report["paced"]]))
     print(f"baseline generate: 1 stream {report.get('generate_1_tok_s', float('nan')):.1f} tok/s, "
           f"static batch 64 {report.get('generate_static_64_tok_s', float('nan')):.0f} tok/s")
 
