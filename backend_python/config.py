@@ -46,6 +46,7 @@ class EngineConfig:
     image_min_pixels: int = 0  # 0: the processor's own defaults
     image_max_pixels: int = 0
     stream_interval_ms: float = 0.0  # coalesce streamed deltas (0: every token)
+    decode_during_prefill: bool = False  # between a prefill's layers, run the running sequences' captured decode steps
     limits: Limits = field(default_factory=Limits)
 
     @classmethod

@@ -171,14 +171,14 @@ class Decoder:
         return self._logits(hidden)
 
     def prefill(self, embeds: torch.Tensor, positions: torch.Tensor, bounds: list[int], segments: torch.Tensor,
-                visual: torch.Tensor | None = None, deepstack: list[torch.Tensor] = ()):
+                visual: torch.Tensor | None = None, deepstack: list[torch.Tensor] = (), between=None):
         """The logits after each prompt's last token, and every layer's keys and values ((tokens,
         kv_heads, dim) each), for prompts packed end to end.
 
         ``embeds``: (tokens, hidden), image features already in place; ``positions``: (3, tokens)
         rotary positions; ``bounds``: where each prompt starts, then the end (on the host);
         ``segments``: the same on the device, as int32; ``visual``: indices of the image tokens, where
-        the first layers add ``deepstack``.
+        the first layers add ``deepstack``; ``between``: called after each layer is enqueued.
         """
         tokens, width = embeds.shape
         cos, sin = self.language.rotary_emb(embeds[None], positions[:, None])
@@ -196,6 +196,8 @@ class Decoder:
                                         self.eps)
             if index < len(deepstack):
                 hidden.view(-1, width).index_add_(0, visual, deepstack[index].to(hidden.dtype))
+            if between is not None:
+                between()
         return self._logits(hidden[segments[1:].long() - 1]), layers
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:

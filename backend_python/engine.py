@@ -174,6 +174,9 @@ class Engine:
         use_graphs = config.cuda_graphs and self.device.type == "cuda"
         self._graphs: dict[tuple[int, int], tuple] | None = {} if use_graphs else None
         self._graph_pool = None
+        # On a GPU only captured steps run during a prefill (an eager one costs the host what the
+        # prefill's layers do); on a CPU they simply take turns with the prefill's layers.
+        self._overlap = config.decode_during_prefill and (use_graphs or self.device.type != "cuda")
         self._buckets = sorted({b for b in (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256) if b < self.slots}
                                | {self.slots})
         self._free = threading.Semaphore(self.slots)
@@ -328,16 +331,18 @@ class Engine:
         def upload(t: torch.Tensor) -> torch.Tensor:
             return self._pinned(t).to(dev, non_blocking=True)
 
+        between = self._keep_decoding if self._overlap and self._running else None
         embeds = self.model.model.get_input_embeddings()(upload(ids))
         visual, deepstack = None, []
         if pixels:
             layout = self._vision.layout(torch.cat(grids), upload)
             # Each prompt's pixels are copied up on their own and joined there (no copy of them all on the host).
-            features, deepstack = self._vision(torch.cat([upload(p) for p in pixels]), layout)
+            features, deepstack = self._vision(torch.cat([upload(p) for p in pixels]), layout, between)
             visual = upload((ids == self._image_token).nonzero().squeeze(1))
             embeds.index_copy_(0, visual, features.to(embeds.dtype))
         logits, layers = self._decoder.prefill(embeds, upload(torch.cat(positions, dim=1)), bounds,
-                                               upload(torch.tensor(bounds, dtype=torch.int32)), visual, deepstack)
+                                               upload(torch.tensor(bounds, dtype=torch.int32)), visual, deepstack,
+                                               between)
         for s, p in zip(batch, positions):
             s.slot = len(self._running)
             self._running.append(s)
@@ -351,12 +356,22 @@ class Engine:
         self._ids.index_copy_(0, upload(torch.tensor([s.slot for s in batch])), tokens.view(-1, 1))
         self._pending.append(_Output.of(batch, tokens))
 
-    def _launch(self) -> bool:
+    def _keep_decoding(self) -> None:
+        """Between a prefill's layers: stream the decode steps the device has run, and once it has run
+        them all, launch the next. On a GPU a prefill of a few prompts is host-bound (an image prompt:
+        ~50 ms of launches for ~9 ms of work), and without this every running stream waits it out.
+        The running sequences keep their slots until the prefill ends; its own go after them."""
+        while self._pending and self._pending[0].done():
+            self._collect(self._pending.popleft())
+        if self._running and not self._pending:
+            self._launch(capture=False)
+
+    def _launch(self, capture: bool = True) -> bool:
         """Enqueue one decode step for every running sequence, without waiting for the device.
 
         The step reads its token ids from the device, where the previous step or the prefill left
         them, and writes its own there for the next step: the host only sees tokens when it
-        collects them, one step behind.
+        collects them, one step behind. ``capture``: False launches only a step already captured.
         """
         # A sequence whose last token is already scheduled takes no further step.
         for s in [s for s in self._running if s.scheduled >= s.request.sampling.max_tokens]:
@@ -367,6 +382,8 @@ class Engine:
             return False
         span = min(self.cache.max_len, _round_up(max(s.length for s in running) + 1, self._span_step))
         rows = self._bucket(n) if self._graphs is not None else n
+        if not capture and self._graphs is not None and (rows, span) not in self._graphs:
+            return False
         started = time.perf_counter()
         host = torch.zeros((2, rows), dtype=torch.long)
         host[0, :n] = torch.tensor([s.position for s in running])
@@ -422,6 +439,7 @@ class Engine:
             log.exception("capturing the decode step for %d sequences x %d tokens failed: decode steps run "
                           "without CUDA graphs from now on", rows, span)
             self._graphs = None
+            self._overlap = False  # an eager step costs the host what a prefill's layers do
             return None
 
     def _record(self, rows: int, span: int):
@@ -552,6 +570,9 @@ class _Output:
         ready = torch.cuda.Event()
         ready.record()
         return cls(batch, host, ready)
+
+    def done(self) -> bool:
+        return self.ready is None or self.ready.query()
 
     def tokens(self) -> list[int]:
         if self.ready is not None:

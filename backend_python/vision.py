@@ -90,10 +90,10 @@ class VisionEncoder:
         return {**{k: move(v) for k, v in tensors.items()}, "bounds": segments.tolist(),
                 "longest": int((segments[1:] - segments[:-1]).max())}
 
-    def __call__(self, pixels: torch.Tensor, layout: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def __call__(self, pixels: torch.Tensor, layout: dict, between=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The merged image features (one row per image token) and the deepstack features, for
         ``pixels`` (patches, channels x patch volume) on the device; ``layout`` from ``layout`` (moved
-        there too)."""
+        there too); ``between``: called after each block is enqueued."""
         visual = self.visual
         hidden = F.linear(pixels.to(self.dtype), self.patch_w, self.patch_b)
         table = (visual.pos_embed(layout["taps"]) * layout["weights"][:, :, None]).sum(1)
@@ -110,4 +110,6 @@ class VisionEncoder:
                                  fc2_b, self.eps, self.act)
             if index in self.deepstack:
                 deepstack.append(self.deepstack[index](hidden))
+            if between is not None:
+                between()
         return visual.merger(hidden), deepstack

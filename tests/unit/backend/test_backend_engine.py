@@ -3,6 +3,7 @@ and as transformers' own generate."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -137,6 +138,56 @@ def test_prompts_of_different_lengths_prefilled_together_get_their_answers_alone
         engine._prefill = original
     assert prefills == [len(requests)]
     assert [s.text for s in sinks] == alone
+
+
+def test_running_sequences_decode_during_a_prefill_and_every_answer_is_the_one_it_gets_alone(loaded, prompts):
+    """With ``decode_during_prefill``, the running sequences take decode steps between the prefill's
+    layers (a GPU would otherwise idle them while the host enqueues it). One of them is cancelled as
+    the prefill starts, so its slot is given up in the middle of the prefill and its neighbour
+    moves into it; the neighbour and the prompts being prefilled still get their answers alone."""
+    config, model = loaded
+    engine = Engine(model, dataclasses.replace(config, decode_during_prefill=True)).start()
+    try:
+        long = request("Tell me a story.", max_tokens=40, ignore_eos=True, stream=True)
+        neighbour = request("Go on.", max_tokens=40, ignore_eos=True, stream=True)
+        newcomers = [request(**REQUESTS[0]), request(**REQUESTS[1])]
+        alone = [run(engine, prompts, [r])[0].text for r in (neighbour, *newcomers)]
+
+        prefilling, launches_inside, original_prefill, original_launch = threading.Event(), [], engine._prefill, engine._launch
+
+        class CancelledAtPrefill(Sink):
+            def is_cancelled(self):
+                return prefilling.is_set()
+
+        def prefill(batch):
+            if any(s.request is newcomers[0] for s in batch):
+                prefilling.set()
+            original_prefill(batch)
+            prefilling.clear()
+
+        def launch(capture=True):
+            if prefilling.is_set():
+                launches_inside.append(capture)
+            return original_launch(capture)
+
+        engine._prefill, engine._launch = prefill, launch
+        cancelled, kept = CancelledAtPrefill(), Sink()
+        engine.submit(long, prompts.build(long), cancelled)
+        engine.submit(neighbour, prompts.build(neighbour), kept)
+        deadline = time.monotonic() + 60
+        while len(kept.chunks) < 3 and time.monotonic() < deadline:  # both are decoding
+            time.sleep(0.01)
+        sinks = [Sink() for _ in newcomers]
+        with engine._lock:  # one prefill for both
+            for r, sink in zip(newcomers, sinks):
+                engine.submit(r, prompts.build(r), sink)
+        assert all(sink.done.wait(60) for sink in (cancelled, kept, *sinks))
+    finally:
+        engine.stop()
+    assert launches_inside and not any(launches_inside), "no decode step ran during the prefill"
+    assert cancelled.chunks[-1].finish_reason == "cancelled" and cancelled.chunks[-1].completion_tokens < 40
+    assert [kept.text, *(sink.text for sink in sinks)] == alone
+    assert kept.chunks[-1].completion_tokens == 40
 
 
 def test_sequences_ending_at_different_steps_leave_their_neighbours_unchanged(engine, prompts):
