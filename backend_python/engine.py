@@ -360,7 +360,7 @@ class Engine:
         """Between a prefill's layers: stream the decode steps the device has run, and once it has run
         them all, launch the next. On a GPU a prefill of a few prompts is host-bound (an image prompt:
         ~50 ms of launches for ~9 ms of work), and without this every running stream waits it out.
-        The running sequences keep their slots until the prefill ends; its own go after them."""
+        Sequences that finish here give up their slots as usual; the prefill's own take theirs at its end."""
         while self._pending and self._pending[0].done():
             self._collect(self._pending.popleft())
         if self._running and not self._pending:

@@ -634,7 +634,7 @@ def arrivals(rate: float, seconds: float, seed: int = 0) -> list[float]:
 def drive_paced(url: str, rate: float, seconds: float, tokens: int, images: list[bytes], seed: int = 0) -> dict:
     """Requests sent at Poisson arrival times, whatever the answers before them (an open loop, as
     users arrive): the load a service sees between bursts, where prefills come a few prompts at a
-    time and each holds up every running stream's next step."""
+    time in among the running streams' decode steps."""
     procs = 16
     times = arrivals(rate, seconds, seed)
     with mp.get_context("spawn").Pool(procs) as pool:
