@@ -246,7 +246,7 @@ def float32_agreement(model_path: str, images: list[bytes], tokens: int = 48) ->
     # cuDNN runs float32 convolutions in TF32 unless told not to: the checkpoint's patch embedding
     # (a convolution) would then be less exact than the engine's (a matrix product, in float32).
     tf32, torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.allow_tf32, False
-    config = EngineConfig(model_path=model_path, dtype="float32", slots=4, max_seq_len=512,
+    config = EngineConfig(model_path=model_path, dtype="float32", slots=4, max_seq_len=512, decode_during_prefill=True,
                           limits=Limits(max_prompt_tokens=400, max_new_tokens=64))
     loaded = load(config)
     prompts = PromptBuilder(loaded.processor, config)
@@ -282,13 +282,37 @@ def float32_agreement(model_path: str, images: list[bytes], tokens: int = 48) ->
         engine.submit(r, p, s)
     for s in sinks:
         s.done.wait(120)
+    # Staggered: the first decodes while the other two are prefilled, its steps between their layers.
+    during, launch = [], engine._launch
+
+    def counted(capture=True):
+        launched = launch(capture)
+        if launched and not capture:  # only a step between a prefill's layers is launched so
+            during.append(1)
+        return launched
+
+    engine._launch = counted
+    staggered = [_Sink() for _ in requests]
+    engine.submit(requests[0], built[0], staggered[0])
+    deadline = time.monotonic() + 60
+    while len(got.get(id(staggered[0]), ())) < 8 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    with engine._lock:  # one prefill for both
+        for r, p, s in zip(requests[1:], built[1:], staggered[1:]):
+            engine.submit(r, p, s)
+    for s in staggered:
+        s.done.wait(120)
     engine.stop()
-    matches = [next((k for k, (a, b) in enumerate(zip(got[id(s)], e)) if a != b), len(e))
-               for s, e in zip(sinks, expected)]
+
+    def agreement(runs):
+        return [next((k for k, (a, b) in enumerate(zip(got[id(s)], e)) if a != b), len(e))
+                for s, e in zip(runs, expected)]
+
     del engine, loaded
     torch.cuda.empty_cache()
     torch.backends.cudnn.allow_tf32 = tf32
-    return {"float32_agreement_tokens": matches, "float32_reference_len": tokens,
+    return {"float32_agreement_tokens": agreement(sinks), "float32_staggered_agreement_tokens": agreement(staggered),
+            "float32_steps_during_prefill": len(during), "float32_reference_len": tokens,
             "float32_vision_difference": vision}
 
 
@@ -834,7 +858,9 @@ def main() -> None:
         if "float32" not in args.skip:
             report.update(float32_agreement(model, images))
             log(f"float32 agreement: {report['float32_agreement_tokens']} of {report['float32_reference_len']}, "
-                f"vision features {report['float32_vision_difference']:.1e} from the checkpoint's (relative)")
+                f"vision features {report['float32_vision_difference']:.1e} from the checkpoint's (relative); "
+                f"one decoding while two are prefilled: {report['float32_staggered_agreement_tokens']} "
+                f"({report['float32_steps_during_prefill']} decode steps during the prefill)")
         report.update(engine_alone(model, images, refs, [1, 8, 32, 64, 128], args.compile))
     if "triton" not in args.skip:
         parameters = dict(args.param)
@@ -852,7 +878,8 @@ def main() -> None:
     if "greedy_agreement_tokens" in report:
         print(f"greedy agreement with generate, tokens equal before the first difference: bfloat16 "
               f"{report['greedy_agreement_tokens']} of {report['greedy_reference_len']}, float32 "
-              f"{report.get('float32_agreement_tokens')} of {report.get('float32_reference_len')} each")
+              f"{report.get('float32_agreement_tokens')} of {report.get('float32_reference_len')} each, "
+              f"one decoding while two are prefilled {report.get('float32_staggered_agreement_tokens')}")
     if "graph_replay_ms" in report:
         print("captured decode step, GPU ms:", {k: round(v, 2) for k, v in report["graph_replay_ms"].items()})
         print(report["eager_step_profile"])
