@@ -186,6 +186,7 @@ class Engine:
         self._admitted = 0  # sequences handed over and not yet finished
         self._running: list[Sequence] = []  # the next decode step's batch; row i is slot i
         self._pending: deque[_Output] = deque()  # launched, not yet streamed (oldest first)
+        self._last_step_at: float | None = None  # when the last decode step's tokens reached the host
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="qwen3vl-engine", daemon=True)
         self.metrics.slots(self.slots)
@@ -303,6 +304,8 @@ class Engine:
                     # The step just launched runs while the host streams the one before it.
                     while len(self._pending) > (1 if launched else 0):
                         self._collect(self._pending.popleft())
+                if not self._running:  # no stream waits for a next token until one runs again
+                    self._last_step_at = None
             except Exception as exc:  # the model must survive a bad step: fail its sequences, go on
                 log.exception("engine step failed")
                 failed = admitted + list(self._running) + [s for out in self._pending for s in out.batch]
@@ -354,7 +357,7 @@ class Engine:
         self.metrics.in_flight(len(self._running))
         tokens = self._select(logits, batch)
         self._ids.index_copy_(0, upload(torch.tensor([s.slot for s in batch])), tokens.view(-1, 1))
-        self._pending.append(_Output.of(batch, tokens))
+        self._pending.append(_Output.of(batch, tokens, decode=False))
 
     def _keep_decoding(self) -> None:
         """Between a prefill's layers: stream the decode steps the device has run, and once it has run
@@ -398,7 +401,7 @@ class Engine:
         batch = list(running)
         tokens = self._select(logits[:n], batch)
         self._ids[:n, 0].copy_(tokens)
-        self._pending.append(_Output.of(batch, tokens))
+        self._pending.append(_Output.of(batch, tokens, decode=True))
         for s in batch:
             s.length += 1
             s.position += 1
@@ -411,6 +414,10 @@ class Engine:
         started = time.perf_counter()
         tokens = output.tokens()
         collected = time.perf_counter()
+        if output.decode:
+            if self._last_step_at is not None:
+                self.metrics.inter_token(collected - self._last_step_at)
+            self._last_step_at = collected
         live = [(s, t) for s, t in zip(output.batch, tokens) if not s.finished]
         self._advance([s for s, _ in live], [t for _, t in live])
         self._time(wait=collected - started, stream=time.perf_counter() - collected)
@@ -560,16 +567,17 @@ class _Output:
     batch: list[Sequence]
     host: torch.Tensor
     ready: "torch.cuda.Event | None"
+    decode: bool  # a decode step's (every running sequence's next token), not a prefill's
 
     @classmethod
-    def of(cls, batch: list[Sequence], tokens: torch.Tensor) -> "_Output":
+    def of(cls, batch: list[Sequence], tokens: torch.Tensor, decode: bool) -> "_Output":
         if tokens.device.type != "cuda":
-            return cls(batch, tokens, None)
+            return cls(batch, tokens, None, decode)
         host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
         host.copy_(tokens, non_blocking=True)
         ready = torch.cuda.Event()
         ready.record()
-        return cls(batch, host, ready)
+        return cls(batch, host, ready, decode)
 
     def done(self) -> bool:
         return self.ready is None or self.ready.query()

@@ -14,6 +14,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 TTFT_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+INTER_TOKEN_BUCKETS = [0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0]
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256]
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
 
@@ -24,6 +25,7 @@ class EngineMetrics:
     def prompt_tokens(self, n: int) -> None: ...
     def generated_tokens(self, n: int) -> None: ...
     def time_to_first_token(self, seconds: float) -> None: ...
+    def inter_token(self, seconds: float) -> None: ...
     def batch_size(self, n: int) -> None: ...
     def prefill_size(self, n: int) -> None: ...
     def in_flight(self, n: int) -> None: ...
@@ -52,6 +54,12 @@ class TritonMetrics(EngineMetrics):
                 "Time from the request reaching the model to its first generated token",
                 family.HISTOGRAM,
             ),
+            "inter_token": family(
+                "qwen3vl_inter_token_seconds",
+                "Time between two decode steps' tokens reaching the engine while sequences run (one "
+                "observation per step): the gap every running stream sees at the model, prefills included",
+                family.HISTOGRAM,
+            ),
             "batch": family("qwen3vl_batch_size", "Sequences in one decode step of the engine", family.HISTOGRAM),
             "prefill": family("qwen3vl_prefill_size", "Prompts in one prefill of the engine", family.HISTOGRAM),
             "in_flight": family("qwen3vl_sequences_in_flight", "Sequences holding a slot of the engine", family.GAUGE),
@@ -70,6 +78,7 @@ class TritonMetrics(EngineMetrics):
         self._prompt = f["prompt"].Metric(labels=labels)
         self._generated = f["generated"].Metric(labels=labels)
         self._ttft = f["ttft"].Metric(labels=labels, buckets=TTFT_BUCKETS)
+        self._inter_token = f["inter_token"].Metric(labels=labels, buckets=INTER_TOKEN_BUCKETS)
         self._batch = f["batch"].Metric(labels=labels, buckets=BATCH_BUCKETS)
         self._prefill = f["prefill"].Metric(labels=labels, buckets=BATCH_BUCKETS)
         self._in_flight = f["in_flight"].Metric(labels=labels)
@@ -94,6 +103,9 @@ class TritonMetrics(EngineMetrics):
 
     def time_to_first_token(self, seconds: float) -> None:
         self._observe(self._ttft, seconds)
+
+    def inter_token(self, seconds: float) -> None:
+        self._observe(self._inter_token, seconds)
 
     def batch_size(self, n: int) -> None:
         self._observe(self._batch, n)

@@ -135,6 +135,17 @@ SRE_OVERVIEW_ROWS: tuple[RowSpec, ...] = (
             unit="s",
         ),
         PanelSpec(
+            "Inter-token interval",
+            "p50 and p99 of the time between two decode steps' tokens at the model, per pod: the gap "
+            "every running stream sees. A p99 far above the p50 is prefills holding the streams up.",
+            tuple(
+                Query(f"histogram_quantile({q}, sum by (pod, le) (rate(qwen3vl_inter_token_seconds_bucket"
+                      f"{{{PODS}}}[$__rate_interval])))", f"p{round(q * 100)} {{{{pod}}}}")
+                for q in (0.5, 0.99)
+            ),
+            unit="s",
+        ),
+        PanelSpec(
             "Tokens per second",
             "Generated tokens per second per pod (rule) and prompt tokens processed: the useful work. "
             "Flat tokens/s under rising traffic means the pods are saturated.",

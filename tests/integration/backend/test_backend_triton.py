@@ -69,6 +69,10 @@ def test_concurrent_requests_run_in_shared_batches(triton):
     steps = after["qwen3vl_batch_size_count"] - before.get("qwen3vl_batch_size_count", 0)
     sequences = after["qwen3vl_batch_size_sum"] - before.get("qwen3vl_batch_size_sum", 0)
     assert sequences / steps > 2, "decode steps should carry several sequences"
+    intervals = after["qwen3vl_inter_token_seconds_count"] - before.get("qwen3vl_inter_token_seconds_count", 0)
+    waited = after["qwen3vl_inter_token_seconds_sum"] - before.get("qwen3vl_inter_token_seconds_sum", 0)
+    assert 0 < intervals < steps, "one inter-token interval per decode step after the first of the burst"
+    assert waited > 0
     prefilled = after["qwen3vl_prefill_size_sum"] - before.get("qwen3vl_prefill_size_sum", 0)
     assert prefilled == 16, "each request is prefilled once, and counted in the prefill-size histogram"
     executions = after["nv_inference_exec_count_total"] - before["nv_inference_exec_count_total"]
