@@ -637,14 +637,20 @@ def drive(url: str, clients: int, requests_per_client: int, tokens: int, images:
             shares = [list(range(base + p, base + clients, procs)) for p in range(procs)]
             for chunk in pool.map(_client_worker, [(url, s, tokens, images) for s in shares if s]):
                 results.extend(chunk)
-    seconds = max(r[5] for r in results) - min(r[4] for r in results)  # one monotonic clock for all processes
+    return _summary(results, clients, min(r[4] for r in results))
+
+
+def _summary(results: list[tuple], clients: int, start: float) -> RunSummary:
+    """The streams' results, timed from ``start`` to the last response (one monotonic clock for all
+    processes)."""
     good = [r for r in results if r[0]]
     errors = [r[6] for r in results if not r[0]]
     if errors:
         log(f"{len(errors)} errors, first: {errors[0]}")
-    return RunSummary(label="triton gRPC", clients=clients, requests=len(good), errors=len(errors), seconds=seconds,
-                      tokens=sum(r[1] for r in good), ttft=[r[2] for r in good if r[2] is not None],
-                      itl=[g for r in good for g in r[3]], latency=[r[5] - r[4] for r in good])
+    return RunSummary(label="triton gRPC", clients=clients, requests=len(good), errors=len(errors),
+                      seconds=max(r[5] for r in results) - start, tokens=sum(r[1] for r in good),
+                      ttft=[r[2] for r in good if r[2] is not None], itl=[g for r in good for g in r[3]],
+                      latency=[r[5] - r[4] for r in good])
 
 
 def arrivals(rate: float, seconds: float, seed: int = 0) -> list[float]:
@@ -667,21 +673,13 @@ def drive_paced(url: str, rate: float, seconds: float, tokens: int, images: list
         shares = [[(i, start + t) for i, t in enumerate(times) if i % procs == p] for p in range(procs)]
         results = [r for chunk in pool.map(_client_worker, [(url, s, tokens, images) for s in shares if s])
                    for r in chunk]
-    good = [r for r in results if r[0]]
-    span = max(r[5] for r in results) - start
-    itl = [g for r in good for g in r[3]]
-    ms = lambda v: f"{v * 1000:.0f}"  # noqa: E731
-    row = {"tokens": str(tokens), "rate req/s": f"{rate:g}", "requests": str(len(good)),
-           "errors": str(len(results) - len(good)), "tok/s": f"{sum(r[1] for r in good) / span:.0f}",
-           "streams (mean)": f"{sum(r[5] - r[4] for r in good) / span:.1f}",
-           "TTFT p50 ms": ms(percentile([r[2] for r in good], 50)),
-           "TTFT p95 ms": ms(percentile([r[2] for r in good], 95)),
-           "ITL p50 ms": ms(percentile(itl, 50)), "ITL p95 ms": ms(percentile(itl, 95)),
-           "ITL p99 ms": ms(percentile(itl, 99)), "ITL max ms": ms(max(itl))}
-    errors = [r[6] for r in results if not r[0]]
-    if errors:
-        log(f"{len(errors)} errors, first: {errors[0]}")
-    return row
+    summary = _summary(results, 0, start)
+    row = summary.row()
+    return {"tokens": str(tokens), "rate req/s": f"{rate:g}",
+            **{k: row[k] for k in ("requests", "errors", "tok/s")},
+            "streams (mean)": f"{sum(summary.latency) / summary.seconds:.1f}",
+            **{k: row[k] for k in ("TTFT p50 ms", "TTFT p95 ms", "ITL p50 ms", "ITL p95 ms")},
+            "ITL p99 ms": f"{percentile(summary.itl, 99) * 1000:.0f}", "ITL max ms": f"{max(summary.itl) * 1000:.0f}"}
 
 
 def gpu_memory_used_gib() -> float:
