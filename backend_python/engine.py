@@ -189,7 +189,7 @@ class Engine:
         self._last_step_at: float | None = None  # when the last decode step's tokens reached the host
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="qwen3vl-engine", daemon=True)
-        self.metrics.slots(self.slots)
+        self.metrics.max_sequences(self.slots)
         self.metrics.in_flight(0)
 
     # -- the caller's side -------------------------------------------------------------

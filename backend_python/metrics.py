@@ -29,8 +29,11 @@ class EngineMetrics:
     def batch_size(self, n: int) -> None: ...
     def prefill_size(self, n: int) -> None: ...
     def in_flight(self, n: int) -> None: ...
-    def slots(self, n: int) -> None: ...
+    def max_sequences(self, n: int) -> None: ...
     def waiting(self, n: int) -> None: ...
+    def kv_blocks(self, used: int, total: int) -> None: ...
+    def cached_prompt_tokens(self, n: int) -> None: ...
+    def preempted(self, n: int) -> None: ...
     def finished(self, reason: str) -> None: ...
     def model_load(self, seconds: float) -> None: ...
 
@@ -47,7 +50,10 @@ class TritonMetrics(EngineMetrics):
     def __init__(self, pb_utils: Any, labels: dict[str, str], flush_s: float = 0.1):
         family = pb_utils.MetricFamily
         self._families = {
-            "prompt": family("qwen3vl_prompt_tokens_total", "Prompt tokens processed (images included)", family.COUNTER),
+            "prompt": family("qwen3vl_prompt_tokens_total",
+                             "Prompt tokens prefilled (computed; images included)", family.COUNTER),
+            "cached": family("qwen3vl_prompt_tokens_cached_total",
+                             "Prompt tokens served from the prefix cache instead of being prefilled", family.COUNTER),
             "generated": family("qwen3vl_generated_tokens_total", "Tokens generated", family.COUNTER),
             "ttft": family(
                 "qwen3vl_time_to_first_token_seconds",
@@ -62,13 +68,20 @@ class TritonMetrics(EngineMetrics):
             ),
             "batch": family("qwen3vl_batch_size", "Sequences in one decode step of the engine", family.HISTOGRAM),
             "prefill": family("qwen3vl_prefill_size", "Prompts in one prefill of the engine", family.HISTOGRAM),
-            "in_flight": family("qwen3vl_sequences_in_flight", "Sequences holding a slot of the engine", family.GAUGE),
-            "slots": family("qwen3vl_slots", "Sequences the engine can hold at once", family.GAUGE),
+            "in_flight": family("qwen3vl_sequences_in_flight",
+                                "Sequences the engine runs (holding KV blocks: prefilling or decoding)", family.GAUGE),
+            "max_sequences": family("qwen3vl_max_sequences",
+                                    "Sequences the engine runs at most at once (max_num_seqs)", family.GAUGE),
             "waiting": family(
                 "qwen3vl_sequences_waiting",
-                "Requests handed to the model that wait for a slot or their prefill (Triton's queue holds the rest)",
+                "Requests handed to the model and not yet running: a dynamic batch being parsed, prompts "
+                "being built, and those waiting for KV blocks (Triton's queue holds the rest)",
                 family.GAUGE,
             ),
+            "kv_used": family("qwen3vl_kv_blocks_used", "KV cache blocks held by running sequences", family.GAUGE),
+            "kv_total": family("qwen3vl_kv_blocks_total", "KV cache blocks of the engine's pool", family.GAUGE),
+            "preempted": family("qwen3vl_preemptions_total",
+                                "Running sequences preempted for lack of KV blocks (recomputed later)", family.COUNTER),
             "finished": family(
                 "qwen3vl_requests_finished_total", "Finished requests by finish reason", family.COUNTER
             ),
@@ -81,9 +94,13 @@ class TritonMetrics(EngineMetrics):
         self._inter_token = f["inter_token"].Metric(labels=labels, buckets=INTER_TOKEN_BUCKETS)
         self._batch = f["batch"].Metric(labels=labels, buckets=BATCH_BUCKETS)
         self._prefill = f["prefill"].Metric(labels=labels, buckets=BATCH_BUCKETS)
+        self._cached = f["cached"].Metric(labels=labels)
         self._in_flight = f["in_flight"].Metric(labels=labels)
-        self._slots = f["slots"].Metric(labels=labels)
+        self._max_sequences = f["max_sequences"].Metric(labels=labels)
         self._waiting = f["waiting"].Metric(labels=labels)
+        self._kv_used = f["kv_used"].Metric(labels=labels)
+        self._kv_total = f["kv_total"].Metric(labels=labels)
+        self._preempted = f["preempted"].Metric(labels=labels)
         self._finished = {r: f["finished"].Metric(labels={**labels, "reason": r}) for r in FINISH_REASONS}
         self._load = f["load"].Metric(labels=labels)
         self._lock = threading.Lock()
@@ -116,11 +133,21 @@ class TritonMetrics(EngineMetrics):
     def in_flight(self, n: int) -> None:
         self._set(self._in_flight, n)
 
-    def slots(self, n: int) -> None:
-        self._set(self._slots, n)
+    def max_sequences(self, n: int) -> None:
+        self._set(self._max_sequences, n)
 
     def waiting(self, n: int) -> None:
         self._set(self._waiting, n)
+
+    def kv_blocks(self, used: int, total: int) -> None:
+        self._set(self._kv_used, used)
+        self._set(self._kv_total, total)
+
+    def cached_prompt_tokens(self, n: int) -> None:
+        self._count(self._cached, n)
+
+    def preempted(self, n: int) -> None:
+        self._count(self._preempted, n)
 
     def finished(self, reason: str) -> None:
         self._count(self._finished[reason], 1)

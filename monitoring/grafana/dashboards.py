@@ -207,7 +207,7 @@ SRE_OVERVIEW_ROWS: tuple[RowSpec, ...] = (
                       f"sum by (pod) (rate(qwen3vl_prefill_size_count{{{PODS}}}[$__rate_interval]))",
                       "prompts per prefill {{pod}}"),
                 Query(f"sum by (pod) (qwen3vl_sequences_in_flight{{{PODS}}})", "in flight {{pod}}"),
-                Query(f"sum by (pod) (qwen3vl_slots{{{PODS}}})", "slots {{pod}}"),
+                Query(f"sum by (pod) (qwen3vl_max_sequences{{{PODS}}})", "max sequences {{pod}}"),
             ),
             width=6,
         ),
