@@ -182,6 +182,7 @@ class Engine:
         self._free = threading.Semaphore(self.slots)
         self._lock = threading.Condition()
         self._incoming: deque[Sequence] = deque()
+        self._arriving = 0  # requests handed to the model and not yet submitted (parsed, prompts being built)
         self._waiting = 0  # callers blocked in submit() for a slot
         self._admitted = 0  # sequences handed over and not yet finished
         self._running: list[Sequence] = []  # the next decode step's batch; row i is slot i
@@ -242,14 +243,32 @@ class Engine:
         torch.cuda.synchronize(self.device)
         self.start_timings[name] = time.monotonic() - began
 
-    def submit(self, request: GenerationRequest, prompt: Prompt, sink: ResponseSink,
-               timeout: float | None = None) -> None:
-        """Hand over one sequence; blocks while every slot is taken (that is the backpressure)."""
-        if prompt.length + request.sampling.max_tokens > self.config.max_seq_len:
-            raise _too_long(prompt.length, request.sampling.max_tokens, self.config.max_seq_len)
+    def arrived(self, n: int) -> None:
+        """``n`` requests reached the model (a dynamic batch): they count as waiting from now on, while
+        they are parsed and their prompts built, until each is submitted or ``dropped``."""
         with self._lock:
+            self._arriving += n
+            waiting = self._arriving + self._waiting + len(self._incoming)
+        self.metrics.waiting(waiting)
+
+    def dropped(self, n: int = 1) -> None:
+        """Requests announced by ``arrived`` that were refused before ``submit``."""
+        self.arrived(-n)
+
+    def submit(self, request: GenerationRequest, prompt: Prompt, sink: ResponseSink,
+               timeout: float | None = None, arrival: float | None = None, announced: bool = False) -> None:
+        """Hand over one sequence; blocks while every slot is taken (that is the backpressure).
+        ``arrival``: when the request reached the model; ``announced``: counted by ``arrived``."""
+        with self._lock:
+            self._arriving -= announced
             self._waiting += 1
-        self.metrics.waiting(self._waiting + len(self._incoming))
+            waiting = self._arriving + self._waiting + len(self._incoming)
+        self.metrics.waiting(waiting)
+        if prompt.length + request.sampling.max_tokens > self.config.max_seq_len:
+            with self._lock:
+                self._waiting -= 1
+            self.metrics.waiting(self._arriving + self._waiting + len(self._incoming))
+            raise _too_long(prompt.length, request.sampling.max_tokens, self.config.max_seq_len)
         try:
             if not self._free.acquire(timeout=timeout):
                 raise Overloaded("the engine has no free slot; retry later")
@@ -259,6 +278,8 @@ class Engine:
         seed = request.sampling.seed if request.sampling.seed is not None else secrets.randbits(62)
         sequence = Sequence(request=request, prompt=prompt, sink=sink,
                             text=TextStream(self.tokenizer, request.sampling.stop), seed=seed)
+        if arrival is not None:
+            sequence.arrival = arrival
         with self._lock:
             if self._stopping:
                 self._free.release()
@@ -293,9 +314,12 @@ class Engine:
                     return
                 admitted = [self._incoming.popleft()
                             for _ in range(min(len(self._incoming), self.config.prefills_per_step))]
-                waiting = self._waiting + len(self._incoming)
+                waiting = self._arriving + self._waiting + len(self._incoming)
             if admitted:
                 self.metrics.waiting(waiting)
+                now = time.monotonic()
+                for sequence in admitted:
+                    self.metrics.queued(now - sequence.arrival)
             try:
                 with torch.inference_mode():
                     if admitted:

@@ -26,6 +26,10 @@ class EngineMetrics:
     def generated_tokens(self, n: int) -> None: ...
     def time_to_first_token(self, seconds: float) -> None: ...
     def inter_token(self, seconds: float) -> None: ...
+    def queued(self, seconds: float) -> None: ...
+    def queued(self, seconds: float) -> None:
+        self._observe(self._queued, seconds)
+
     def batch_size(self, n: int) -> None: ...
     def prefill_size(self, n: int) -> None: ...
     def in_flight(self, n: int) -> None: ...
@@ -66,6 +70,12 @@ class TritonMetrics(EngineMetrics):
                 "observation per step): the gap every running stream sees at the model, prefills included",
                 family.HISTOGRAM,
             ),
+            "queued": family(
+                "qwen3vl_queue_seconds",
+                "Time from a request reaching the model to its start in the engine (its prompt built, KV blocks "
+                "found): the wait Triton's nv_inference_queue_duration_us does not see",
+                family.HISTOGRAM,
+            ),
             "batch": family("qwen3vl_batch_size", "Sequences in one decode step of the engine", family.HISTOGRAM),
             "prefill": family("qwen3vl_prefill_size", "Prompts in one prefill of the engine", family.HISTOGRAM),
             "in_flight": family("qwen3vl_sequences_in_flight",
@@ -92,6 +102,7 @@ class TritonMetrics(EngineMetrics):
         self._generated = f["generated"].Metric(labels=labels)
         self._ttft = f["ttft"].Metric(labels=labels, buckets=TTFT_BUCKETS)
         self._inter_token = f["inter_token"].Metric(labels=labels, buckets=INTER_TOKEN_BUCKETS)
+        self._queued = f["queued"].Metric(labels=labels, buckets=TTFT_BUCKETS)
         self._batch = f["batch"].Metric(labels=labels, buckets=BATCH_BUCKETS)
         self._prefill = f["prefill"].Metric(labels=labels, buckets=BATCH_BUCKETS)
         self._cached = f["cached"].Metric(labels=labels)
@@ -123,6 +134,9 @@ class TritonMetrics(EngineMetrics):
 
     def inter_token(self, seconds: float) -> None:
         self._observe(self._inter_token, seconds)
+
+    def queued(self, seconds: float) -> None:
+        self._observe(self._queued, seconds)
 
     def batch_size(self, n: int) -> None:
         self._observe(self._batch, n)

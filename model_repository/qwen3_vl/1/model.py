@@ -186,6 +186,9 @@ class TritonPythonModel:
                     loaded.device, self.engine.slots, artifacts)
 
     def execute(self, requests):
+        arrival = time.monotonic()
+        # Every request of the batch counts as waiting until it runs, not only once it reaches submit.
+        self.engine.arrived(len(requests))
         parsed = []
         for request in requests:
             sink = TritonSink(request.get_response_sender(), self.outbox, self.cancel_watch)
@@ -194,17 +197,20 @@ class TritonPythonModel:
                 generation = GenerationRequest.from_tensors(tensors, self.config.limits, request.request_id())
                 parsed.append((request.request_id(), generation, sink))
             except ServingError as exc:
+                self.engine.dropped()
                 sink.fail(exc)
             except Exception as exc:
+                self.engine.dropped()
                 _internal_error(request.request_id(), sink, exc)
         # The batch's prompts are built together; each is handed over as soon as it and those before it are.
         prompts = self.prompts.build_many([generation for _, generation, _ in parsed])
         for (request_id, generation, sink), prompt in zip(parsed, prompts):
             try:
                 if isinstance(prompt, Exception):
+                    self.engine.dropped()
                     raise prompt
                 # Blocks while the engine is full, so waiting requests stay in Triton's queue.
-                self.engine.submit(generation, prompt, sink)
+                self.engine.submit(generation, prompt, sink, arrival=arrival, announced=True)
             except ServingError as exc:
                 sink.fail(exc)
             except Exception as exc:
