@@ -93,7 +93,7 @@ dashboards: setup
 	$(PY) -m monitoring.grafana.dashboards --out monitoring/grafana/dashboards
 
 lint: setup
-	$(PY) -m compileall -q backend_python frontend stack clients planner monitoring bench
+	$(PY) -m compileall -q wire_contract backend_python frontend stack clients planner monitoring bench
 	$(PY) k8s/sync_from_monitoring.py --check
 
 clean:

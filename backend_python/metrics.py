@@ -11,12 +11,14 @@ import logging
 import threading
 from typing import Any
 
+import wire_contract
+
 log = logging.getLogger(__name__)
 
 TTFT_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 INTER_TOKEN_BUCKETS = [0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0]
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256]
-FINISH_REASONS = ("stop", "length", "cancelled", "error")
+FINISH_REASONS = (*wire_contract.FINISH_REASONS, "error")
 
 
 class EngineMetrics:

@@ -1,6 +1,7 @@
 """The request and response contract of the ``qwen3_vl`` model, and its one conversion to and from tensors.
 
-Tensor names and meanings are documented in docs/contracts.md. ``from_tensors``
+Tensor names, types, finish reasons and defaults come from ``wire_contract`` (the
+module clients build requests with); docs/contracts.md explains them. ``from_tensors``
 is the single place where client input is validated; everything downstream may
 trust a ``GenerationRequest``.
 """
@@ -14,13 +15,22 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from wire_contract import (  # noqa: F401  (the engine imports the finish reasons from here)
+    DEFAULT_IGNORE_EOS,
+    DEFAULT_STREAM,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+    FINISH_CANCELLED,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    MAX_TEMPERATURE,
+    WireResponse,
+)
+
 from .config import Limits
 from .errors import InvalidRequest, LimitExceeded
 
 ROLES = ("system", "user", "assistant")
-FINISH_STOP = "stop"
-FINISH_LENGTH = "length"
-FINISH_CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -71,10 +81,10 @@ class GenerationRequest:
             raise InvalidRequest(
                 f"invalid request: max_tokens must be between 1 and {limits.max_new_tokens}, got {max_tokens}"
             )
-        temperature = _float(tensors, "temperature", 0.0)
-        if not 0.0 <= temperature <= 2.0:
-            raise InvalidRequest(f"invalid request: temperature must be in [0, 2], got {temperature}")
-        top_p = _float(tensors, "top_p", 1.0)
+        temperature = _float(tensors, "temperature", DEFAULT_TEMPERATURE)
+        if not 0.0 <= temperature <= MAX_TEMPERATURE:
+            raise InvalidRequest(f"invalid request: temperature must be in [0, {MAX_TEMPERATURE:g}], got {temperature}")
+        top_p = _float(tensors, "top_p", DEFAULT_TOP_P)
         if not 0.0 < top_p <= 1.0:
             raise InvalidRequest(f"invalid request: top_p must be in (0, 1], got {top_p}")
         seed = _scalar(tensors, "seed")
@@ -93,13 +103,13 @@ class GenerationRequest:
             top_p=top_p,
             seed=None if seed is None else int(seed),
             stop=stop,
-            ignore_eos=bool(ignore_eos) if ignore_eos is not None else False,
+            ignore_eos=DEFAULT_IGNORE_EOS if ignore_eos is None else bool(ignore_eos),
         )
         return cls(
             messages=messages,
             images=images,
             sampling=sampling,
-            stream=True if stream is None else bool(stream),
+            stream=DEFAULT_STREAM if stream is None else bool(stream),
             request_id=request_id,
         )
 
@@ -115,12 +125,7 @@ class GenerationChunk:
     token_ids: list[int] = field(default_factory=list)
 
     def to_tensors(self) -> dict[str, np.ndarray]:
-        return {
-            "text_output": np.array([self.text.encode("utf-8")], dtype=np.object_),
-            "finish_reason": np.array([self.finish_reason.encode("utf-8")], dtype=np.object_),
-            "prompt_tokens": np.array([self.prompt_tokens], dtype=np.int32),
-            "completion_tokens": np.array([self.completion_tokens], dtype=np.int32),
-        }
+        return WireResponse(self.text, self.finish_reason, self.prompt_tokens, self.completion_tokens).to_arrays()
 
 
 def parse_messages(raw: Any, n_images: int, limits: Limits) -> tuple[ChatMessage, ...]:

@@ -14,10 +14,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import tritonclient.grpc as grpcclient
 
-MODEL = "qwen3_vl"
+from wire_contract import INPUTS, MODEL_NAME, WireRequest, WireResponse
 
 
 def user_turn(prompt: str, n_images: int = 0) -> list[dict]:
@@ -25,34 +24,11 @@ def user_turn(prompt: str, n_images: int = 0) -> list[dict]:
     return [{"role": "user", "content": parts}]
 
 
-def build_inputs(messages: list[dict], images: list[bytes] = (), *, max_tokens: int | None = None,
-                 temperature: float | None = None, top_p: float | None = None, seed: int | None = None,
-                 stop: list[str] = (), stream: bool = True, ignore_eos: bool = False) -> list[grpcclient.InferInput]:
-    """The request tensors of docs/contracts.md, with a batch dimension of 1."""
-    tensors: list[tuple[str, np.ndarray, str]] = [
-        ("messages", np.array([[json.dumps(messages).encode()]], dtype=np.object_), "BYTES"),
-        ("stream", np.array([[stream]], dtype=bool), "BOOL"),
-    ]
-    if images:
-        tensors.append(("images", np.array([list(images)], dtype=np.object_), "BYTES"))
-    if max_tokens is not None:
-        tensors.append(("max_tokens", np.array([[max_tokens]], dtype=np.int32), "INT32"))
-    if temperature is not None:
-        tensors.append(("temperature", np.array([[temperature]], dtype=np.float32), "FP32"))
-    if top_p is not None:
-        tensors.append(("top_p", np.array([[top_p]], dtype=np.float32), "FP32"))
-    if seed is not None:
-        tensors.append(("seed", np.array([[seed]], dtype=np.int64), "INT64"))
-    if stop:
-        tensors.append(("stop", np.array([[s.encode() for s in stop]], dtype=np.object_), "BYTES"))
-    if ignore_eos:
-        tensors.append(("ignore_eos", np.array([[True]], dtype=bool), "BOOL"))
-    inputs = []
-    for name, value, dtype in tensors:
-        tensor = grpcclient.InferInput(name, list(value.shape), dtype)
-        tensor.set_data_from_numpy(value)
-        inputs.append(tensor)
-    return inputs
+def build_inputs(messages: list[dict], images: list[bytes] = (), **params) -> list[grpcclient.InferInput]:
+    """The request tensors of docs/contracts.md; ``params`` are wire_contract.WireRequest's fields."""
+    arrays = WireRequest(messages, images, **params).to_arrays()
+    return [grpcclient.InferInput(name, list(array.shape), INPUTS[name].datatype).set_data_from_numpy(array)
+            for name, array in arrays.items()]
 
 
 @dataclass
@@ -87,7 +63,7 @@ def stream(url: str, inputs: list[grpcclient.InferInput], *, timeout: float = 12
     final = False
     try:
         client.start_stream(callback=lambda result, error: responses.put((result, error)))
-        client.async_stream_infer(MODEL, inputs, request_id=uuid.uuid4().hex, enable_empty_final_response=True)
+        client.async_stream_infer(MODEL_NAME, inputs, request_id=uuid.uuid4().hex, enable_empty_final_response=True)
         while True:
             try:
                 response, error = responses.get(timeout=timeout)
@@ -98,19 +74,18 @@ def stream(url: str, inputs: list[grpcclient.InferInput], *, timeout: float = 12
                 result.error = error
                 break
             now = time.monotonic()
-            delta = response.as_numpy("text_output")
-            if delta is not None:
-                text = delta.reshape(-1)[0].decode()
-                if text:
+            if response.as_numpy("text_output") is not None:  # the empty final response has no outputs
+                wire = WireResponse.from_arrays(response.as_numpy)
+                if wire.text:
                     result.first_token_at = result.first_token_at or now
-                    result.deltas.append(text)
+                    result.deltas.append(wire.text)
                     result.token_times.append(now)
-                    result.text += text
+                    result.text += wire.text
                     if on_delta:
-                        on_delta(text)
-                result.finish_reason = response.as_numpy("finish_reason").reshape(-1)[0].decode()
-                result.prompt_tokens = int(response.as_numpy("prompt_tokens").reshape(-1)[0])
-                result.completion_tokens = int(response.as_numpy("completion_tokens").reshape(-1)[0])
+                        on_delta(wire.text)
+                result.finish_reason = wire.finish_reason
+                result.prompt_tokens = wire.prompt_tokens
+                result.completion_tokens = wire.completion_tokens
             if response.get_response().parameters["triton_final_response"].bool_param:
                 final = True
                 break

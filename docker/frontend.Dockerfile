@@ -26,6 +26,7 @@ RUN if ! getent passwd 1000 >/dev/null; then \
 COPY --from=build /opt/venv /opt/venv
 # The project's own code last: a change to it rebuilds only these small layers.
 COPY pyproject.toml /tmp/src/pyproject.toml
+COPY wire_contract /tmp/src/wire_contract
 COPY frontend /tmp/src/frontend
 RUN /opt/venv/bin/pip install --no-cache-dir --no-index --no-deps --no-build-isolation /tmp/src \
  && rm -rf /tmp/src

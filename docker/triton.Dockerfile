@@ -64,6 +64,7 @@ RUN if [ "$TRITON_SERVER" = pytriton ]; then \
 
 # The project's own code last: a change to it rebuilds only these small layers.
 COPY pyproject.toml /tmp/src/pyproject.toml
+COPY wire_contract /tmp/src/wire_contract
 COPY backend_python /tmp/src/backend_python
 RUN /opt/venv/bin/pip install --no-cache-dir --no-index --no-deps --no-build-isolation /tmp/src \
  && rm -rf /tmp/src

@@ -5,20 +5,22 @@ The service layer speaks these; `triton_client` alone turns them into tensors an
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from wire_contract import DEFAULT_STREAM, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, MAX_TEMPERATURE, FinishReason
 
 
 class GenerationParams(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     max_tokens: int = Field(ge=1)
-    temperature: float = Field(0.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float = Field(DEFAULT_TEMPERATURE, ge=0, le=MAX_TEMPERATURE)
+    top_p: float = Field(DEFAULT_TOP_P, gt=0, le=1)
     seed: int | None = None
     stop: tuple[str, ...] = ()
-    stream: bool = True
+    stream: bool = DEFAULT_STREAM
 
 
 class GenerationRequest(BaseModel):
@@ -36,6 +38,6 @@ class GenerationChunk(BaseModel):
     """One response of the stream: new text, and counters so far."""
 
     text: str
-    finish_reason: Literal["stop", "length", "cancelled"] | None = None
+    finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0

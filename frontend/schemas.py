@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from wire_contract import MAX_TEMPERATURE, FinishReason
+
 INT64_MAX = 2**63 - 1
 
 
@@ -60,7 +62,7 @@ class ChatCompletionRequest(_Lenient):
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
+    temperature: float | None = Field(None, ge=0, le=MAX_TEMPERATURE)
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = Field(None, ge=-(2**63), le=INT64_MAX)
     stop: str | list[str] | None = None
@@ -86,9 +88,6 @@ class ChatCompletionRequest(_Lenient):
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
-
-
-FinishReason = Literal["stop", "length", "cancelled"]
 
 
 class Usage(BaseModel):

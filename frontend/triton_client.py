@@ -1,4 +1,4 @@
-"""The only module that talks gRPC to Triton, and the only one that knows its tensors.
+"""The only module that talks gRPC to Triton; its tensors come from wire_contract.
 
 One `tritonclient.grpc.aio.InferenceServerClient` lives for the whole process. Each
 generation opens its own bidirectional stream on that channel, so cancelling one
@@ -14,15 +14,15 @@ response), with Triton's `triton_final_response` flag honoured when present.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcclient_aio
 from tritonclient.utils import InferenceServerException
+
+from wire_contract import FINISH_REASONS, INPUTS, WireRequest, WireResponse
 
 from frontend.errors import (
     FrontendError,
@@ -47,55 +47,29 @@ CHANNEL_ARGS: list[tuple[str, Any]] = [
     ("grpc.max_reconnect_backoff_ms", 1_000),
 ]
 
-_FINISH_REASONS = {"stop", "length", "cancelled"}
 CALL_END_TIMEOUT_S = 5.0
 
 
-def _tensor(name: str, array: np.ndarray, datatype: str) -> grpcclient.InferInput:
-    tensor = grpcclient.InferInput(name, list(array.shape), datatype)
-    tensor.set_data_from_numpy(array)
-    return tensor
-
-
 def to_triton_inputs(request: GenerationRequest) -> list[grpcclient.InferInput]:
-    """Batch-size-1 tensors as in docs/contracts.md; optional inputs are left out when unset."""
+    """The request as the contract's tensors (wire_contract.WireRequest builds them)."""
     params = request.params
-    messages = json.dumps(request.messages, ensure_ascii=False).encode("utf-8")
-    inputs = [
-        _tensor("messages", np.array([[messages]], dtype=np.object_), "BYTES"),
-        _tensor("max_tokens", np.array([[params.max_tokens]], dtype=np.int32), "INT32"),
-        _tensor("temperature", np.array([[params.temperature]], dtype=np.float32), "FP32"),
-        _tensor("top_p", np.array([[params.top_p]], dtype=np.float32), "FP32"),
-        _tensor("stream", np.array([[params.stream]], dtype=np.bool_), "BOOL"),
+    wire = WireRequest(
+        messages=request.messages, images=request.images, max_tokens=params.max_tokens,
+        temperature=params.temperature, top_p=params.top_p, seed=params.seed, stop=params.stop, stream=params.stream,
+    )
+    return [
+        grpcclient.InferInput(name, list(array.shape), INPUTS[name].datatype).set_data_from_numpy(array)
+        for name, array in wire.to_arrays().items()
     ]
-    if request.images:
-        inputs.append(_tensor("images", np.array([list(request.images)], dtype=np.object_), "BYTES"))
-    if params.seed is not None:
-        inputs.append(_tensor("seed", np.array([[params.seed]], dtype=np.int64), "INT64"))
-    if params.stop:
-        stops = [s.encode("utf-8") for s in params.stop]
-        inputs.append(_tensor("stop", np.array([stops], dtype=np.object_), "BYTES"))
-    return inputs
-
-
-def _first(result: grpcclient.InferResult, name: str) -> Any:
-    array = result.as_numpy(name)
-    if array is None or array.size == 0:
-        return None
-    return array.reshape(-1)[0]
 
 
 def chunk_from_result(result: grpcclient.InferResult) -> GenerationChunk:
-    text = _first(result, "text_output")
-    reason = _first(result, "finish_reason")
-    prompt = _first(result, "prompt_tokens")
-    completion = _first(result, "completion_tokens")
-    reason_text = reason.decode("utf-8") if isinstance(reason, bytes) else (reason or "")
+    response = WireResponse.from_arrays(result.as_numpy)
     return GenerationChunk(
-        text=text.decode("utf-8", errors="replace") if isinstance(text, bytes) else (text or ""),
-        finish_reason=reason_text if reason_text in _FINISH_REASONS else None,
-        prompt_tokens=int(prompt) if prompt is not None else 0,
-        completion_tokens=int(completion) if completion is not None else 0,
+        text=response.text,
+        finish_reason=response.finish_reason if response.finish_reason in FINISH_REASONS else None,
+        prompt_tokens=response.prompt_tokens,
+        completion_tokens=response.completion_tokens,
     )
 
 

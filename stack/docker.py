@@ -253,7 +253,7 @@ def triton_build(base: str = "local", base_image: str | None = None) -> Build:
     return Build(
         tag=image_name("triton"),
         dockerfile="docker/triton.Dockerfile",
-        paths=["pyproject.toml", "backend_python", "model_repository", wheelhouse],
+        paths=["pyproject.toml", "wire_contract", "backend_python", "model_repository", wheelhouse],
         build_args={"BASE_IMAGE": base_image or (LOCAL_BASE if base == "local" else NGC_BASE),
                     "TRITON_SERVER": "pytriton" if base == "local" else "ngc",
                     "WHEELHOUSE": wheelhouse,
@@ -266,7 +266,7 @@ def frontend_build(base: str = "local", base_image: str | None = None) -> Build:
     return Build(
         tag=image_name("frontend"),
         dockerfile="docker/frontend.Dockerfile",
-        paths=["pyproject.toml", "frontend", "var/wheelhouse/frontend"],
+        paths=["pyproject.toml", "wire_contract", "frontend", "var/wheelhouse/frontend"],
         build_args={"BASE_IMAGE": base_image or (LOCAL_BASE if base == "local" else SLIM_BASE),
                     "VERSION": version()},
     )

@@ -21,11 +21,11 @@ from backend_python.loader import load
 from backend_python.metrics import TritonMetrics
 from backend_python.prompt import PromptBuilder
 from backend_python.request import GenerationRequest
+from wire_contract import INPUTS
 
 log = logging.getLogger("qwen3_vl")
 
 CANCEL_POLL_S = 0.05
-INPUTS = ("messages", "images", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "ignore_eos")
 
 
 class Outbox:
