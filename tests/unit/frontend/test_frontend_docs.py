@@ -1,4 +1,4 @@
-"""The README and docs/contracts.md describe what the code really has."""
+"""The frontend README, docs/configuration.md and docs/contracts.md describe what the code really has."""
 
 import re
 from pathlib import Path
@@ -14,6 +14,7 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[3]
 README = (ROOT / "frontend" / "README.md").read_text()
+CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()
 CONTRACTS = (ROOT / "docs" / "contracts.md").read_text()
 
 
@@ -28,7 +29,8 @@ def _exported_metric_names() -> set[str]:
 
 
 def test_every_setting_is_documented_with_its_env_var():
-    documented = set(re.findall(r"^\| `(FRONTEND_[A-Z_0-9]+)` \|", README, re.M))
+    section = CONFIGURATION.split("\n## Frontend\n", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `(FRONTEND_[A-Z_0-9]+)` \|", section, re.M))
     assert documented == {f"FRONTEND_{name.upper()}" for name in Settings.model_fields}
 
 
