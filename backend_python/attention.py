@@ -1,11 +1,11 @@
-"""Decode attention over the slot cache on a GPU: each sequence reads only its own keys.
+"""Decode attention over the paged KV cache on a GPU: each sequence reads only its own blocks.
 
-Scaled-dot-product attention over a padded batch reads every row's cache up to the
-longest one (the engine rounds that span up, so captured graphs can be reused); at 64
-sequences that read is a third of a decode step. These two OpenAI Triton kernels split
-each sequence's cache into chunks (flash-decoding), skip the chunks past its length and
-merge the partial softmaxes, so a step reads what the sequences hold and nothing more,
-with a launch grid that does not depend on lengths (one captured graph per batch size).
+Two OpenAI Triton kernels split each sequence's cached tokens into chunks
+(flash-decoding), follow the sequence's block table to find them, and merge the
+partial softmaxes. The launch grid is fixed for a batch size (sequences x KV heads x
+``splits``) whatever the lengths, so one captured graph per batch size serves every
+step: a chunk is at least ``min_chunk`` tokens and grows with the length so that at most
+``splits`` of them cover it (a 300-token answer and a 100,000-token document alike).
 
 The query heads that share a key/value head are computed together: keys and values
 are read once per group, never repeated.
@@ -23,19 +23,19 @@ import triton.language as tl
 
 @dataclass(frozen=True)
 class Launch:
-    chunk: int  # cached tokens per program
+    min_chunk: int  # cached tokens per program, at least
+    splits: int  # programs per (sequence, KV head), at most
     block: int  # cached tokens per inner step
     warps: int
     stages: int
 
 
-# Measured on an H100 (36 layers, 230-742 cached tokens per row, every configuration swept): from 32
-# rows on, fewer and longer programs read the cache faster (64 rows: 2.27 instead of 2.65 ms per
-# step, 128 rows: 3.75 instead of 4.79, 32 rows: even); with fewer rows they leave
-# most of the GPU idle (one row: 0.88 instead of 0.38 ms). Each captured graph has one batch size,
-# so it has one launch shape.
-SMALL = Launch(chunk=256, block=64, warps=4, stages=3)
-LARGE = Launch(chunk=512, block=32, warps=2, stages=3)
+# Measured on an H100 with the slot cache (36 layers, 230-742 cached tokens per row): from 32 rows on,
+# fewer and longer programs read the cache faster (64 rows: 2.27 instead of 2.65 ms per step, 128
+# rows: 3.75 instead of 4.79, 32 rows: even); with fewer rows they leave most of the GPU idle (one
+# row: 0.88 instead of 0.38 ms). Each captured graph has one batch size, so it has one launch shape.
+SMALL = Launch(min_chunk=256, splits=32, block=64, warps=4, stages=3)
+LARGE = Launch(min_chunk=512, splits=8, block=32, warps=2, stages=3)
 LARGE_FROM_ROWS = 32
 
 
@@ -43,40 +43,55 @@ def launch_for(rows: int) -> Launch:
     return LARGE if rows >= LARGE_FROM_ROWS else SMALL
 
 
+def chunk_for(length: int, launch: Launch) -> int:
+    """Cached tokens per program for a sequence of ``length`` (the kernels compute the same)."""
+    per_split = -(-length // launch.splits)
+    return max(launch.min_chunk, -(-per_split // launch.block) * launch.block)
+
+
 @triton.jit
-def _partial(q_ptr, k_new_ptr, v_new_ptr, k_ptr, v_ptr, lengths_ptr, acc_ptr, stats_ptr,
-             q_row, q_head, k_new_row, k_new_head, v_new_row, v_new_head, k_slot, k_head, v_slot, v_head, scale_log2,
+def _chunk(n, SPLITS: tl.constexpr, MIN_CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    return tl.maximum(MIN_CHUNK, tl.cdiv(tl.cdiv(n, SPLITS), BLOCK) * BLOCK)
+
+
+@triton.jit
+def _partial(q_ptr, k_new_ptr, v_new_ptr, k_ptr, v_ptr, lengths_ptr, slots_ptr, tables_ptr, acc_ptr, stats_ptr,
+             q_row, q_head, k_new_row, k_new_head, v_new_row, v_new_head, table_row, scale_log2,
              SPLITS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, DIM: tl.constexpr,
-             CHUNK: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
+             HEADS: tl.constexpr, PAGE: tl.constexpr, MIN_CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+             PRECISION: tl.constexpr):
     """One (sequence, key/value head, chunk): unnormalised output and running max and sum.
 
-    The step's own key and value come in registers: the program whose chunk holds their position
-    uses them from there and writes them into the cache (no separate cache-write kernels).
+    The step's own key and value come in registers: the chunk holding their position uses them from
+    there, and the first chunk writes them into the cache (no separate cache-write kernels).
     """
     row, head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    new = tl.load(lengths_ptr + row).to(tl.int32)  # the step's own token goes at this index
+    new = tl.load(lengths_ptr + row).to(tl.int32)  # the step's own token goes at this position
     n = new + 1
+    table = tables_ptr + tl.load(slots_ptr + row).to(tl.int64) * table_row
+    chunk = _chunk(n, SPLITS, MIN_CHUNK, BLOCK)
+    start = split * chunk
     g = tl.arange(0, GROUP_PAD)
     d = tl.arange(0, DIM)
-    start = split * CHUNK
-    mine = (new >= start) & (new < start + CHUNK)
     k_new = tl.load(k_new_ptr + row * k_new_row + head * k_new_head + d)
     v_new = tl.load(v_new_ptr + row * v_new_row + head * v_new_head + d)
-    k_base = k_ptr + row * k_slot + head * k_head
-    v_base = v_ptr + row * v_slot + head * v_head
-    tl.store(k_base + new * DIM + d, k_new, mask=mine & (d < DIM))
-    tl.store(v_base + new * DIM + d, v_new, mask=mine & (d < DIM))
+    page = tl.load(table + new // PAGE).to(tl.int64)
+    at = ((page * PAGE + new % PAGE) * HEADS + head) * DIM
+    tl.store(k_ptr + at + d, k_new, mask=(split == 0) & (d < DIM))
+    tl.store(v_ptr + at + d, v_new, mask=(split == 0) & (d < DIM))
     m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     total = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, DIM], tl.float32)
-    for offset in range(start, tl.minimum(start + CHUNK, n), BLOCK):
-        # Loaded here, not once above: most programs lie past their sequence's length and read nothing.
+    for offset in range(start, tl.minimum(start + chunk, n), BLOCK):
+        # Loaded here, not once above: most programs of short sequences lie past the length and read nothing.
         q = tl.load(q_ptr + row * q_row + head * q_head + g[:, None] * DIM + d[None, :],
                     mask=g[:, None] < GROUP, other=0.0)
         t = offset + tl.arange(0, BLOCK)
         old = t < new
         this = (t == new)[:, None]
-        k = tl.load(k_base + t[:, None] * DIM + d[None, :], mask=old[:, None], other=0.0)
+        pages = tl.load(table + t // PAGE, mask=old, other=0).to(tl.int64)
+        where = ((pages * PAGE + t % PAGE) * HEADS + head) * DIM
+        k = tl.load(k_ptr + where[:, None] + d[None, :], mask=old[:, None], other=0.0)
         k = tl.where(this, k_new[None, :], k)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
         s = tl.where((t < n)[None, :], s, float("-inf"))
@@ -84,7 +99,7 @@ def _partial(q_ptr, k_new_ptr, v_new_ptr, k_ptr, v_ptr, lengths_ptr, acc_ptr, st
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m - m_new)
         total = total * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + t[:, None] * DIM + d[None, :], mask=old[:, None], other=0.0)
+        v = tl.load(v_ptr + where[:, None] + d[None, :], mask=old[:, None], other=0.0)
         v = tl.where(this, v_new[None, :], v)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m = m_new
@@ -97,17 +112,19 @@ def _partial(q_ptr, k_new_ptr, v_new_ptr, k_ptr, v_ptr, lengths_ptr, acc_ptr, st
 
 @triton.jit
 def _merge(acc_ptr, stats_ptr, lengths_ptr, out_ptr, out_row, out_head,
-           SPLITS: tl.constexpr, GROUP: tl.constexpr, DIM: tl.constexpr, CHUNK: tl.constexpr):
+           SPLITS: tl.constexpr, GROUP: tl.constexpr, DIM: tl.constexpr, MIN_CHUNK: tl.constexpr,
+           BLOCK: tl.constexpr):
     """One (sequence, key/value head): the softmax over all its chunks, from their partials."""
     row, head = tl.program_id(0), tl.program_id(1)
     n = tl.load(lengths_ptr + row).to(tl.int32) + 1
+    chunk = _chunk(n, SPLITS, MIN_CHUNK, BLOCK)
     g = tl.arange(0, GROUP)
     d = tl.arange(0, DIM)
     m = tl.full([GROUP], float("-inf"), tl.float32)
     total = tl.zeros([GROUP], tl.float32)
     acc = tl.zeros([GROUP, DIM], tl.float32)
     first = (row * tl.num_programs(1) + head) * SPLITS
-    for split in range(0, tl.cdiv(n, CHUNK)):
+    for split in range(0, tl.cdiv(n, chunk)):
         part = first + split
         m_s = tl.load(stats_ptr + (part * 2) * GROUP + g)
         total_s = tl.load(stats_ptr + (part * 2 + 1) * GROUP + g)
@@ -122,33 +139,34 @@ def _merge(acc_ptr, stats_ptr, lengths_ptr, out_ptr, out_row, out_head,
 
 
 def decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keys: torch.Tensor,
-                     values: torch.Tensor, lengths: torch.Tensor, scale: float) -> torch.Tensor:
-    """Write one new token per row into the cache and attend over the row's cache, that token included.
+                     values: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor, tables: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """Write one new token per row into the cache and attend over the row's cached tokens, that token included.
 
     ``q``: (rows, kv_heads, group, dim), the query heads of each key/value head together;
-    ``key``/``value``: (rows, kv_heads, 1, dim), this step's; ``keys``/``values``: (slots, kv_heads,
-    max_len, dim), row i in slot i; ``lengths``: (rows,) tokens cached before this step (the new one
-    goes at that index). Returns q's shape.
+    ``key``/``value``: (rows, kv_heads, 1, dim), this step's; ``keys``/``values``: one layer's pool,
+    (blocks, block_size, kv_heads, dim); ``lengths``: (rows,) tokens cached before this step (the new
+    one goes at that position); ``slots``: (rows,) each row's line of ``tables``, the block ids of its
+    sequence. Returns q's shape.
     """
     rows, kv_heads, group, dim = q.shape
-    if any(t.stride(-1) != 1 for t in (q, key, value, keys, values)) or q.stride(2) != dim \
-            or keys.stride(2) != dim or values.stride(2) != dim:
-        raise ValueError("decode_attention needs rows of contiguous head dimensions")
+    if any(t.stride(-1) != 1 for t in (q, key, value)) or q.stride(2) != dim \
+            or not (keys.is_contiguous() and values.is_contiguous() and tables.stride(1) == 1):
+        raise ValueError("decode_attention needs rows of contiguous head dimensions and contiguous pools")
     if group & (group - 1) or dim & (dim - 1):
         raise ValueError(f"decode_attention needs power-of-two group and head sizes, got {group} and {dim}")
     shape = launch_for(rows)
-    splits = triton.cdiv(keys.shape[2], shape.chunk)
-    acc = torch.empty((rows, kv_heads, splits, group, dim), dtype=torch.float32, device=q.device)
-    stats = torch.empty((rows, kv_heads, splits, 2, group), dtype=torch.float32, device=q.device)
+    acc = torch.empty((rows, kv_heads, shape.splits, group, dim), dtype=torch.float32, device=q.device)
+    stats = torch.empty((rows, kv_heads, shape.splits, 2, group), dtype=torch.float32, device=q.device)
     out = torch.empty_like(q)
-    _partial[(rows, kv_heads, splits)](
-        q, key, value, keys, values, lengths, acc, stats, q.stride(0), q.stride(1), key.stride(0), key.stride(1), value.stride(0), value.stride(1),
-        keys.stride(0), keys.stride(1), values.stride(0), values.stride(1), scale * math.log2(math.e),
-        SPLITS=splits, GROUP=group, GROUP_PAD=max(16, group), DIM=dim, CHUNK=shape.chunk,
-        BLOCK=shape.block, PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=shape.warps,
-        num_stages=shape.stages)
-    _merge[(rows, kv_heads)](acc, stats, lengths, out, out.stride(0), out.stride(1),
-                             SPLITS=splits, GROUP=group, DIM=dim, CHUNK=shape.chunk)
+    _partial[(rows, kv_heads, shape.splits)](
+        q, key, value, keys, values, lengths, slots, tables, acc, stats, q.stride(0), q.stride(1), key.stride(0),
+        key.stride(1), value.stride(0), value.stride(1), tables.stride(0), scale * math.log2(math.e),
+        SPLITS=shape.splits, GROUP=group, GROUP_PAD=max(16, group), DIM=dim, HEADS=kv_heads, PAGE=keys.shape[1],
+        MIN_CHUNK=shape.min_chunk, BLOCK=shape.block, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=shape.warps, num_stages=shape.stages)
+    _merge[(rows, kv_heads)](acc, stats, lengths, out, out.stride(0), out.stride(1), SPLITS=shape.splits,
+                             GROUP=group, DIM=dim, MIN_CHUNK=shape.min_chunk, BLOCK=shape.block)
     return out
 
 

@@ -27,15 +27,31 @@ class Limits:
     max_prompt_tokens: int = 2048
 
 
+# Parameters of the slot engine, and what replaced each (a config written for it must fail clearly).
+RENAMED = {
+    "slots": "max_num_seqs",
+    "max_seq_len": "max_model_len",
+    "prefills_per_step": "max_num_batched_tokens (a per-step token budget)",
+}
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     model_path: str = ""
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    slots: int = 8  # sequences generated at once (KV cache slots)
-    max_seq_len: int = 4096  # prompt + generated tokens per sequence
-    kv_cache_budget_gib: float = 0.0  # > 0: as many slots of max_seq_len tokens as fit (replaces slots)
-    prefills_per_step: int = 4  # new sequences admitted between two decode steps
+    max_num_seqs: int = 8  # sequences running at once (the decode batch at most)
+    max_model_len: int = 4096  # prompt + answer tokens of one sequence
+    # Tokens one engine step computes at most: every running sequence's next token, the rest prompt
+    # chunks. A long prompt is prefilled over several steps, so it never stalls the streams around it.
+    max_num_batched_tokens: int = 2048
+    block_size: int = 16  # tokens per KV cache block
+    # KV cache size: > 0 GiB as given; 0: on a GPU, gpu_memory_utilization of its memory less what the
+    # weights, the largest step's activations and everything else on the device take; on a CPU, room
+    # for max_num_seqs sequences of max_model_len tokens.
+    kv_cache_budget_gib: float = 0.0
+    gpu_memory_utilization: float = 0.9
+    enable_prefix_caching: bool = True  # reuse the KV blocks of a prompt's longest cached prefix
     prompt_workers: int = 4  # threads that decode images and tokenize a batch of requests
     cuda_graphs: bool = True  # captured decode steps on CUDA devices
     compile_decode: bool = False  # torch.compile the element-wise work of the decoder layers and vision blocks (CUDA only)
@@ -57,6 +73,9 @@ class EngineConfig:
         environ = os.environ if environ is None else environ
         flat = {k: _string_value(v) for k, v in parameters.items()}
         flat = {k: v for k, v in flat.items() if v != ""}
+        renamed = sorted(set(flat) & set(RENAMED))
+        if renamed:
+            raise ValueError("renamed model parameters: " + "; ".join(f"{k!r} is now {RENAMED[k]}" for k in renamed))
         unknown = set(flat) - _field_names(cls) - _field_names(Limits)
         if unknown:
             raise ValueError(f"unknown model parameters: {sorted(unknown)}")
@@ -74,10 +93,17 @@ class EngineConfig:
                 "no model: set the model parameter 'model_path' or the environment variable "
                 "MODEL_PATH to a Hugging Face checkpoint folder (or hub id)"
             )
-        if self.slots < 1 or self.max_seq_len < 16 or self.prefills_per_step < 1 or self.prompt_workers < 1:
-            raise ValueError("slots, max_seq_len, prefills_per_step and prompt_workers must be positive")
-        if self.limits.max_prompt_tokens + 1 > self.max_seq_len:
-            raise ValueError("max_prompt_tokens must leave room for generation within max_seq_len")
+        if min(self.max_num_seqs, self.max_num_batched_tokens, self.block_size, self.prompt_workers) < 1 \
+                or self.max_model_len < 16:
+            raise ValueError("max_num_seqs, max_model_len, max_num_batched_tokens, block_size and prompt_workers "
+                             "must be positive")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must hold a decode step of "
+                             f"max_num_seqs ({self.max_num_seqs}) sequences")
+        if self.limits.max_prompt_tokens + 1 > self.max_model_len:
+            raise ValueError("max_prompt_tokens must leave room for an answer within max_model_len")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0 or self.kv_cache_budget_gib < 0:
+            raise ValueError("gpu_memory_utilization must be in (0, 1] and kv_cache_budget_gib >= 0")
 
 
 def _field_names(cls: type) -> set[str]:

@@ -1,7 +1,7 @@
 """The language model's decoder layers, run from the checkpoint's own weights.
 
-Two passes share them: the prefill of a batch of prompts (packed end to end, no
-padding), and one decode step per token over the slot cache. Decoding one token per
+Two passes share them: the prefill of a batch of prompt chunks (packed end to end, no
+padding), and one decode step per token, both over the paged KV cache. Decoding one token per
 sequence is where serving spends its time, so each weight is read once with few,
 large matrix products: q/k/v and gate/up are fused into single projections (the
 original modules keep working as views into the fused weights), and the decode
@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -61,21 +62,47 @@ def _feed_forward(hidden, attended, o_w, norm_w, gate_up_w, down_w, eps: float):
 
 
 def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int],
-                     segments: torch.Tensor, longest: int, causal: bool) -> torch.Tensor:
-    """Attention of each segment (a prompt, an image) to its own tokens, for segments packed end to
-    end (``q``: (tokens, heads, dim), ``k`` and ``v`` with as many heads or fewer): one
+                     segments: torch.Tensor, longest: int, causal: bool,
+                     context: "Context | None" = None) -> torch.Tensor:
+    """Attention of each segment (a prompt chunk, an image) to its own tokens, for segments packed end
+    to end (``q``: (tokens, heads, dim), ``k`` and ``v`` with as many heads or fewer): one
     variable-length flash-attention call on a GPU in 16 bits, segment by segment elsewhere (flash
     attention needs CUDA and 16-bit floats). ``bounds``: where each segment starts, then the end (on
     the host); ``segments``: the same on the device, as int32. The scale is the default, 1/sqrt(dim),
-    as in Qwen3-VL."""
+    as in Qwen3-VL.
+
+    With ``context``, ``k`` and ``v`` hold each segment's whole sequence so far (its cached prefix, then
+    its own tokens) packed as ``context`` says, and the causal mask is aligned on the last tokens: query
+    i of a chunk of n tokens after a prefix of p sees keys 0..p+i."""
+    k_bounds, k_segments, k_longest = (bounds, segments, longest) if context is None else \
+        (context.bounds, context.segments, context.longest)
     if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
         from torch.nn.attention.varlen import varlen_attn
 
-        return varlen_attn(q, k, v, segments, segments, longest, longest, **(_varlen_causal() if causal else {}))
-    return torch.cat([
-        F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1),
-                                       is_causal=causal, enable_gqa=True).transpose(0, 1)
-        for a, b in zip(bounds, bounds[1:])])
+        return varlen_attn(q, k, v, segments, k_segments, longest, k_longest,
+                           **(_varlen_causal() if causal else {}))
+    out = []
+    for a, b, c, d in zip(bounds, bounds[1:], k_bounds, k_bounds[1:]):
+        mask = None
+        if causal and d - c != b - a:
+            mask = torch.ones((b - a, d - c), dtype=torch.bool, device=q.device).tril(d - c - (b - a))
+        out.append(F.scaled_dot_product_attention(
+            q[a:b].transpose(0, 1), k[c:d].transpose(0, 1), v[c:d].transpose(0, 1), attn_mask=mask,
+            is_causal=causal and mask is None, enable_gqa=True).transpose(0, 1))
+    return torch.cat(out)
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where a prefill's chunks read their keys from when some continue a sequence (a chunk after an
+    earlier one, or after a prefix taken from the cache): ``index``, the flat cache positions of each
+    chunk's sequence from its first token to the chunk's last, packed; ``bounds`` (host) and
+    ``segments`` (device, int32) where each sequence starts in that packing; ``longest`` its longest."""
+
+    index: torch.Tensor
+    bounds: list[int]
+    segments: torch.Tensor
+    longest: int
 
 
 @functools.cache
@@ -104,10 +131,10 @@ def _fuse(modules: list[nn.Linear]) -> torch.Tensor:
 
 
 class Decoder:
-    def __init__(self, model: nn.Module, cache, compile: bool = False, exact_attention: bool = False):
+    def __init__(self, model: nn.Module, compile: bool = False, exact_attention: bool = False):
         self.language = model.model.language_model
         self.lm_head = model.lm_head
-        self.cache = cache
+        self.cache = None  # the paged KV cache (kv_cache.PagedKVCache), bound once its size is known
         config = model.config.text_config
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
@@ -126,7 +153,8 @@ class Decoder:
         self.scale = self.head_dim ** -0.5
         self._project, self._feed_forward = _project, _feed_forward
         self.compiled = compile
-        # Each row reads its own cached length (a GPU kernel); otherwise SDPA reads ``span`` tokens per row.
+        # Each row reads its own cached length through its block table (a GPU kernel); otherwise the
+        # step gathers ``span`` cached tokens per row for SDPA.
         self._attention, self.kernels = None, ()
         # Batch sizes a start runs the step at: one row and any other count for compile; the exact
         # kernels also have a launch shape for many rows, which Triton compiles on first use.
@@ -144,61 +172,70 @@ class Decoder:
     def exact_attention(self) -> bool:
         return self._attention is not None
 
-    def step(self, ids: torch.Tensor, positions: torch.Tensor, lengths: torch.Tensor, span: int,
-             arange: torch.Tensor) -> torch.Tensor:
-        """Logits of the next token for ``ids`` (rows, 1), reading ``span`` cached tokens per row
-        (with ``exact_attention``, each row's own length instead)."""
-        rows = ids.shape[0]
+    def step(self, ids: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, lengths: torch.Tensor,
+             span: int) -> torch.Tensor:
+        """Logits of the next token for ``ids`` (rows, 1): row i continues the sequence in ``slots[i]``,
+        which holds ``lengths[i]`` cached tokens; its rotary position is ``positions[i]``. Without
+        ``exact_attention`` each row reads ``span`` cached tokens (a multiple of the block size)."""
+        rows, cache = ids.shape[0], self.cache
         hidden = self.language.embed_tokens(ids)
         cos, sin = self.language.rotary_emb(hidden, positions.view(1, rows, 1).expand(3, rows, 1))
         cos, sin = cos[:, None], sin[:, None]  # (rows, 1, 1, head_dim)
         if not self._attention:
-            attend = (arange[:span][None, :] <= lengths[:, None]).view(rows, 1, 1, span)
-            self.cache.bind(lengths, span)
-        for index, (norm_w, qkv_w, q_norm_w, k_norm_w, o_w, post_w, gate_up_w, down_w) in enumerate(self.layers):
+            written = cache.token_index(slots, lengths)
+            index = cache.span_index(slots, span)
+            attend = (torch.arange(span, device=ids.device)[None, :] <= lengths[:, None]).view(rows, 1, 1, span)
+        for layer, (norm_w, qkv_w, q_norm_w, k_norm_w, o_w, post_w, gate_up_w, down_w) in enumerate(self.layers):
             q, k, v = self._project(hidden, norm_w, qkv_w, q_norm_w, k_norm_w, cos, sin, self.eps,
                                     self.heads, self.kv_heads, self.head_dim)
             # One query position: the query heads of a key/value head stand in for query positions.
             q = q.reshape(rows, self.kv_heads, -1, self.head_dim)
             if self._attention:  # writes k and v into the cache itself
-                attended = self._attention(q, k, v, self.cache.keys[index], self.cache.values[index], lengths,
-                                           self.scale)
+                attended = self._attention(q, k, v, cache.keys[layer], cache.values[layer], lengths, slots,
+                                           cache.tables, self.scale)
             else:
-                keys, values = self.cache.update(k, v, index)
-                attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=attend, scale=self.scale)
+                cache.write(layer, k[:, :, 0], v[:, :, 0], written)
+                keys, values = cache.read(layer, index)
+                attended = F.scaled_dot_product_attention(q, keys.transpose(1, 2), values.transpose(1, 2),
+                                                          attn_mask=attend, scale=self.scale)
             hidden = self._feed_forward(hidden, attended.reshape(rows, 1, -1), o_w, post_w, gate_up_w, down_w,
                                         self.eps)
         return self._logits(hidden)
 
     def prefill(self, embeds: torch.Tensor, positions: torch.Tensor, bounds: list[int], segments: torch.Tensor,
+                written: torch.Tensor, context: Context | None = None, last: torch.Tensor | None = None,
                 visual: torch.Tensor | None = None, deepstack: list[torch.Tensor] = (), between=None):
-        """The logits after each prompt's last token, and every layer's keys and values ((tokens,
-        kv_heads, dim) each), for prompts packed end to end.
+        """Compute prompt chunks packed end to end, store their keys and values in the cache, and return
+        the next token's logits after the tokens at ``last`` (or None).
 
         ``embeds``: (tokens, hidden), image features already in place; ``positions``: (3, tokens)
-        rotary positions; ``bounds``: where each prompt starts, then the end (on the host);
-        ``segments``: the same on the device, as int32; ``visual``: indices of the image tokens, where
-        the first layers add ``deepstack``; ``between``: called after each layer is enqueued.
+        rotary positions; ``bounds``: where each chunk starts, then the end (on the host); ``segments``:
+        the same on the device, as int32; ``written``: the flat cache position of every token;
+        ``context``: where chunks that continue a sequence read its earlier tokens (None: every chunk
+        starts its sequence); ``visual``: indices of the image tokens, where the first layers add
+        ``deepstack``; ``between``: called after each layer is enqueued.
         """
         tokens, width = embeds.shape
         cos, sin = self.language.rotary_emb(embeds[None], positions[:, None])
         cos, sin = cos.view(tokens, 1, 1, -1), sin.view(tokens, 1, 1, -1)
         longest = max(b - a for a, b in zip(bounds, bounds[1:]))
         # One token per row, as in a decode step (see ``_project``).
-        hidden, layers = embeds.view(tokens, 1, width), []
-        for index, (norm_w, qkv_w, q_norm_w, k_norm_w, o_w, post_w, gate_up_w, down_w) in enumerate(self.layers):
+        hidden = embeds.view(tokens, 1, width)
+        for layer, (norm_w, qkv_w, q_norm_w, k_norm_w, o_w, post_w, gate_up_w, down_w) in enumerate(self.layers):
             q, k, v = self._project(hidden, norm_w, qkv_w, q_norm_w, k_norm_w, cos, sin, self.eps,
                                     self.heads, self.kv_heads, self.head_dim)
             q, k, v = q.squeeze(2), k.squeeze(2), v.squeeze(2)
-            layers.append((k, v))
-            attended = packed_attention(q, k, v, bounds, segments, longest, causal=True)
+            self.cache.write(layer, k, v, written)
+            if context is not None:
+                k, v = self.cache.read(layer, context.index)
+            attended = packed_attention(q, k, v, bounds, segments, longest, causal=True, context=context)
             hidden = self._feed_forward(hidden, attended.reshape(tokens, 1, -1), o_w, post_w, gate_up_w, down_w,
                                         self.eps)
-            if index < len(deepstack):
-                hidden.view(-1, width).index_add_(0, visual, deepstack[index].to(hidden.dtype))
+            if layer < len(deepstack):
+                hidden.view(-1, width).index_add_(0, visual, deepstack[layer].to(hidden.dtype))
             if between is not None:
                 between()
-        return self._logits(hidden[segments[1:].long() - 1]), layers
+        return None if last is None else self._logits(hidden[last])
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The next token's logits, from each row's last position."""

@@ -35,7 +35,9 @@ def served_config(text: str) -> dict[str, int | float]:
     def parameter(key: str) -> str:
         return number(rf'key: "{key}", value: {{ string_value: "(\d+)" }}')
 
-    return {"slots": int(parameter("slots")), "prefills_per_step": int(parameter("prefills_per_step")),
+    # The simulator's pod admits whole prompts: as many of the bench's prompts as one step's token budget holds.
+    return {"slots": int(parameter("max_num_seqs")),
+            "prefills_per_step": int(parameter("max_num_batched_tokens")) // BENCH_PROMPT_TOKENS,
             "max_batch_size": int(number(r"max_batch_size: (\d+)")),
             "max_queue_size": int(number(r"max_queue_size: (\d+)")),
             "queue_timeout_seconds": int(number(r"default_timeout_microseconds: (\d+)")) / 1e6}

@@ -28,5 +28,5 @@ def triton():
 
 @pytest.fixture(scope="session")
 def start_triton():
-    """Start another Triton on free ports, e.g. ``start_triton(parameters={"slots": "1"}, queue_size=2)``."""
+    """Start another Triton on free ports, e.g. ``start_triton(parameters={"max_num_seqs": "1"}, queue_size=2)``."""
     return _start

@@ -170,7 +170,8 @@ class TritonPythonModel:
         started = time.monotonic()
         loaded = load(self.config)
         weights = time.monotonic() - started
-        self.prompts = PromptBuilder(loaded.processor, self.config, pixel_dtype=loaded.dtype)
+        self.prompts = PromptBuilder(loaded.processor, self.config, pixel_dtype=loaded.dtype,
+                                     rope_index=loaded.model.model.get_rope_index)
         self.outbox = Outbox()
         self.cancel_watch = CancelWatch()
         engine = Engine(loaded, self.config, self.metrics)
@@ -181,9 +182,10 @@ class TritonPythonModel:
         warm_ups = "".join(f", {name} warm-up {s:.1f} s" for name, s in self.engine.start_timings.items())
         artifacts = self.engine.compile_artifacts
         artifacts = f"; compile artifacts {artifacts.outcome}: {artifacts.path}" if artifacts else ""
-        log.warning("qwen3_vl ready in %.1f s (weights %.1f s, engine %.1f s%s): "
-                    "%s on %s, %d slots%s", seconds, weights, built, warm_ups, self.config.model_path,
-                    loaded.device, self.engine.slots, artifacts)
+        log.warning("qwen3_vl ready in %.1f s (weights %.1f s, engine %.1f s%s): %s on %s, %d sequences, "
+                    "KV cache of %d tokens%s", seconds, weights, built, warm_ups, self.config.model_path,
+                    loaded.device, self.config.max_num_seqs, self.engine.stats.kv_blocks_total * self.config.block_size,
+                    artifacts)
 
     def execute(self, requests):
         arrival = time.monotonic()

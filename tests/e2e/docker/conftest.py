@@ -111,7 +111,7 @@ def model_volume(docker_client, images) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def triton_config(test_files: Path) -> Path:
     """model_repository's CPU config with a small engine and queue, mounted as configs/docker-test.pbtxt."""
-    repository = model_repository(parameters={"slots": str(SLOTS)}, queue_size=QUEUE_SIZE)
+    repository = model_repository(parameters={"max_num_seqs": str(SLOTS)}, queue_size=QUEUE_SIZE)
     try:
         text = (repository / MODEL_NAME / "config.pbtxt").read_text()
     finally:

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def small_triton(start_triton):
-    server = start_triton(parameters={"slots": "1"}, queue_size=2)
+    server = start_triton(parameters={"max_num_seqs": "1"}, queue_size=2)
     yield server
     server.stop()
 

@@ -67,7 +67,7 @@ def tiny_triton(tmp_path_factory):
     log = tmp_path_factory.mktemp("triton") / "tiny-triton.log"
     server = TritonServer(
         http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log_file=str(log),
-        parameters={"slots": "1"}, queue_size=1,
+        parameters={"max_num_seqs": "1"}, queue_size=1,
     ).start(timeout=300)
     yield server
     server.stop()

@@ -12,36 +12,40 @@ from torch._dynamo.testing import CompileCounter
 
 from backend_python import decode, vision
 from backend_python.config import EngineConfig, Limits
-from backend_python.engine import Engine
 from backend_python.loader import load
+from backend_python.model_runner import ModelRunner
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
 def engine():
-    config = EngineConfig(model_path=str(tiny_checkpoint()), slots=8, max_seq_len=256,
+    config = EngineConfig(model_path=str(tiny_checkpoint()), max_num_seqs=8, max_model_len=256,
                           limits=Limits(max_prompt_tokens=200, max_new_tokens=50))
     torch._dynamo.reset()
-    yield Engine(load(config), config)
+    runner = ModelRunner(load(config), config)
+    runner.start()
+    yield runner
     torch._dynamo.reset()
 
 
-def _prefill(engine, prompts: int, tokens: int) -> None:
-    width = engine.model.config.text_config.hidden_size
+def _prefill(runner, prompts: int, tokens: int) -> None:
+    width = runner.model.config.text_config.hidden_size
     bounds = [tokens * i for i in range(prompts + 1)]
     embeds = torch.randn((bounds[-1], width))
     positions = torch.arange(tokens).repeat(prompts).expand(3, -1)
-    engine._decoder.prefill(embeds, positions, bounds, torch.tensor(bounds, dtype=torch.int32))
+    runner.decoder.prefill(embeds, positions, bounds, torch.tensor(bounds, dtype=torch.int32),
+                           torch.arange(bounds[-1]))
 
 
 def test_decode_steps_and_prefills_of_any_size_share_four_graphs(engine):
     counter = CompileCounter()
-    engine._decoder._project = torch.compile(decode._project, backend=counter, dynamic=True)
-    engine._decoder._feed_forward = torch.compile(decode._feed_forward, backend=counter, dynamic=True)
+    engine.decoder._project = torch.compile(decode._project, backend=counter, dynamic=True)
+    engine.decoder._feed_forward = torch.compile(decode._feed_forward, backend=counter, dynamic=True)
     with torch.inference_mode():
-        # What Engine.start warms up: a step of one row and of two (and on a GPU of 32), a prefill of three prompts.
-        for rows in engine._decoder.warm_up_rows:
+        # What the runner's start warms up: a step of one row and of two (and on a GPU of 32), a prefill
+        # of three prompts.
+        for rows in engine.decoder.warm_up_rows:
             engine._forward(rows, engine._span_step)
         _prefill(engine, 3, 37)
         assert counter.frame_count == 4  # each function once for one row, once for any other count
@@ -54,7 +58,7 @@ def test_decode_steps_and_prefills_of_any_size_share_four_graphs(engine):
 
 def test_images_of_any_size_share_the_vision_blocks_two_graphs(engine):
     counter = CompileCounter()
-    encoder = engine._vision
+    encoder = engine.vision
     encoder._before = torch.compile(vision._before_attention, backend=counter, dynamic=True)
     encoder._after = torch.compile(vision._after_attention, backend=counter, dynamic=True)
     channels = encoder.patch_w.shape[1]

@@ -13,21 +13,32 @@ MODEL_DIR = Path(__file__).resolve().parents[3] / "model_repository" / "qwen3_vl
 
 def test_parameters_are_typed_and_model_path_falls_back_to_the_environment():
     config = EngineConfig.from_parameters(
-        {"slots": {"string_value": "3"}, "cuda_graphs": {"string_value": "false"},
+        {"max_num_seqs": {"string_value": "3"}, "cuda_graphs": {"string_value": "false"},
          "max_images": {"string_value": "2"}, "model_path": {"string_value": ""}},
         environ={"MODEL_PATH": "/models/qwen"},
     )
-    assert (config.slots, config.cuda_graphs, config.limits.max_images, config.model_path) == (3, False, 2, "/models/qwen")
+    assert (config.max_num_seqs, config.cuda_graphs, config.limits.max_images, config.model_path) == (3, False, 2, "/models/qwen")
 
 
 def test_an_unknown_parameter_is_refused():
-    with pytest.raises(ValueError, match="unknown model parameters: \\['slot'\\]"):
-        EngineConfig.from_parameters({"slot": "3"}, environ={"MODEL_PATH": "x"})
+    with pytest.raises(ValueError, match="unknown model parameters: \\['max_num_seq'\\]"):
+        EngineConfig.from_parameters({"max_num_seq": "3"}, environ={"MODEL_PATH": "x"})
+
+
+def test_a_parameter_of_the_slot_engine_names_its_new_name():
+    with pytest.raises(ValueError, match="'max_seq_len' is now max_model_len; 'slots' is now max_num_seqs"):
+        EngineConfig.from_parameters({"slots": "3", "max_seq_len": "2048"}, environ={"MODEL_PATH": "x"})
 
 
 def test_a_bad_value_names_the_parameter():
-    with pytest.raises(ValueError, match="'slots': 'many' is not a valid int"):
-        EngineConfig.from_parameters({"slots": "many"}, environ={"MODEL_PATH": "x"})
+    with pytest.raises(ValueError, match="'max_num_seqs': 'many' is not a valid int"):
+        EngineConfig.from_parameters({"max_num_seqs": "many"}, environ={"MODEL_PATH": "x"})
+
+
+def test_a_step_budget_too_small_for_a_decode_step_is_refused():
+    with pytest.raises(ValueError, match="max_num_batched_tokens \\(8\\) must hold a decode step"):
+        EngineConfig.from_parameters({"max_num_seqs": "16", "max_num_batched_tokens": "8"},
+                                     environ={"MODEL_PATH": "x"})
 
 
 def test_no_model_is_a_clear_error():
@@ -42,4 +53,4 @@ def test_the_shipped_model_configs_load(name):
     parameters = dict(re.findall(r'key: "(\w+)", value: \{ string_value: "([^"]*)" \}', text))
     assert len(parameters) == text.count("key:"), "every parameter in the one form the test reads"
     config = EngineConfig.from_parameters(parameters, environ={"MODEL_PATH": "/models/qwen"})
-    assert config.slots == int(parameters["slots"])
+    assert config.max_num_seqs == int(parameters["max_num_seqs"])

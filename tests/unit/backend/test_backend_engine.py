@@ -60,7 +60,7 @@ class SlowSink(Sink):
 
 @pytest.fixture(scope="module")
 def loaded():
-    config = EngineConfig(model_path=str(tiny_checkpoint()), slots=4, max_seq_len=512,
+    config = EngineConfig(model_path=str(tiny_checkpoint()), max_num_seqs=4, max_model_len=512,
                           limits=Limits(max_prompt_tokens=400, max_new_tokens=100),
                           image_min_pixels=32 * 32 * 4, image_max_pixels=128 * 128)
     return config, load(config)
@@ -126,25 +126,22 @@ def test_prompts_of_different_lengths_prefilled_together_get_their_answers_alone
     alone = [run(engine, prompts, [r])[0].text for r in requests]
     built = [prompts.build(r) for r in requests]
     assert len({p.length for p in built}) == len(built)
-    prefills, original = [], engine._prefill
-    engine._prefill = lambda batch: (prefills.append(len(batch)), original(batch))
+    before = engine.stats.snapshot()
     sinks = [Sink() for _ in requests]
-    try:
-        with engine._lock:  # the engine thread takes them all in its next iteration
-            for r, p, s in zip(requests, built, sinks):
-                engine.submit(r, p, s)
-        assert all(s.done.wait(60) for s in sinks)
-    finally:
-        engine._prefill = original
-    assert prefills == [len(requests)]
+    with engine._lock:  # the engine thread plans them all in its next step
+        for r, p, s in zip(requests, built, sinks):
+            engine.submit(r, p, s)
+    assert all(s.done.wait(60) for s in sinks)
+    done = engine.stats.since(before)
+    assert (done["prefills"], done["prefill_chunks"]) == (1, len(requests))
     assert [s.text for s in sinks] == alone
 
 
 def test_running_sequences_decode_during_a_prefill_and_every_answer_is_the_one_it_gets_alone(loaded, prompts):
     """With ``decode_during_prefill``, the running sequences take decode steps between the prefill's
     layers (a GPU would otherwise idle them while the host enqueues it). One of them is cancelled as
-    the prefill starts, so its slot is given up in the middle of the prefill and its neighbour
-    moves into it; the neighbour and the prompts being prefilled still get their answers alone."""
+    the prefill starts, so its blocks are given up in the middle of the prefill; its neighbour and the
+    prompts being prefilled still get their answers alone."""
     config, model = loaded
     engine = Engine(model, dataclasses.replace(config, decode_during_prefill=True)).start()
     try:
@@ -153,41 +150,41 @@ def test_running_sequences_decode_during_a_prefill_and_every_answer_is_the_one_i
         newcomers = [request(**REQUESTS[0]), request(**REQUESTS[1])]
         alone = [run(engine, prompts, [r])[0].text for r in (neighbour, *newcomers)]
 
-        prefilling, launches_inside, original_prefill, original_launch = threading.Event(), [], engine._prefill, engine._launch
+        prefilling, original_prefill = threading.Event(), engine.runner.prefill
 
         class CancelledAtPrefill(Sink):
             def is_cancelled(self):
                 return prefilling.is_set()
 
-        def prefill(batch):
-            if any(s.request is newcomers[0] for s in batch):
+        def prefill(chunks, between=None):
+            if any(c.seq.request is newcomers[0] for c in chunks):
                 prefilling.set()
-            original_prefill(batch)
-            prefilling.clear()
+            try:
+                return original_prefill(chunks, between)
+            finally:
+                prefilling.clear()
 
-        def launch(capture=True):
-            if prefilling.is_set():
-                launches_inside.append(capture)
-            return original_launch(capture)
-
-        engine._prefill, engine._launch = prefill, launch
+        engine.runner.prefill = prefill
         cancelled, kept = CancelledAtPrefill(), Sink()
         engine.submit(long, prompts.build(long), cancelled)
         engine.submit(neighbour, prompts.build(neighbour), kept)
         deadline = time.monotonic() + 60
         while len(kept.chunks) < 3 and time.monotonic() < deadline:  # both are decoding
             time.sleep(0.01)
+        before = engine.stats.snapshot()
         sinks = [Sink() for _ in newcomers]
         with engine._lock:  # one prefill for both
             for r, sink in zip(newcomers, sinks):
                 engine.submit(r, prompts.build(r), sink)
         assert all(sink.done.wait(60) for sink in (cancelled, kept, *sinks))
+        during = engine.stats.since(before)["decode_steps_in_prefill"]
     finally:
         engine.stop()
-    assert launches_inside and not any(launches_inside), "no decode step ran during the prefill"
+    assert during > 0, "no decode step ran during the prefill"
     assert cancelled.chunks[-1].finish_reason == "cancelled" and cancelled.chunks[-1].completion_tokens < 40
     assert [kept.text, *(sink.text for sink in sinks)] == alone
     assert kept.chunks[-1].completion_tokens == 40
+    assert engine.stats.kv_blocks_used == 0
 
 
 def test_sequences_ending_at_different_steps_leave_their_neighbours_unchanged(engine, prompts):
@@ -225,12 +222,12 @@ def test_a_failed_graph_capture_costs_speed_not_answers(engine, prompts, loaded,
     fails for real, for want of a GPU. The engine decodes without graphs from then on."""
     config, model = loaded
     capturing = Engine(model, config)
-    capturing._graphs = {}
+    capturing.runner.graphs = {}
     capturing.start()
     try:
         batch = [request(**spec) for spec in REQUESTS[:2]]
         got = run(capturing, prompts, batch)
-        assert capturing._graphs is None
+        assert capturing.runner.graphs is None
         assert "run without CUDA graphs" in caplog.text
         assert [s.text for s in got] == [s.text for s in run(engine, prompts, batch)]
         assert all(s.error is None for s in got)
@@ -298,24 +295,33 @@ def test_a_prompt_over_the_context_is_refused(engine, prompts):
 
 
 def test_a_full_engine_applies_backpressure(loaded, prompts):
+    """One sequence runs, one more may wait inside the engine; the next caller waits for room (in
+    Triton, that keeps it in Triton's queue) and gives up at its timeout."""
     config, model = loaded
-    small = Engine(model, EngineConfig(model_path=config.model_path, slots=1, max_seq_len=512)).start()
+    small = Engine(model, EngineConfig(model_path=config.model_path, max_num_seqs=1, max_model_len=512)).start()
     try:
-        first = Sink()
+        first, second = Sink(), Sink()
         r = request("Keep going.", max_tokens=60, ignore_eos=True)
         small.submit(r, prompts.build(r), first)
+        small.submit(r, prompts.build(r), second)
         with pytest.raises(Overloaded):
             small.submit(r, prompts.build(r), Sink(), timeout=0.01)
-        assert first.done.wait(60) and first.chunks[-1].completion_tokens == 60
+        assert first.done.wait(60) and second.done.wait(60)
+        assert [s.chunks[-1].completion_tokens for s in (first, second)] == [60, 60]
+        assert second.text == first.text
     finally:
         small.stop()
 
 
-def test_a_memory_budget_sizes_the_cache_in_slots(loaded):
+def test_a_memory_budget_sizes_the_cache_in_blocks(loaded):
     config, model = loaded
-    # Tiny model: 2 layers x 2 KV heads x 16 dims x 512 tokens x 2 (K, V) x 4 bytes = 256 KiB per slot.
-    budget = EngineConfig(model_path=config.model_path, max_seq_len=512, kv_cache_budget_gib=3 * 256 / 2**20)
-    engine = Engine(model, budget)
-    assert engine.slots == 3 and engine.cache.keys[0].shape == (3, 2, 512, 16)
-    with pytest.raises(ValueError, match="holds no slot"):
-        Engine(model, EngineConfig(model_path=config.model_path, max_seq_len=512, kv_cache_budget_gib=1e-6))
+    # Tiny model: 2 layers x 16 tokens x 2 KV heads x 16 dims x 2 (K, V) x 4 bytes = 8 KiB per block;
+    # a sequence of 512 tokens takes 32 blocks.
+    budget = EngineConfig(model_path=config.model_path, max_model_len=512, kv_cache_budget_gib=100 * 8 / 2**20)
+    engine = Engine(model, budget).start()
+    try:
+        assert engine.stats.kv_blocks_total == 100
+    finally:
+        engine.stop()
+    with pytest.raises(ValueError, match="cannot hold one sequence of max_model_len=512 tokens"):
+        Engine(model, dataclasses.replace(budget, kv_cache_budget_gib=31 * 8 / 2**20)).start()

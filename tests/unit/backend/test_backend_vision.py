@@ -17,7 +17,7 @@ pytestmark = pytest.mark.unit
 
 @pytest.fixture(scope="module")
 def loaded():
-    config = EngineConfig(model_path=str(tiny_checkpoint()), slots=2, max_seq_len=512,
+    config = EngineConfig(model_path=str(tiny_checkpoint()), max_num_seqs=2, max_model_len=512,
                           limits=Limits(max_prompt_tokens=400), image_max_pixels=160 * 160)
     return config, load(config)
 

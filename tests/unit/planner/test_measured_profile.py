@@ -22,11 +22,11 @@ def test_the_committed_profile_is_regenerated_from_the_committed_report():
 def test_the_profile_takes_its_engine_and_queue_settings_from_the_gpu_config():
     served = served_config(GPU_CONFIG.read_text())
     text = GPU_CONFIG.read_text()
-    assert f'key: "prefills_per_step", value: {{ string_value: "{served["prefills_per_step"]}" }}' in text
+    assert f'key: "max_num_seqs", value: {{ string_value: "{served["slots"]}" }}' in text
     assert f"max_batch_size: {served['max_batch_size']}" in text
     assert served["queue_timeout_seconds"] == 60.0
 
 
 def test_a_config_without_a_setting_is_refused():
-    with pytest.raises(ValueError, match="slots"):
-        served_config('max_batch_size: 64\nparameters [ { key: "prefills_per_step", value: { string_value: "4" } } ]')
+    with pytest.raises(ValueError, match="max_num_seqs"):
+        served_config('max_batch_size: 64\nparameters [ { key: "max_num_batched_tokens", value: { string_value: "4" } } ]')
