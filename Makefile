@@ -83,8 +83,8 @@ monitor: setup system-deps
 	$(PY) -m stack.prometheus
 
 plan: setup
-	$(PY) -m planner --overlay k8s/overlays/gpu --profile planner/profiles/h100-qwen3-vl-4b.json --trace daynight --slo-ttft 2.0 --seed 1 --out docs/planner/measured --compare
-	$(PY) -m planner --overlay k8s/overlays/gpu --profile planner/profiles/h100-qwen3-vl-4b.json --trace burst --slo-ttft 2.0 --seed 1 --out docs/planner/measured --compare
+	$(PY) -m planner --overlay k8s/overlays/gpu --profile planner/profiles/h100-qwen3-vl-4b.json --trace daynight --seed 1 --out docs/planner/measured --compare
+	$(PY) -m planner --overlay k8s/overlays/gpu --profile planner/profiles/h100-qwen3-vl-4b.json --trace burst --seed 1 --out docs/planner/measured --compare
 
 images: setup system-deps
 	docker/build.sh

@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from monitoring.objective import load_objective
 from planner.policies import comparison, fit_static_peak, pod_capacity, run_policies
 from planner.profile import ProfileError, load_profile
 from planner.report import as_dict, plot, table
@@ -44,8 +45,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--hours", type=_positive, help="length of the daynight/burst trace (default 24 / 3)")
     p.add_argument("--prompt-tokens", type=_positive, default=220.0, help="median prompt tokens of generated traces")
     p.add_argument("--max-tokens", type=_positive, default=160.0, help="median max_tokens of generated traces")
-    p.add_argument("--slo-ttft", type=_positive, default=2.0, help="objective: time to first token, seconds")
-    p.add_argument("--slo-share", type=float, default=0.99, help="objective: share of requests within --slo-ttft")
+    p.add_argument("--slo-ttft", type=_positive, help="objective: time to first token, seconds "
+                   "(default: the platform's, monitoring/objective.yml)")
+    p.add_argument("--slo-share", type=float, help="objective: share of requests within --slo-ttft "
+                   "(default: monitoring/objective.yml)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", default="docs/planner", help="folder for the PNG and the JSON summary")
     mode = p.add_mutually_exclusive_group()
@@ -61,6 +64,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    slo = load_objective()
+    args.slo_ttft = slo.seconds if args.slo_ttft is None else args.slo_ttft
+    args.slo_share = slo.share if args.slo_share is None else args.slo_share
     if not 0 < args.slo_share <= 1:
         print("error: --slo-share must be in (0, 1]", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 
 STALENESS_SECONDS = 300.0
+WAITING_WINDOW_SECONDS = 30.0  # min_over_time(qwen3vl:requests_waiting[30s]) in the GPU rule
 
 
 def extrapolated_rate(samples: list[tuple[float, float]], range_start: float, range_end: float) -> float | None:
@@ -79,7 +80,10 @@ class RuleValues:
 
     queue_time: float = math.nan
     pending: float = math.nan
+    waiting: float = math.nan
+    occupancy: float = math.nan
     gpu_utilization: float = math.nan
+    gpu_utilization_while_waiting: float = math.nan
     batch_size: float = math.nan
     batch_size_mean: float = math.nan
 
@@ -117,20 +121,30 @@ class Prometheus:
         (0 for a pod that served nothing in the window), averaged per namespace;
         `triton:pending_requests` summed; `triton:gpu_utilization:avg` averaged;
         `qwen3vl:batch_size:avg1m` = rate(batch_size_sum)/rate(batch_size_count) per pod (pods with
-        no decode step drop out), summed (or averaged when the query says avg)."""
+        no decode step drop out), summed (or averaged when the query says avg);
+        `qwen3vl:requests_waiting` (Triton's queue and the batch inside execute) and `qwen3vl:occupancy`
+        (running over slots) summed; `qwen3vl:gpu_utilization_while_waiting` sums the GPU utilization of
+        the pods whose every sample of the last 30 s had a request waiting."""
         start = t - self.rate_window
         queue_times: list[float] = []
         pending: list[float] = []
+        waiting: list[float] = []
+        occupancy: list[float] = []
         gpu: list[float] = []
+        gpu_waiting: list[float] = []
         batch: list[float] = []
         for s in self.series.values():
             p = s.latest("pending", t)
             if p is None:
                 continue
             pending.append(p)
+            waiting.append(s.latest("waiting", t))
+            occupancy.append(s.latest("running", t) / s.latest("slots", t))
             g = s.latest("gpu_util", t)
             if g is not None:
                 gpu.append(g)
+                kept_waiting = s.window("waiting", t - WAITING_WINDOW_SECONDS, t)
+                gpu_waiting.append(g if kept_waiting and min(v for _, v in kept_waiting) > 0 else 0.0)
             q = extrapolated_rate(s.window("queue_us", start, t), start, t)
             n = extrapolated_rate(s.window("success", start, t), start, t)
             if q is not None and n is not None:
@@ -142,7 +156,10 @@ class Prometheus:
         self.rules = RuleValues(
             queue_time=_mean(queue_times),
             pending=float(sum(pending)) if pending else math.nan,
+            waiting=float(sum(waiting)) if waiting else math.nan,
+            occupancy=float(sum(occupancy)) if occupancy else math.nan,
             gpu_utilization=_mean(gpu),
+            gpu_utilization_while_waiting=float(sum(gpu_waiting)) if gpu_waiting else math.nan,
             batch_size=float(sum(batch)) if batch else math.nan,
             batch_size_mean=_mean(batch),
         )

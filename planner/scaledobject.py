@@ -12,11 +12,16 @@ import yaml
 
 from planner.hpa import Behavior
 
-# Recording rules KEDA may query (docs/contracts.md) and the simulated signal behind each.
+# Recording rules KEDA may query (docs/contracts.md) and the simulated signal behind each. The
+# simulator has no wait inside the model: the queue time it records is Triton's, for either rule.
 SIGNALS = {
     "triton:queue_time_per_request_seconds:avg1m:namespace": "queue_time",
+    "qwen3vl:queue_time_per_request_seconds:avg1m:namespace": "queue_time",
     "triton:pending_requests:namespace": "pending",
+    "qwen3vl:requests_waiting:namespace": "waiting",
+    "qwen3vl:occupancy:namespace": "occupancy",
     "triton:gpu_utilization:avg:namespace": "gpu_utilization",
+    "qwen3vl:gpu_utilization_while_waiting:namespace": "gpu_utilization_while_waiting",
     "qwen3vl:batch_size:avg1m": "batch_size",
 }
 METRIC_TYPES = ("Value", "AverageValue", "Utilization")

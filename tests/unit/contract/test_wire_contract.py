@@ -23,7 +23,7 @@ from wire_contract import INPUTS, OUTPUTS, WireRequest, WireResponse
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[3]
-CONFIGS = [ROOT / "model_repository/qwen3_vl/config.pbtxt", ROOT / "model_repository/qwen3_vl/configs/gpu.pbtxt"]
+CONFIGS = [ROOT / "model_repository/qwen3_vl/config.pbtxt", *sorted((ROOT / "model_repository/qwen3_vl/configs").glob("*.pbtxt"))]
 MESSAGES = [{"role": "system", "content": "Be brief."},
             {"role": "user", "content": [{"type": "image", "image": 0}, {"type": "text", "text": "Qu'est-ce que c'est ?"}]}]
 

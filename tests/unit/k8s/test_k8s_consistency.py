@@ -18,9 +18,10 @@ RULES_DIR = REPO / "monitoring" / "prometheus" / "rules"
 COUNTERS_CSV = REPO / "monitoring" / "dcgm" / "counters.csv"
 # docs/contracts.md: which metric type KEDA uses for each namespace-level rule.
 CONTRACT_METRIC_TYPES = {
-    "triton:queue_time_per_request_seconds:avg1m:namespace": "Value",
-    "triton:pending_requests:namespace": "AverageValue",
-    "triton:gpu_utilization:avg:namespace": "Value",
+    "qwen3vl:queue_time_per_request_seconds:avg1m:namespace": "Value",
+    "qwen3vl:requests_waiting:namespace": "AverageValue",
+    "qwen3vl:occupancy:namespace": "AverageValue",
+    "qwen3vl:gpu_utilization_while_waiting:namespace": "AverageValue",
 }
 QUERY = re.compile(r'^(?P<rule>[a-zA-Z_:][a-zA-Z0-9_:]*)\{namespace="(?P<namespace>[^"]+)"\}$')
 ENV_REFERENCE = re.compile(r"\$\((?P<name>[A-Z0-9_]+)\)")
@@ -199,6 +200,25 @@ def test_scaled_object_queries_are_the_namespace_recording_rules(rendered, build
         assert match["namespace"] == scaled["metadata"]["namespace"] == NAMESPACE
         assert trigger["metricType"] == CONTRACT_METRIC_TYPES[match["rule"]], trigger["name"]
         assert float(trigger["metadata"]["activationThreshold"]) < float(trigger["metadata"]["threshold"])
+        # An empty result is an error (fallback, KedaScalerErrors), never a 0 that scales to the minimum.
+        assert trigger["metadata"]["ignoreNullValues"] == "false", trigger["name"]
+
+
+def alerts() -> list[dict]:
+    return [rule for path in sorted(RULES_DIR.glob("*.yml"))
+            for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def test_absent_alerts_watch_exactly_the_rules_every_overlay_reads(rendered) -> None:
+    """A rule read by some overlays only (GPU utilization: MIG slices report none) must not fire
+    ScalerMetricMissing where it is absent by design; KedaScalerErrors covers it where it is read."""
+    read = [
+        {QUERY.match(t["metadata"]["query"])["rule"] for t in find(rendered[build], "ScaledObject", "triton")["spec"]["triggers"]}
+        for build in ("gpu", "gpu-shared")
+    ]
+    watched = {re.fullmatch(r"absent\((.+)\)", a["expr"])[1] for a in alerts() if a["alert"] == "ScalerMetricMissing"}
+    assert watched == set.intersection(*read)
+    assert "KedaScalerErrors" in {a["alert"] for a in alerts()}
 
 
 def test_gpu_trigger_reads_a_dcgm_field_the_exporter_collects(rendered) -> None:
@@ -254,7 +274,7 @@ def test_triton_command_line_resolves_to_an_existing_model_config(rendered, buil
     flags = dict(a.split("=", 1) for a in args)
     assert flags["--model-repository"] == "/opt/platform/model_repository"
     name = flags["--model-config-name"]
-    assert name == ("cpu" if build == "dev" else "gpu")
+    assert name == {"dev": "cpu", "gpu": "gpu", "gpu-shared": "gpu-shared"}[build]
     model_dir = REPO / "model_repository" / "qwen3_vl"
     # Measured with tritonserver 2.51: a name without configs/<name>.pbtxt falls back to config.pbtxt.
     chosen = model_dir / "configs" / f"{name}.pbtxt"

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from k8s_manifests import K8S, NAMESPACE, OVERLAYS, find, kustomize, write_kustomization
+from k8s_manifests import K8S, NAMESPACE, OVERLAYS, REPO, find, kustomize, write_kustomization
 
 pytestmark = pytest.mark.unit
+
+# Qwen3-VL-4B's KV cache in bf16: 36 layers x 8 KV heads x head_dim 128 x (K, V) x 2 bytes.
+KV_BYTES_PER_TOKEN = 36 * 8 * 128 * 2 * 2
 
 CLUSTER_SCOPED = {"Namespace"}
 
@@ -23,6 +27,12 @@ def triton_container(objects: list[dict]) -> dict:
 
 def env_of(container: dict) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def model_parameters(config_name: str) -> dict[str, str]:
+    """The `parameters` block of model_repository/qwen3_vl/configs/<config_name>.pbtxt."""
+    text = (REPO / "model_repository" / "qwen3_vl" / "configs" / f"{config_name}.pbtxt").read_text()
+    return dict(re.findall(r'\{ key: "([^"]+)", value: \{ string_value: "([^"]*)" \} \}', text))
 
 
 def config_map_data(objects: list[dict], prefix: str) -> dict[str, str]:
@@ -82,7 +92,7 @@ def test_gpu_gives_each_pod_one_gpu_the_real_model_and_two_warm_replicas(rendere
     scaled = find(objects, "ScaledObject", "triton")["spec"]
     assert scaled["minReplicaCount"] >= 2
     assert scaled["maxReplicaCount"] > scaled["minReplicaCount"]
-    assert [t["name"] for t in scaled["triggers"]] == ["queue-time", "pending-requests", "gpu-utilization"]
+    assert [t["name"] for t in scaled["triggers"]] == ["queue-time", "waiting-requests", "occupancy", "gpu-utilization"]
 
 
 def test_gpu_cache_is_node_local_and_preferred_where_warm(rendered) -> None:
@@ -119,7 +129,24 @@ def test_gpu_shared_takes_a_mig_slice_and_drops_the_gpu_utilization_trigger(rend
     assert "nvidia.com/gpu" not in resources["requests"]
     assert "nvidia.com/gpu" not in resources["limits"]
     triggers = find(objects, "ScaledObject", "triton")["spec"]["triggers"]
-    assert [t["name"] for t in triggers] == ["queue-time", "pending-requests"]
+    assert [t["name"] for t in triggers] == ["queue-time", "waiting-requests", "occupancy"]
+
+
+def test_gpu_shared_loads_a_model_config_whose_kv_budget_fits_the_slice(rendered) -> None:
+    """configs/gpu-shared.pbtxt sizes the KV cache in GiB: weights, cache and activations fit 2g.20gb.
+
+    The GPU config's 128 sequences of 2,048 tokens (about 50 GiB in use) ran out of memory at load there.
+    """
+    name = env_of(triton_container(rendered["gpu-shared"]))["TRITON_MODEL_CONFIG"]
+    parameters = model_parameters(name)
+    slice_gib, weights_gib, activations_gib = 19.5, 8.3, 2.5  # 2g.20gb; bf16 Qwen3-VL-4B; a step + vision + context
+    kv_gib = float(parameters["kv_cache_budget_gib"])
+    assert 0 < kv_gib and weights_gib + kv_gib + activations_gib <= slice_gib
+    kv_tokens = kv_gib * 2**30 / KV_BYTES_PER_TOKEN
+    # Every sequence the engine may run holds an image prompt and a 512-token answer (~730 tokens) at once.
+    assert int(parameters["max_num_seqs"]) * 730 <= kv_tokens
+    assert int(parameters["max_model_len"]) <= kv_tokens
+    assert int(parameters["max_prompt_tokens"]) < int(parameters["max_model_len"])
 
 
 def test_ingress_component_routes_to_the_frontend_service(rendered) -> None:

@@ -37,7 +37,7 @@ def test_values_match_the_built_yaml(overlay):
 
 def test_signals_come_from_the_recording_rule_names():
     so, _ = load_overlay(ROOT / "k8s/overlays/gpu")
-    assert {t.signal for t in so.triggers} == {"queue_time", "pending", "gpu_utilization"}
+    assert {t.signal for t in so.triggers} == {"queue_time", "waiting", "occupancy", "gpu_utilization_while_waiting"}
 
 
 def test_unknown_query_is_a_clear_error():
