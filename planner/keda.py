@@ -48,9 +48,10 @@ class KedaAutoscaler:
         self.metric_log: dict[str, float] = {}
 
     def _value(self, trigger: Trigger, view: ClusterView) -> float | None:
-        """Scaler result; an empty result counts as 0 (ignoreNullValues defaults to true)."""
+        """Scaler result. An empty result counts as 0 with ignoreNullValues true (KEDA's default) and
+        as a failure with false, like Prometheus being down: the fallback then engages."""
         value = view.query(trigger.signal)
-        if value is None:
+        if value is None or (math.isnan(value) and not trigger.ignore_null_values):
             self.failures[trigger.name] += 1
             return None
         self.failures[trigger.name] = 0

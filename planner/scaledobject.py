@@ -40,6 +40,8 @@ class Trigger:
     threshold: float
     activation_threshold: float = 0.0
     query: str = ""
+    # KEDA's Prometheus scaler: an empty result reads as 0 (true, its default) or fails the trigger (false).
+    ignore_null_values: bool = True
     metadata: tuple[tuple[str, str], ...] = ()
     raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
@@ -83,6 +85,16 @@ def _float(value, where: str) -> float:
         raise ScaledObjectError(f"{where} must be a number, got {value!r}") from exc
 
 
+def _bool(value, where: str) -> bool:
+    """Go's strconv.ParseBool, which KEDA parses trigger metadata with."""
+    text = str(value)
+    if text in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if text in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    raise ScaledObjectError(f"{where} must be true or false, got {value!r}")
+
+
 def _signal_for(query: str, where: str) -> str:
     for rule in sorted(SIGNALS, key=len, reverse=True):
         if rule in query:
@@ -121,6 +133,7 @@ def parse_trigger(index: int, doc: dict) -> Trigger:
             threshold=threshold,
             activation_threshold=_float(meta.get("activationThreshold", 0), f"{where}.metadata.activationThreshold"),
             query=str(query),
+            ignore_null_values=_bool(meta.get("ignoreNullValues", "true"), f"{where}.metadata.ignoreNullValues"),
             metadata=tuple((str(k), str(v)) for k, v in meta.items()),
             raw=doc,
         )

@@ -49,12 +49,13 @@ class GpuAssignment:
 
 
 class _Gpu:
-    """One simulated card: a load curve of its own, counters integrated over time."""
+    """One simulated card: a load curve of its own (or a fixed utilization), counters integrated over time."""
 
-    def __init__(self, index: int, owner: GpuAssignment, rng: random.Random) -> None:
+    def __init__(self, index: int, owner: GpuAssignment, rng: random.Random, utilization: float | None = None) -> None:
         self.index = index
         self.owner = owner
         self.rng = rng
+        self.utilization = utilization
         self.phase = rng.uniform(0, 2 * math.pi)
         self.started = time.monotonic()
         self.last = self.started
@@ -81,7 +82,9 @@ class _Gpu:
         now = time.monotonic()
         dt, self.last = now - self.last, now
         t = now - self.started
-        util = min(100.0, max(0.0, 55 + 35 * math.sin(t / 15 + self.phase) + self.rng.uniform(-5, 5)))
+        util = self.utilization
+        if util is None:
+            util = min(100.0, max(0.0, 55 + 35 * math.sin(t / 15 + self.phase) + self.rng.uniform(-5, 5)))
         load = util / 100
         power = 90 + 560 * load
         self.energy_mj += power * 1000 * dt
@@ -135,15 +138,21 @@ def _label_text(labels: dict[str, str]) -> str:
 
 
 class DcgmExporterDouble:
-    """Serves dcgm-exporter's /metrics for the given GPUs (one entry per GPU) on 127.0.0.1."""
+    """Serves dcgm-exporter's /metrics for the given GPUs (one entry per GPU) on 127.0.0.1.
+
+    ``utilization`` pins DCGM_FI_DEV_GPU_UTIL (and what follows from it) to one value, as a real
+    exporter reads a GPU that runs any kernel at all times: near 100 % with one sequence decoding.
+    """
 
     def __init__(self, gpus: list[GpuAssignment], *, port: int = 0, counters: list[Counter] | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, utilization: float | None = None) -> None:
         if not gpus:
             raise ValueError("at least one GPU is needed")
+        if utilization is not None and not 0 <= utilization <= 100:
+            raise ValueError(f"utilization is a percentage, got {utilization}")
         self.counters = counters if counters is not None else load_counters()
         rng = random.Random(seed)
-        self._gpus = [_Gpu(index, owner, rng) for index, owner in enumerate(gpus)]
+        self._gpus = [_Gpu(index, owner, rng, utilization) for index, owner in enumerate(gpus)]
         unknown = {c.field for c in self.counters} - set(self._gpus[0].sample())
         if unknown:
             raise ValueError(f"the double has no simulation for {sorted(unknown)}: add one")

@@ -1,20 +1,19 @@
-"""The ScaledObject's scaling decision, computed from the real Prometheus scraping the real Triton.
+"""What KEDA and the HPA would decide with each overlay's ScaledObject, from the real Prometheus scraping real Tritons.
 
-A dedicated Triton with two engine slots (so that a queue builds on this small
-machine) is scraped every second by the real Prometheus with the platform's
-recording rules, beside the dcgm-exporter test double (no GPU here). The
-ScaledObject is read from the built GPU overlay exactly as the planner reads
-it; each trigger's own query is evaluated with the namespace matcher pointed at
-the local stack, and planner.keda / planner.hpa turn the values into replicas.
+Two Triton processes stand for the two warm replicas (minReplicaCount), each running at most two
+sequences so that a queue builds on this small machine. The real Prometheus scrapes them every second
+with the platform's recording rules, beside the dcgm-exporter test double (no GPU here), which reads
+100 % utilization throughout: a GPU runs kernels as soon as one sequence decodes. The ScaledObjects are
+read from the built `gpu` and `gpu-shared` overlays exactly as the planner reads them; each trigger's
+own query is evaluated with its namespace matcher pointed at the local stack, and planner.keda /
+planner.hpa turn the values into replicas.
 
-What is applied is the HPA's instantaneous recommendation: one proposal per
-trigger (Value: ratio times the ready pods; AverageValue: the total over the
-target), the tolerance, the highest proposal, then minReplicaCount /
-maxReplicaCount. The stabilization windows and rate policies are time-based;
-the planner's simulator plays them out (tests/unit/planner), they are not
-re-run here. KEDA's activation step does not apply: minReplicaCount > 0 keeps
-the workload out of zero. The deployment is taken to be at minReplicaCount
-throughout, the state in which a load arrives.
+What is applied is the HPA's instantaneous recommendation: one proposal per trigger (Value: ratio times
+the ready pods; AverageValue: the total over the target), the tolerance, the highest proposal, a failed
+metric holding scale-down, then minReplicaCount / maxReplicaCount; KEDA's fallback after
+failureThreshold failed polls. The stabilization windows and rate policies are time-based; the
+planner's simulator plays them out (tests/unit/planner). The deployment is taken to be at
+minReplicaCount throughout, the state in which a load arrives.
 """
 
 from __future__ import annotations
@@ -24,9 +23,9 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -38,17 +37,19 @@ from stack.ports import free_port
 from stack.prometheus import LOCAL_NAMESPACE, LocalTargets, PrometheusError, PrometheusServer, local_config
 from tests.doubles.dcgm_exporter import DcgmExporterDouble, GpuAssignment
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[3]
-OVERLAY = REPO / "k8s" / "overlays" / "gpu"
-SLOTS = 2
-CLIENTS = 24  # twelve times the slots: requests wait in Triton's queue (max_queue_size 32)
-LOAD_SECONDS = 30
-MAX_REQUESTS = 600
+OVERLAYS = ("gpu", "gpu-shared")
+REPLICAS = 2
+SEQUENCES = 2  # per Triton: a few clients fill it
+BUSY_CLIENTS = 1  # per Triton: a sequence decodes, nothing waits
+OVERLOAD_CLIENTS = 12  # per Triton: six times its sequences, the rest wait (max_queue_size 32)
+BUSY_SECONDS = 20
+LOAD_SECONDS = 45  # longer than the 30 s the GPU rule wants the queue to stay non-empty
 MAX_TOKENS = 32
 IDLE_WAIT_SECONDS = 60
-RETURN_WAIT_SECONDS = 120  # the queue-time rule averages over 1m: it empties a minute after the last request
+RETURN_WAIT_SECONDS = 150  # the queue-time rule averages over 1m: it empties a minute after the last request
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class Decision:
     desired: int
 
     def __str__(self) -> str:
-        triggers = ", ".join(f"{name}={self.values.get(name, float('nan')):.3g}->{self.proposals[name]}"
+        triggers = ", ".join(f"{name}={self.values.get(name, math.nan):.3g}->{self.proposals[name]}"
                              for name in self.proposals)
         return f"desired={self.desired} ({triggers})"
 
@@ -71,7 +72,7 @@ def local_query(trigger: Trigger) -> str:
 
 
 class PrometheusView:
-    """planner.keda's ClusterView backed by the live Prometheus, the workload at `replicas`."""
+    """planner.keda's ClusterView backed by a live Prometheus, the workload at `replicas`."""
 
     def __init__(self, prometheus: PrometheusServer, so: ScaledObjectSpec, replicas: int) -> None:
         self.prometheus = prometheus
@@ -109,135 +110,204 @@ class PrometheusView:
         raise AssertionError("the ScaledObject has no cpu trigger")
 
 
-def decide(prometheus: PrometheusServer, so: ScaledObjectSpec) -> Decision:
-    keda = KedaAutoscaler(so)
+def decide(prometheus: PrometheusServer, so: ScaledObjectSpec, keda: KedaAutoscaler | None = None) -> Decision:
+    """One poll: `keda` carries the failure counts from poll to poll (the fallback needs several)."""
+    keda = keda or KedaAutoscaler(so)
     view = PrometheusView(prometheus, so, so.min_replica_count)
-    raw = {t.name: view.query(t.signal) for t in so.triggers}
     proposals = dict(zip([t.name for t in so.triggers], keda.proposals(view), strict=True))
+    raw = {t.name: view.query(t.signal) for t in so.triggers}
     valid = [p for p in proposals.values() if p is not None]
-    desired = min(max(max(valid, default=view.spec_replicas()), keda.hpa.min_replicas), keda.hpa.max_replicas)
+    desired = max(valid, default=view.spec_replicas())
+    if len(valid) < len(proposals):  # the HPA does not scale down on a partial view
+        desired = max(desired, view.spec_replicas())
+    desired = min(max(desired, keda.hpa.min_replicas), keda.hpa.max_replicas)
     return Decision({k: v for k, v in raw.items() if v is not None}, proposals, desired)
 
 
-def drive_load(grpc_url: str) -> dict[str, int]:
-    """CLIENTS streaming requests back to back until LOAD_SECONDS pass (at most MAX_REQUESTS)."""
-    deadline = time.monotonic() + LOAD_SECONDS
+def decide_all(prometheus: PrometheusServer, scaled: dict[str, ScaledObjectSpec]) -> dict[str, Decision]:
+    return {name: decide(prometheus, so) for name, so in scaled.items()}
+
+
+def drive_load(grpc_urls: list[str], clients_per_url: int, seconds: float) -> dict[str, int]:
+    """Clients streaming requests back to back for `seconds`, an equal number on each Triton."""
+    deadline = time.monotonic() + seconds
     counts = {"ok": 0, "failed": 0}
     lock = threading.Lock()
 
     def client(index: int) -> None:
+        url = grpc_urls[index % len(grpc_urls)]
         while time.monotonic() < deadline:
-            with lock:
-                if counts["ok"] + counts["failed"] >= MAX_REQUESTS:
-                    return
-            result = stream(grpc_url, build_inputs(user_turn(f"Client {index}: describe a cat."),
-                                                   max_tokens=MAX_TOKENS, ignore_eos=True), timeout=90)
+            result = stream(url, build_inputs(user_turn(f"Client {index}: describe a cat."),
+                                              max_tokens=MAX_TOKENS, ignore_eos=True), timeout=90)
             with lock:
                 counts["failed" if result.error else "ok"] += 1
 
-    with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
-        list(pool.map(client, range(CLIENTS)))
+    with ThreadPoolExecutor(max_workers=clients_per_url * len(grpc_urls)) as pool:
+        list(pool.map(client, range(clients_per_url * len(grpc_urls))))
     return counts
+
+
+def while_loaded(prometheus: PrometheusServer, scaled: dict[str, ScaledObjectSpec], load: Callable[[], dict],
+                 ) -> tuple[list[dict[str, Decision]], dict[str, int]]:
+    """Every decision taken while `load` runs (one round every 2 s)."""
+    counts: dict[str, int] = {}
+    loader = threading.Thread(target=lambda: counts.update(load()), daemon=True)
+    loader.start()
+    rounds = []
+    while loader.is_alive():
+        loader.join(timeout=2)
+        rounds.append(decide_all(prometheus, scaled))
+    return rounds, counts
+
+
+def wait_for(prometheus: PrometheusServer, scaled: dict[str, ScaledObjectSpec],
+             done: Callable[[dict[str, Decision]], bool], timeout: float) -> tuple[dict[str, Decision], float]:
+    started = time.monotonic()
+    decisions = decide_all(prometheus, scaled)
+    while not done(decisions) and time.monotonic() - started < timeout:
+        time.sleep(2)
+        decisions = decide_all(prometheus, scaled)
+    return decisions, time.monotonic() - started
+
+
+def trigger(so: ScaledObjectSpec, signal: str) -> Trigger:
+    (found,) = [t for t in so.triggers if t.signal == signal]
+    return found
 
 
 @dataclass
 class Run:
-    so: ScaledObjectSpec
-    idle: Decision
-    peak: Decision
-    after: Decision
-    requests: dict[str, int]
+    scaled: dict[str, ScaledObjectSpec]
+    idle: dict[str, Decision]
+    busy: list[dict[str, Decision]]
+    busy_requests: dict[str, int]
+    overload: list[dict[str, Decision]]
+    overload_requests: dict[str, int]
+    after: dict[str, Decision]
     returned_after_seconds: float
+    gpu_utilization_read: list[float]
+    no_rules: dict[str, list[Decision]]
+    no_rules_ignoring_nulls: dict[str, Decision]
 
 
-def _wait_for(prometheus: PrometheusServer, so: ScaledObjectSpec, done, timeout: float) -> Decision:
-    deadline = time.monotonic() + timeout
-    decision = decide(prometheus, so)
-    while not done(decision) and time.monotonic() < deadline:
-        time.sleep(2)
-        decision = decide(prometheus, so)
-    return decision
+def _report(label: str, decisions: dict[str, Decision]) -> None:
+    for name, decision in decisions.items():
+        print(f"{label:<12}{name:<11}{decision}")
+
+
+def _peak(rounds: list[dict[str, Decision]], name: str) -> Decision:
+    return max((r[name] for r in rounds), key=lambda d: (d.desired, *(p or 0 for p in d.proposals.values())))
 
 
 @pytest.fixture(scope="module")
 def run(start_triton) -> Iterator[Run]:
-    so = load_scaled_object(OVERLAY)
+    scaled = {name: load_scaled_object(REPO / "k8s" / "overlays" / name) for name in OVERLAYS}
+    assert {so.min_replica_count for so in scaled.values()} == {REPLICAS}
     log_dir = Path(tempfile.mkdtemp(prefix="scaling-decision-"))
-    triton = start_triton(parameters={"slots": str(SLOTS)})
-    dcgm = DcgmExporterDouble([GpuAssignment(LOCAL_NAMESPACE, "triton-0")]).start()
-    config = local_config(LocalTargets(triton=[f"127.0.0.1:{triton.metrics_port}"], frontend=[],
-                                       dcgm_exporter=[dcgm.address]), scrape_interval="1s", evaluation_interval="1s")
-    prometheus = PrometheusServer(port=free_port(), config=config, log_file=str(log_dir / "prometheus.log")).start()
+    tritons, prometheus, bare = [], None, None
+    dcgm = DcgmExporterDouble([GpuAssignment(LOCAL_NAMESPACE, f"triton-{i}") for i in range(REPLICAS)],
+                              utilization=100).start()
     try:
+        tritons = [start_triton(parameters={"max_num_seqs": str(SEQUENCES)}) for _ in range(REPLICAS)]
+        targets = LocalTargets(triton=[f"127.0.0.1:{t.metrics_port}" for t in tritons], frontend=[],
+                               dcgm_exporter=[dcgm.address])
+        config = local_config(targets, scrape_interval="1s", evaluation_interval="1s")
+        prometheus = PrometheusServer(port=free_port(), config=config, log_file=str(log_dir / "prometheus.log")).start()
         prometheus.wait_for_targets(["triton", "dcgm-exporter"], timeout=60)
-        # The GPU trigger reads the double's utilization, a synthetic 15-95 % curve that ignores the
-        # load; above target x (1 + tolerance) it asks for one more pod for ~10 s of every ~94 s.
-        # Idle is taken at a moment it does not, once every trigger has a value.
-        idle = _wait_for(prometheus, so, lambda d: len(d.values) == len(so.triggers)
-                         and not any(math.isnan(v) for v in d.values.values())
-                         and d.desired == so.min_replica_count, IDLE_WAIT_SECONDS)
-        print(f"\nidle:       {idle}")
+        urls = [t.grpc_url for t in tritons]
 
-        counts: dict[str, int] = {}
-        loader = threading.Thread(target=lambda: counts.update(drive_load(triton.grpc_url)), daemon=True)
-        loader.start()
-        measured = [t.name for t in so.triggers if t.signal != "gpu_utilization"]
+        idle, _ = wait_for(prometheus, scaled, lambda ds: all(
+            len(d.values) == len(scaled[n].triggers) and not any(math.isnan(v) for v in d.values.values())
+            for n, d in ds.items()), IDLE_WAIT_SECONDS)
+        _report("idle", idle)
 
-        def weight(d: Decision) -> tuple:
-            return (d.desired, *(min(d.proposals[name] or 0, so.max_replica_count) for name in measured))
+        busy, busy_requests = while_loaded(prometheus, scaled, lambda: drive_load(urls, BUSY_CLIENTS, BUSY_SECONDS))
+        gpu = [float(s["value"][1]) for s in prometheus.query(f'triton:gpu_utilization:avg{{namespace="{LOCAL_NAMESPACE}"}}')]
+        _report("busy peak", {n: _peak(busy, n) for n in scaled})
 
-        peak = decide(prometheus, so)
-        while loader.is_alive():
-            loader.join(timeout=2)
-            peak = max(peak, decide(prometheus, so), key=weight)
-        print(f"under load: {peak}  requests={counts}")
+        overload, overload_requests = while_loaded(
+            prometheus, scaled, lambda: drive_load(urls, OVERLOAD_CLIENTS, LOAD_SECONDS))
+        _report("overload", {n: _peak(overload, n) for n in scaled})
+        print(f"requests: busy {busy_requests}, overload {overload_requests}")
 
-        stopped = time.monotonic()
-        after = _wait_for(prometheus, so, lambda d: d.desired == so.min_replica_count
-                          and all(v <= t.threshold for t in so.triggers if t.signal != "gpu_utilization"
-                                  for v in [d.values.get(t.name, math.inf)]), RETURN_WAIT_SECONDS)
-        returned = time.monotonic() - stopped
-        print(f"after:      {after}  ({returned:.0f} s after the load)")
-        yield Run(so, idle, peak, after, counts, returned)
+        after, returned = wait_for(prometheus, scaled, lambda ds: all(
+            d.desired == scaled[n].min_replica_count for n, d in ds.items()), RETURN_WAIT_SECONDS)
+        _report(f"after {returned:.0f} s", after)
+
+        # The recording rules not loaded: every query comes back empty from a Prometheus that scrapes
+        # the same targets. KEDA polls with one autoscaler per ScaledObject, so failures add up.
+        bare_config = {key: value for key, value in config.items() if key != "rule_files"}
+        bare = PrometheusServer(port=free_port(), config=bare_config, log_file=str(log_dir / "bare.log")).start()
+        bare.wait_for_targets(["triton"], timeout=60)
+        no_rules = {}
+        for name, so in scaled.items():
+            keda = KedaAutoscaler(so)
+            no_rules[name] = [decide(bare, so, keda) for _ in range(so.fallback.failure_threshold + 1)]
+            _report("no rules", {name: no_rules[name][-1]})
+        ignoring = {name: decide(bare, replace(so, triggers=tuple(replace(t, ignore_null_values=True)
+                                                                  for t in so.triggers)))
+                    for name, so in scaled.items()}
+        yield Run(scaled, idle, busy, busy_requests, overload, overload_requests, after, returned, gpu,
+                  no_rules, ignoring)
     finally:
-        prometheus.stop()
+        for server in (bare, prometheus, *tritons):
+            if server is not None:
+                server.stop()
         dcgm.stop()
-        triton.stop()
 
 
-def _trigger(so: ScaledObjectSpec, signal: str) -> Trigger:
-    (trigger,) = [t for t in so.triggers if t.signal == signal]
-    return trigger
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_idle_every_trigger_has_a_value_and_the_decision_is_the_minimum(run, overlay):
+    so, idle = run.scaled[overlay], run.idle[overlay]
+    assert set(idle.values) == {t.name for t in so.triggers}, idle
+    assert all(math.isfinite(v) and v >= 0 for v in idle.values.values()), idle
+    assert idle.values[trigger(so, "waiting").name] == 0, idle
+    assert idle.values[trigger(so, "occupancy").name] == 0, idle
+    assert idle.desired == so.min_replica_count, idle
 
 
-def test_the_scaledobject_scales_triton_between_min_and_max_on_prometheus_triggers(run):
-    so = run.so
-    assert so.target == "triton"
-    assert 1 <= so.min_replica_count < so.max_replica_count
-    assert {t.signal for t in so.triggers} == {"queue_time", "pending", "gpu_utilization"}
+def test_busy_gpus_without_a_queue_do_not_grow_the_count(run):
+    """DCGM reads 100 % on both pods while each decodes a sequence and nothing waits."""
+    assert run.busy_requests.get("ok", 0) >= REPLICAS and run.busy_requests.get("failed", 0) == 0, run.busy_requests
+    assert run.gpu_utilization_read == [100.0] * REPLICAS
+    so = run.scaled["gpu"]
+    occupancy, gpu = trigger(so, "occupancy"), trigger(so, "gpu_utilization_while_waiting")
+    assert max(r["gpu"].values[occupancy.name] for r in run.busy) > 0, "sequences should have been running"
+    assert all(r["gpu"].values[gpu.name] == 0 for r in run.busy), [str(r["gpu"]) for r in run.busy]
+    for overlay in OVERLAYS:
+        assert all(r[overlay].desired == run.scaled[overlay].min_replica_count for r in run.busy), \
+            [str(r[overlay]) for r in run.busy]
 
 
-def test_idle_every_trigger_has_a_value_and_the_decision_is_the_minimum(run):
-    assert set(run.idle.values) == {t.name for t in run.so.triggers}, run.idle
-    assert all(math.isfinite(v) and v >= 0 for v in run.idle.values.values()), run.idle
-    assert run.idle.values[_trigger(run.so, "queue_time").name] == 0, run.idle
-    assert run.idle.values[_trigger(run.so, "pending").name] == 0, run.idle
-    assert run.idle.desired == run.so.min_replica_count, run.idle
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overload_asks_for_more_replicas_on_every_signal(run, overlay):
+    assert run.overload_requests.get("ok", 0) >= REPLICAS * OVERLOAD_CLIENTS, run.overload_requests
+    assert run.overload_requests.get("failed", 0) == 0, run.overload_requests
+    so = run.scaled[overlay]
+    peak = _peak(run.overload, overlay)
+    for t in so.triggers:
+        best = max((r[overlay] for r in run.overload), key=lambda d: d.proposals[t.name] or 0)
+        # Value: compared as is; AverageValue: shared by the pods the deployment has.
+        per_pod = best.values[t.name] / (1 if t.metric_type == "Value" else so.min_replica_count)
+        assert per_pod > t.threshold, (t.name, str(best))
+        assert best.proposals[t.name] > so.min_replica_count, (t.name, str(best))
+    assert so.min_replica_count < peak.desired <= so.max_replica_count, peak
 
 
-def test_under_load_queue_time_and_pending_exceed_their_targets_and_replicas_rise(run):
-    assert run.requests.get("ok", 0) >= CLIENTS and run.requests.get("failed", 0) == 0, run.requests
-    queue, pending = _trigger(run.so, "queue_time"), _trigger(run.so, "pending")
-    # Value: compared as is; AverageValue: shared by the pods the deployment has.
-    assert run.peak.values[queue.name] > queue.threshold, run.peak
-    assert run.peak.values[pending.name] / run.so.min_replica_count > pending.threshold, run.peak
-    assert run.peak.proposals[queue.name] > run.so.min_replica_count, run.peak
-    assert run.peak.proposals[pending.name] > run.so.min_replica_count, run.peak
-    assert run.so.min_replica_count < run.peak.desired <= run.so.max_replica_count, run.peak
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_after_the_load_the_decision_returns_to_the_minimum(run, overlay):
+    so, after = run.scaled[overlay], run.after[overlay]
+    assert after.values[trigger(so, "waiting").name] == 0, after
+    assert after.values[trigger(so, "queue_time").name] <= trigger(so, "queue_time").threshold, after
+    assert after.desired == so.min_replica_count, (str(after), f"{run.returned_after_seconds:.0f} s")
 
 
-def test_after_the_load_the_decision_returns_to_the_minimum(run):
-    queue, pending = _trigger(run.so, "queue_time"), _trigger(run.so, "pending")
-    assert run.after.values[pending.name] == 0, run.after
-    assert run.after.values[queue.name] <= queue.threshold, run.after
-    assert run.after.desired == run.so.min_replica_count, (run.after, f"{run.returned_after_seconds:.0f} s")
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_an_empty_query_engages_the_fallback_instead_of_reading_zero(run, overlay):
+    so, polls = run.scaled[overlay], run.no_rules[overlay]
+    assert all(not d.values or all(math.isnan(v) for v in d.values.values()) for d in polls), polls
+    # Up to failureThreshold polls the HPA holds what it has; then KEDA reports fallback.replicas.
+    assert [d.desired for d in polls[:-1]] == [so.min_replica_count] * so.fallback.failure_threshold
+    assert polls[-1].desired == so.fallback.replicas > so.min_replica_count, polls[-1]
+    # With ignoreNullValues "true" (KEDA's default) the same empty results read as an idle fleet.
+    assert run.no_rules_ignoring_nulls[overlay].desired == so.min_replica_count

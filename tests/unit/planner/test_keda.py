@@ -82,6 +82,17 @@ def test_empty_query_result_counts_as_zero():
     assert keda.proposals(FakeCluster(3, {"queue_time": math.nan, "pending": math.nan})) == [0, 0]
 
 
+def test_empty_query_result_is_a_failure_without_ignore_null_values():
+    strict = tuple(replace(t, ignore_null_values=False) for t in (QUEUE, PENDING))
+    keda = KedaAutoscaler(spec(triggers=strict, fallback=Fallback(failure_threshold=3, replicas=6)))
+    empty = FakeCluster(2, {"queue_time": math.nan, "pending": math.nan})
+    for _ in range(3):
+        assert keda.proposals(empty) == [None, None]
+    assert keda.proposals(empty) == [None, 6]
+    # A number resets the count: the signal is back.
+    assert keda.proposals(FakeCluster(2, {"queue_time": 0.0, "pending": 0.0})) == [0, 0]
+
+
 def test_fallback_after_failure_threshold_for_average_value_only():
     keda = KedaAutoscaler(spec(fallback=Fallback(failure_threshold=3, replicas=6)))
     down = FakeCluster(2, {})

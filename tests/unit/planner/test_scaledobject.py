@@ -75,3 +75,20 @@ def test_the_proposed_overlay_builds_on_top_of_the_gpu_overlay():
     built, _ = load_overlay(ROOT / "k8s/overlays/gpu")
     assert so.behavior == built.behavior and so.fallback == built.fallback
     assert "batch_size" in {t.signal for t in so.triggers}
+
+
+@pytest.mark.parametrize("text,expected", [("false", False), ("False", False), ("0", False), ("true", True), ("t", True)])
+def test_ignore_null_values_is_read_as_keda_parses_it(text, expected):
+    doc = {"kind": "ScaledObject", "metadata": {"name": "x"}, "spec": {"triggers": [
+        {"type": "prometheus", "metadata": {"query": 'qwen3vl:occupancy:namespace{namespace="a"}', "threshold": "1",
+                                            "ignoreNullValues": text}}]}}
+    assert parse_scaled_object(doc).triggers[0].ignore_null_values is expected
+
+
+def test_ignore_null_values_defaults_to_keda_default_and_rejects_nonsense():
+    doc = {"kind": "ScaledObject", "metadata": {"name": "x"}, "spec": {"triggers": [
+        {"type": "prometheus", "metadata": {"query": 'qwen3vl:occupancy:namespace{namespace="a"}', "threshold": "1"}}]}}
+    assert parse_scaled_object(doc).triggers[0].ignore_null_values is True
+    doc["spec"]["triggers"][0]["metadata"]["ignoreNullValues"] = "maybe"
+    with pytest.raises(ScaledObjectError, match="ignoreNullValues"):
+        parse_scaled_object(doc)
