@@ -1,6 +1,13 @@
 """Stream a Qwen3-VL answer from Triton over gRPC: a small command-line client, and the helpers tests and benchmarks use.
 
     python -m clients.triton_stream --url 127.0.0.1:8001 --image cat.jpg "What is in this picture?"
+
+`--url` is any gRPC target. For several Triton replicas without the frontend, name them all:
+`dns:///triton-headless.qwen3-vl.svc.cluster.local:8001` (the headless Service: one DNS answer
+with every ready pod) or `ipv4:10.0.0.5:8001,10.0.0.6:8001`. gRPC's own `round_robin` policy
+then sends each stream to the next replica: per-request balancing, where a plain Service name
+would pin every stream of a channel to the one pod its connection reached. Each `stream` call
+opens a new channel, so its DNS answer is never older than the call.
 """
 
 from __future__ import annotations
@@ -17,6 +24,12 @@ from pathlib import Path
 import tritonclient.grpc as grpcclient
 
 from wire_contract import INPUTS, MODEL_NAME, WireRequest, WireResponse
+
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+]
 
 
 def user_turn(prompt: str, n_images: int = 0) -> list[dict]:
@@ -58,7 +71,7 @@ def stream(url: str, inputs: list[grpcclient.InferInput], *, timeout: float = 12
     ever, and the model then never unloads (SIGTERM ends in the exit timeout).
     """
     responses: queue.Queue = queue.Queue()
-    client = grpcclient.InferenceServerClient(url)
+    client = grpcclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
     result = StreamResult(started=time.monotonic())
     final = False
     try:
@@ -103,7 +116,8 @@ def stream(url: str, inputs: list[grpcclient.InferInput], *, timeout: float = 12
 def main() -> None:
     parser = argparse.ArgumentParser(description="Ask Qwen3-VL on Triton a question, streaming the answer.")
     parser.add_argument("prompt")
-    parser.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC address")
+    parser.add_argument("--url", default="127.0.0.1:8001",
+                        help="Triton's gRPC address, or dns:///name:port / ipv4:a:port,b:port for several replicas")
     parser.add_argument("--image", action="append", default=[], type=Path, help="an image file (repeatable)")
     parser.add_argument("--system", default=None, help="a system prompt")
     parser.add_argument("--max-tokens", type=int, default=128)

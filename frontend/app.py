@@ -83,12 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     disable_created_metrics()  # the `*_created` series double the output and no rule reads them
     metrics = FrontendMetrics()
-    triton = TritonClient(
-        settings.triton_grpc_url,
-        settings.model_name,
-        request_timeout_s=settings.request_timeout_s,
-        ready_timeout_s=settings.ready_timeout_s,
-    )
+    triton = TritonClient(settings, metrics)
     api_keys = ApiKeys(settings.all_api_keys())
     chat = ChatService(settings, triton, metrics)
 

@@ -3,29 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 from typing import Any
 
-from frontend.errors import (
-    FrontendError,
-    InvalidRequest,
-    ModelNotFound,
-    UpstreamCancelled,
-    UpstreamUnavailable,
-    spec_for,
-)
+from frontend.errors import ERROR_TABLE, InvalidRequest, ModelNotFound, UpstreamCancelled
 from frontend.generation import GenerationChunk, GenerationParams, GenerationRequest
 from frontend.images import ImageLimits, check_image, decode_data_url, fetch_remote
 from frontend.metrics import FrontendMetrics
 from frontend.schemas import AssistantMessage, ChatCompletionRequest, ImagePart, SystemMessage, TextPart
 from frontend.settings import Settings
 from frontend.triton_client import TritonClient
-
-log = logging.getLogger(__name__)
+from wire_contract.text_budget import over_budget
 
 
 def _join_text(content: str | list[TextPart] | None) -> str:
@@ -34,6 +25,14 @@ def _join_text(content: str | list[TextPart] | None) -> str:
     if isinstance(content, str):
         return content
     return "".join(part.text for part in content)
+
+
+def _texts(body: ChatCompletionRequest) -> Iterator[str]:
+    for message in body.messages:
+        if isinstance(message.content, str):
+            yield message.content
+        elif message.content is not None:
+            yield from (part.text for part in message.content if isinstance(part, TextPart))
 
 
 class ChatService:
@@ -49,6 +48,9 @@ class ChatService:
 
     async def prepare(self, body: ChatCompletionRequest) -> GenerationRequest:
         """Validate limits and decode every image; nothing reaches Triton unless this passes."""
+        oversized = over_budget(_texts(body), self.settings.max_prompt_tokens)
+        if oversized:
+            raise InvalidRequest(oversized, param="messages")
         if body.model not in self.model_ids:
             raise ModelNotFound(
                 f"model {body.model!r} is not served here; use {self.settings.served_model_name!r}", param="model"
@@ -121,44 +123,20 @@ class ChatService:
         checked = await asyncio.to_thread(check_image, data, self.limits, param=param)
         return checked.data
 
-    def _count_error(self, error: FrontendError) -> None:
-        kind = spec_for(error).upstream_kind
-        if kind is not None:
-            self.metrics.upstream_errors.labels(kind=kind).inc()
-
     async def generate(self, request: GenerationRequest, *, route: str) -> AsyncIterator[GenerationChunk]:
-        """Stream the answer; while Triton is unavailable and nothing was produced, retry with backoff."""
+        """Stream the answer (TritonClient picks the replica and retries); count what the caller got."""
         started = time.perf_counter()
-        give_up_at = time.monotonic() + self.settings.unavailable_retry_s
-        backoff = self.settings.retry_initial_backoff_s
-        yielded = False
         last: GenerationChunk | None = None
         try:
-            while True:
-                try:
-                    async with aclosing(self.triton.generate(request)) as chunks:
-                        async for chunk in chunks:
-                            if not yielded:
-                                self.metrics.time_to_first_token.labels(route=route).observe(
-                                    time.perf_counter() - started
-                                )
-                                yielded = True
-                            last = chunk
-                            yield chunk
-                    return
-                except UpstreamUnavailable as error:
-                    self._count_error(error)
-                    if yielded or time.monotonic() + backoff > give_up_at:
-                        raise
-                    log.warning("Triton unavailable (%s); retrying in %.2f s", error.message, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, self.settings.retry_max_backoff_s)
-                except FrontendError as error:
-                    self._count_error(error)
-                    raise
+            async with aclosing(self.triton.generate(request)) as chunks:
+                async for chunk in chunks:
+                    if last is None:
+                        self.metrics.time_to_first_token.labels(route=route).observe(time.perf_counter() - started)
+                    last = chunk
+                    yield chunk
         except (asyncio.CancelledError, GeneratorExit):
             if last is None or last.finish_reason is None:
-                self._count_error(UpstreamCancelled("client went away"))
+                self.metrics.upstream_errors.labels(kind=ERROR_TABLE[UpstreamCancelled].upstream_kind).inc()
             raise
         finally:
             if last is not None:

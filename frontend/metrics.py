@@ -43,6 +43,23 @@ class FrontendMetrics:
         )
         for kind in UPSTREAM_KINDS:
             self.upstream_errors.labels(kind=kind)
+        # `replica` is a Triton replica's address (a pod IP in Kubernetes); its series go when it leaves.
+        self.upstream_requests = Counter(
+            "frontend_upstream_requests", "Generations sent to each Triton replica, by how they ended",
+            ("replica", "outcome"), registry=self.registry,
+        )
+        self.upstream_in_flight = Gauge(
+            "frontend_upstream_in_flight", "Streams this frontend has open on each Triton replica", ("replica",),
+            registry=self.registry,
+        )
+        self.upstream_ready = Gauge(
+            "frontend_upstream_replica_ready", "1 while a Triton replica takes new requests (0: starting, draining, down)",
+            ("replica",), registry=self.registry,
+        )
+
+    def forget_replica(self, replica: str) -> None:
+        for metric in (self.upstream_requests, self.upstream_in_flight, self.upstream_ready):
+            metric.remove_by_labels({"replica": replica})
 
 
 def route_label(path: str, api_paths: frozenset[str]) -> str:

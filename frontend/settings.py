@@ -8,6 +8,8 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from frontend.discovery import Targets
+
 CommaList = Annotated[list[str], NoDecode]
 
 
@@ -16,7 +18,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FRONTEND_", extra="ignore", frozen=True)
 
+    # host:port[,host:port...] or dns:///name:port (frontend/discovery.py); one channel per replica.
     triton_grpc_url: str = "127.0.0.1:8001"
+    triton_resolve_interval_s: float = Field(5.0, gt=0)
+    triton_probe_interval_s: float = Field(1.0, gt=0)
+    triton_metrics_port: int = Field(8002, ge=0, le=65535)
     model_name: str = "qwen3_vl"
     served_model_name: str = "qwen3-vl"
 
@@ -43,6 +49,12 @@ class Settings(BaseSettings):
     remote_image_timeout_s: float = Field(5.0, gt=0)
 
     ui_enabled: bool = True
+
+    @field_validator("triton_grpc_url")
+    @classmethod
+    def _check_targets(cls, value: str) -> str:
+        Targets.parse(value)
+        return value
 
     @field_validator("api_keys", "cors_origins", "remote_image_hosts", mode="before")
     @classmethod

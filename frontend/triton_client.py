@@ -1,9 +1,10 @@
-"""The only module that talks gRPC to Triton; its tensors come from wire_contract.
+"""Generations on Triton over gRPC: a replica chosen by load for each, its stream, and the retry before the first token.
 
-One `tritonclient.grpc.aio.InferenceServerClient` lives for the whole process. Each
-generation opens its own bidirectional stream on that channel, so cancelling one
-request (client gone, Stop pressed) cancels exactly one gRPC call, which Triton turns
-into a cancelled request for the model.
+One `tritonclient.grpc.aio.InferenceServerClient` per Triton replica lives for the whole
+process (frontend/replicas.py keeps them and checks them). Each generation opens its own
+bidirectional stream on the chosen replica's channel, so cancelling one request (client gone,
+Stop pressed) cancels exactly one gRPC call, which Triton turns into a cancelled request for
+the model.
 
 The aio `stream_infer` builds requests itself and refuses `triton_*` parameters, so
 `enable_empty_final_response` cannot be set through it. The end of a generation is
@@ -14,6 +15,8 @@ response), with Triton's `triton_final_response` flag honoured when present.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,13 +27,22 @@ from tritonclient.utils import InferenceServerException
 
 from wire_contract import FINISH_REASONS, INPUTS, WireRequest, WireResponse
 
+from frontend.discovery import Targets
 from frontend.errors import (
     FrontendError,
     UpstreamInternal,
+    UpstreamOverloaded,
+    UpstreamUnavailable,
     from_grpc_status,
     from_triton_message,
+    spec_for,
 )
 from frontend.generation import GenerationChunk, GenerationRequest
+from frontend.metrics import FrontendMetrics
+from frontend.replicas import ReplicaSet
+from frontend.settings import Settings
+
+log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 2**31 - 1
 
@@ -79,81 +91,129 @@ def is_final(result: grpcclient.InferResult) -> bool:
 
 
 class TritonClient:
-    """Owns the long-lived gRPC channel; created and closed by the app's lifespan."""
+    """Sends each generation to a Triton replica chosen by load, and retries it elsewhere before its first token.
 
-    def __init__(self, url: str, model_name: str, *, request_timeout_s: float, ready_timeout_s: float) -> None:
-        self.url = url
-        self.model_name = model_name
-        self._request_timeout_s = request_timeout_s
-        self._ready_timeout_s = ready_timeout_s
-        self._client: grpcclient_aio.InferenceServerClient | None = None
+    Created by `create_app` from the settings, started and closed by the app's lifespan.
+    """
+
+    def __init__(self, settings: Settings, metrics: FrontendMetrics) -> None:
+        self.model_name = settings.model_name
+        self._settings = settings
+        self._metrics = metrics
+        self.replicas = ReplicaSet(
+            Targets.parse(settings.triton_grpc_url), settings.model_name, metrics, channel_args=CHANNEL_ARGS,
+            ready_timeout_s=settings.ready_timeout_s, probe_interval_s=settings.triton_probe_interval_s,
+            resolve_interval_s=settings.triton_resolve_interval_s, metrics_port=settings.triton_metrics_port,
+        )
 
     async def start(self) -> None:
-        self._client = grpcclient_aio.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
+        await self.replicas.start()
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
-
-    @property
-    def _grpc(self) -> grpcclient_aio.InferenceServerClient:
-        if self._client is None:
-            raise RuntimeError("TritonClient.start() was not awaited")
-        return self._client
+        await self.replicas.close()
 
     async def is_ready(self) -> tuple[bool, str]:
-        """(ready, reason): Triton reachable and the model loaded and ready."""
-        try:
-            if not await self._grpc.is_server_ready(client_timeout=self._ready_timeout_s):
-                return False, "Triton is not ready"
-            if not await self._grpc.is_model_ready(self.model_name, client_timeout=self._ready_timeout_s):
-                return False, f"model {self.model_name!r} is not ready"
-        except InferenceServerException as exc:
-            return False, f"Triton is not reachable: {exc.message()}"
-        return True, "ready"
+        """(ready, reason): at least one replica reachable with the model ready, as last probed."""
+        return self.replicas.readiness()
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        """Yield the model's responses until the last; raise a FrontendError on failure."""
+        """Yield the model's responses until the last; raise a FrontendError on failure.
+
+        A request that has produced nothing yet and meets an unavailable or full replica goes to
+        another one at once. Once every replica was tried it raises `UpstreamOverloaded` if one was
+        full, and otherwise waits and tries them all again, within FRONTEND_UNAVAILABLE_RETRY_S
+        (a restart, a scale-up from zero, the drain of the only replica).
+        """
+        settings = self._settings
         inputs = to_triton_inputs(request)
+        give_up_at = time.monotonic() + settings.unavailable_retry_s
+        backoff = settings.retry_initial_backoff_s
+        tried: set[str] = set()
+        busy: UpstreamOverloaded | None = None
+        failed: FrontendError = UpstreamUnavailable(self.replicas.readiness()[1])
+        while True:
+            replica = self.replicas.pick(avoid=tried)
+            if replica is None:
+                if busy is not None:
+                    raise busy
+                if time.monotonic() + backoff > give_up_at:
+                    raise failed
+                log.warning("no Triton replica available (%s); retrying in %.2f s", failed.message, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, settings.retry_max_backoff_s)
+                tried.clear()
+                continue
+            tried.add(replica.address)
+            outcome, started = "cancelled", False
+            try:
+                with self.replicas.streaming(replica):
+                    async for chunk in _stream(replica.client, self.model_name, inputs, request.request_id,
+                                               settings.request_timeout_s):
+                        started = True
+                        if chunk.finish_reason is not None:
+                            outcome = "ok"
+                        yield chunk
+                return
+            except (UpstreamUnavailable, UpstreamOverloaded) as error:
+                outcome = self._count(error)
+                if started:
+                    raise
+                failed = error
+                if isinstance(error, UpstreamOverloaded):
+                    busy = error
+            except FrontendError as error:
+                outcome = self._count(error)
+                raise
+            finally:
+                self._metrics.upstream_requests.labels(replica=replica.address, outcome=outcome).inc()
 
-        async def one_request() -> AsyncIterator[dict[str, Any]]:
-            yield {"model_name": self.model_name, "inputs": inputs, "request_id": request.request_id}
+    def _count(self, error: FrontendError) -> str:
+        kind = spec_for(error).upstream_kind or "internal"
+        self._metrics.upstream_errors.labels(kind=kind).inc()
+        return kind
 
-        try:
-            responses = self._grpc.stream_infer(one_request(), stream_timeout=self._request_timeout_s)
-        except InferenceServerException as exc:
-            raise _classify(exc) from None
-        received = 0
-        last = False
-        try:
-            while True:
-                try:
-                    result, error = await responses.__anext__()
-                except StopAsyncIteration:
-                    if received == 0:
-                        raise UpstreamInternal("Triton closed the stream without a response") from None
-                    yield GenerationChunk(text="", finish_reason="stop")
-                    return
-                except grpc.aio.AioRpcError as exc:
-                    raise from_grpc_status(exc.code().name, exc.details() or "") from None
-                if error is not None:
-                    raise _classify(error)
-                received += 1
-                chunk = chunk_from_result(result)
-                final = is_final(result)
-                if final and chunk.finish_reason is None:
-                    chunk = chunk.model_copy(update={"finish_reason": "stop"})
-                # Set before the yield: a caller that stops at the last chunk closes this generator there.
-                last = chunk.finish_reason is not None
-                yield chunk
-                if last:
-                    return
-        finally:
+
+async def _stream(client: grpcclient_aio.InferenceServerClient, model_name: str, inputs: list[grpcclient.InferInput],
+                  request_id: str, timeout_s: float) -> AsyncIterator[GenerationChunk]:
+    """One generation on one replica: its own bidirectional stream, cancelled if left early."""
+
+    async def one_request() -> AsyncIterator[dict[str, Any]]:
+        yield {"model_name": model_name, "inputs": inputs, "request_id": request_id}
+
+    try:
+        responses = client.stream_infer(one_request(), stream_timeout=timeout_s)
+    except InferenceServerException as exc:
+        raise _classify(exc) from None
+    received = 0
+    last = False
+    try:
+        while True:
+            try:
+                result, error = await responses.__anext__()
+            except StopAsyncIteration:
+                if received == 0:
+                    raise UpstreamInternal("Triton closed the stream without a response") from None
+                yield GenerationChunk(text="", finish_reason="stop")
+                return
+            except grpc.aio.AioRpcError as exc:
+                raise from_grpc_status(exc.code().name, exc.details() or "") from None
+            if error is not None:
+                raise _classify(error)
+            received += 1
+            chunk = chunk_from_result(result)
+            final = is_final(result)
+            if final and chunk.finish_reason is None:
+                chunk = chunk.model_copy(update={"finish_reason": "stop"})
+            # Set before the yield: a caller that stops at the last chunk closes this generator there.
+            last = chunk.finish_reason is not None
+            yield chunk
             if last:
-                await _await_call_end(responses)
-            else:
-                responses.cancel()
+                return
+    finally:
+        if last:
+            await _await_call_end(responses)
+        else:
+            responses.cancel()
 
 
 async def _await_call_end(responses: Any) -> None:

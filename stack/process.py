@@ -8,6 +8,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 
 class ServerProcess:
@@ -53,6 +54,18 @@ class ServerProcess:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def exit_description(self) -> str:
+        """How the process ended, in words: `tritonserver (pid 12) was killed by SIGKILL`."""
+        code = self.process.returncode
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        return f"{self.name} (pid {self.process.pid}) {how}" + (f"; see {self.log_file}" if self.log_file else "")
+
+    def child_pids(self) -> list[int]:
+        """Its direct children now (Triton's Python backend stubs), from /proc."""
+        if self.process is None:
+            return []
+        return children_of(self.process.pid)
+
     def stop(self, timeout: float = 20) -> None:
         """SIGTERM (servers drain in-flight work), then SIGKILL to the whole group after ``timeout``."""
         process, self.process = self.process, None
@@ -77,3 +90,15 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name (2nd field) may hold spaces: the parent pid is the 2nd field after it.
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found

@@ -18,6 +18,7 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
+from stack.ports import free_port_on_all
 from stack.process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,9 +115,11 @@ class TritonServer(ServerProcess):
         self.log_verbose = log_verbose
         self.host = host
 
-    grpc_url = property(lambda self: f"127.0.0.1:{self.grpc_port}")
-    http_url = property(lambda self: f"http://127.0.0.1:{self.http_port}")
-    metrics_url = property(lambda self: f"http://127.0.0.1:{self.metrics_port}/metrics")
+    # Where clients reach it: the address it listens on, or the loopback one when it listens on all.
+    address = property(lambda self: "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host)
+    grpc_url = property(lambda self: f"{self.address}:{self.grpc_port}")
+    http_url = property(lambda self: f"http://{self.address}:{self.http_port}")
+    metrics_url = property(lambda self: f"http://{self.address}:{self.metrics_port}/metrics")
 
     def command(self) -> list[str]:
         binary = pytriton_dir() / "tritonserver" / "bin" / "tritonserver"
@@ -156,6 +159,17 @@ class TritonServer(ServerProcess):
         if self.repository != MODEL_REPOSITORY:
             shutil.rmtree(self.repository, ignore_errors=True)
             self.repository = MODEL_REPOSITORY
+
+
+def loopback_replicas(count: int, ports: tuple[int, int, int] | None = None, **kwargs) -> list[TritonServer]:
+    """``count`` servers on 127.0.0.1, 127.0.0.2, ... (not started): the same three ports on each address,
+    as every pod of a Deployment has them, so one address list and one metrics port reach them all.
+    Without ``ports``, three ports free on every one of those addresses."""
+    hosts = [f"127.0.0.{i + 1}" for i in range(count)]
+    while ports is None or len(set(ports)) < 3:
+        ports = tuple(free_port_on_all(hosts) for _ in range(3))
+    http, grpc, metrics = ports
+    return [TritonServer(http_port=http, grpc_port=grpc, metrics_port=metrics, host=host, **kwargs) for host in hosts]
 
 
 def main() -> None:

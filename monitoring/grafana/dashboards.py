@@ -166,14 +166,32 @@ SRE_OVERVIEW_ROWS: tuple[RowSpec, ...] = (
         PanelSpec(
             "Inference requests per pod",
             "Requests per second each Triton pod completes (rule): a pod far from the others is not getting "
-            "its share (gRPC connections are long-lived; check the load balancing).",
+            "its share; the next panel shows where the frontends send them.",
             (Query(f"triton:requests:rate1m{{{PODS}}}", "{{pod}}"),),
             unit="reqps",
         ),
         PanelSpec(
+            "Requests per Triton replica",
+            "Generations the frontends send to each Triton replica (pod IP:port) per second, and the attempts "
+            "that failed there (retried elsewhere when no token had been sent). The frontends send each "
+            "request to the least occupied ready replica, so a hot replica gets fewer new requests until it "
+            "catches up; failed attempts on one replica are a drain or a crash.",
+            (
+                Query(f'sum by (replica) (rate(frontend_upstream_requests_total{{{NS}, outcome="ok"}}'
+                      f"[$__rate_interval]))", "{{replica}}"),
+                Query(f'sum by (replica) (rate(frontend_upstream_requests_total{{{NS}, outcome!="ok"}}'
+                      f"[$__rate_interval]))", "failed {{replica}}"),
+            ),
+            unit="reqps",
+        ),
+        PanelSpec(
             "Requests in flight",
-            "Requests the frontend holds open, by route: streams in progress plus waiting ones.",
-            (Query(f"sum by (route) (frontend_requests_in_flight{{{NS}}})", "{{route}}"),),
+            "Requests the frontend holds open, by route: streams in progress plus waiting ones; and the "
+            "streams open on each Triton replica, which should be about even.",
+            (
+                Query(f"sum by (route) (frontend_requests_in_flight{{{NS}}})", "{{route}}"),
+                Query(f"sum by (replica) (frontend_upstream_in_flight{{{NS}}})", "on {{replica}}"),
+            ),
         ),
     )),
     RowSpec("Queue and batching", (

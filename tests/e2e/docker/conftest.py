@@ -25,7 +25,7 @@ import yaml
 from docker_stack import (
     CONFIG_NAME, EXIT_TIMEOUT_S, FILL_SCRIPT, FRONTEND_ENV, FRONTEND_MEMORY_LIMIT, MODEL_SOURCE, QUEUE_SIZE, SLOTS,
     TRITON_MEMORY_LIMIT, Service, k8s_command, k8s_container, k8s_plain_env, testcontainers_classes,
-    wait_for_triton, wait_until,
+    triton_replicas_name, wait_for_triton, wait_until,
 )
 
 from stack import docker as platform_docker
@@ -123,8 +123,8 @@ def triton_config(test_files: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def triton(images, network, model_volume, triton_config) -> Iterator[Service]:
+def start_triton(images, network, model_volume, triton_config, *aliases: str) -> Service:
+    """A Triton container as the Deployment runs it, reachable on the network by ``aliases``."""
     DockerContainer, _ = testcontainers_classes()
     spec = k8s_container("triton", "triton")
     env = {**k8s_plain_env(spec), "TRITON_MODEL_CONFIG": CONFIG_NAME, "TRITON_EXIT_TIMEOUT_SECS": str(EXIT_TIMEOUT_S)}
@@ -133,7 +133,7 @@ def triton(images, network, model_volume, triton_config) -> Iterator[Service]:
         DockerContainer(images["triton"])
         .with_name(f"qwen3vl-triton-{uuid.uuid4().hex[:6]}")
         .with_network(network)
-        .with_network_aliases("triton")
+        .with_network_aliases(*aliases)
         .with_command(args)
         .with_envs(**env, MODEL_PATH="/models/tiny")
         .with_volume_mapping(str(triton_config),
@@ -145,12 +145,25 @@ def triton(images, network, model_volume, triton_config) -> Iterator[Service]:
     container.start()
     service = Service(container, {8000: "", 8002: ""})
     service.publish_urls()
+    return service
+
+
+@pytest.fixture(scope="session")
+def triton(images, network, model_volume, triton_config) -> Iterator[Service]:
+    # `triton` as the ClusterIP Service is named, and the name the frontend resolves for every replica.
+    service = start_triton(images, network, model_volume, triton_config, "triton", triton_replicas_name())
     try:
         wait_for_triton(service)
         yield service
     finally:
         service.save_logs("triton")
-        container.stop()
+        service.container.stop()
+
+
+@pytest.fixture(scope="session")
+def start_triton_replica(images, network, model_volume, triton_config):
+    """Starts one more Triton container under the frontend's replica name; the caller stops it."""
+    return lambda: start_triton(images, network, model_volume, triton_config, triton_replicas_name())
 
 
 @pytest.fixture(scope="session")

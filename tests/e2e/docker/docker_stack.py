@@ -104,6 +104,15 @@ def wait_for_triton(service: Service, timeout: float = 240) -> None:
         raise TimeoutError(f"{error}\n--- triton log ---\n{service.logs()}") from None
 
 
+def ensure_running(triton: Service) -> None:
+    """Tests that stop Triton leave it stopped; the next test needing it starts it again."""
+    if triton.inspect()["State"]["Running"]:
+        return
+    triton.docker.start()
+    triton.publish_urls()
+    wait_for_triton(triton)
+
+
 def k8s_container(deployment: str, name: str, init: bool = False) -> dict:
     """A container of k8s/base/deployment-<deployment>.yaml, as the cluster would run it."""
     manifest = yaml.safe_load((K8S_BASE / f"deployment-{deployment}.yaml").read_text())
@@ -122,3 +131,10 @@ def k8s_command(container: dict, env: dict[str, str]) -> tuple[list[str], list[s
 
 def k8s_plain_env(container: dict) -> dict[str, str]:
     return {item["name"]: item["value"] for item in container.get("env", []) if "value" in item}
+
+
+def triton_replicas_name() -> str:
+    """The name the frontend's manifest resolves for every Triton replica (the headless Service's)."""
+    from frontend.discovery import Targets
+
+    return Targets.parse(k8s_plain_env(k8s_container("frontend", "frontend"))["FRONTEND_TRITON_GRPC_URL"]).dns_name

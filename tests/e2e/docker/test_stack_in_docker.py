@@ -20,7 +20,7 @@ import openai
 import pytest
 from docker_stack import (
     EXIT_TIMEOUT_S, FRONTEND_MEMORY_LIMIT, MAX_BATCH, MAX_TOKENS_LIMIT, QUEUE_SIZE, SLOTS, TRITON_MEMORY_LIMIT,
-    Service, wait_for_triton, wait_until,
+    Service, ensure_running, wait_for_triton, wait_until,
 )
 from PIL import Image
 
@@ -88,15 +88,6 @@ class Stream(threading.Thread):
 
 def ask(service: Service, timeout: float = 120, **fields) -> httpx.Response:
     return httpx.post(f"{service.urls[8080]}/v1/chat/completions", json=image_question(**fields), timeout=timeout)
-
-
-def ensure_running(triton: Service) -> None:
-    """Tests that stop Triton leave it stopped; the next test needing it starts it again."""
-    if triton.inspect()["State"]["Running"]:
-        return
-    triton.docker.start()
-    triton.publish_urls()
-    wait_for_triton(triton)
 
 
 def test_a_streamed_answer_about_an_image_through_the_openai_api(triton, frontend):

@@ -16,8 +16,8 @@ pytestmark = pytest.mark.unit
 @pytest.fixture
 def service():
     settings = Settings(max_images_per_request=2, max_image_pixels=64 * 64, max_tokens_limit=100, default_max_tokens=10)
-    triton = TritonClient("127.0.0.1:1", "qwen3_vl", request_timeout_s=1, ready_timeout_s=1)
-    return ChatService(settings, triton, FrontendMetrics())
+    metrics = FrontendMetrics()
+    return ChatService(settings, TritonClient(settings, metrics), metrics)
 
 
 def _request(messages, **fields):

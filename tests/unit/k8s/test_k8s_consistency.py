@@ -297,8 +297,10 @@ def test_network_policies_admit_only_the_intended_peers(rendered, build: str) ->
             admitted.setdefault(triton_ports[port["port"]], []).extend(rule["from"])
     frontend_only = [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "frontend"}}}]
     assert admitted[8001] == frontend_only and admitted[8000] == frontend_only
-    assert [p["podSelector"]["matchLabels"] for p in admitted[8002]] == [{"app.kubernetes.io/name": "prometheus"}]
-    assert all("namespaceSelector" in p for p in admitted[8002])
+    # The frontend routes on each pod's occupancy, read from its metrics port.
+    assert [p["podSelector"]["matchLabels"] for p in admitted[8002]] == [
+        {"app.kubernetes.io/name": "frontend"}, {"app.kubernetes.io/name": "prometheus"}]
+    assert "namespaceSelector" in admitted[8002][1]
     default_deny = find(objects, "NetworkPolicy", "default-deny-ingress")["spec"]
     assert default_deny["podSelector"] == {} and "ingress" not in default_deny
     for policy in (o for o in objects if o["kind"] == "NetworkPolicy" and o["spec"]["podSelector"]):
@@ -331,13 +333,21 @@ def test_scrape_annotations_name_a_declared_port(rendered, build: str) -> None:
         assert int(annotations["prometheus.io/port"]) in container_ports(workload).values()
 
 
-def test_frontend_reaches_triton_through_its_grpc_service_port(rendered) -> None:
-    objects = rendered["gpu"]
+@pytest.mark.parametrize("build", OVERLAYS)
+def test_frontend_resolves_every_ready_triton_pod_through_a_headless_service(rendered, build: str) -> None:
+    from frontend.discovery import Targets
+
+    objects = rendered[build]
     frontend = find(objects, "Deployment", "frontend")["spec"]["template"]["spec"]["containers"][0]
-    host, port = resolved_env(frontend)["FRONTEND_TRITON_GRPC_URL"].split(":")
-    service = find(objects, "Service", host)
-    grpc = next(p for p in service["spec"]["ports"] if p["port"] == int(port))
-    assert grpc["name"] == "grpc" and grpc["appProtocol"] == "kubernetes.io/h2c"
+    env = resolved_env(frontend)
+    targets = Targets.parse(env["FRONTEND_TRITON_GRPC_URL"])
+    service = find(objects, "Service", targets.dns_name)["spec"]
+    assert service["clusterIP"] == "None" and not service.get("publishNotReadyAddresses"), "ready pods only"
+    assert [w["metadata"]["name"] for w in selected(objects, service["selector"])] == ["triton"]
+    triton_ports = container_ports(find(objects, "Deployment", "triton"))
+    grpc = next(p for p in service["ports"] if p["port"] == targets.port)
+    assert grpc["name"] == "grpc" and triton_ports[grpc["targetPort"]] == targets.port, "pod IP:port is the gRPC port"
+    assert triton_ports["metrics"] == int(env.get("FRONTEND_TRITON_METRICS_PORT", "8002"))
 
 
 def test_frontend_environment_is_accepted_by_its_settings(rendered, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -351,7 +361,7 @@ def test_frontend_environment_is_accepted_by_its_settings(rendered, monkeypatch:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     settings = Settings()
-    assert settings.triton_grpc_url == "triton:8001"
+    assert settings.triton_grpc_url == "dns:///triton-headless:8001"
     assert settings.model_name == "qwen3_vl"
 
 

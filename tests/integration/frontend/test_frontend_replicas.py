@@ -1,0 +1,234 @@
+"""Several real Triton replicas behind one frontend: load-aware routing, scale-up, drain and crash.
+
+Four tritonserver processes on 127.0.0.1-4 share their three ports, as the pods of a Deployment
+do; three serve from the start, the fourth is started under load. What a user would notice: the
+streams spread over the replicas (each replica's own request counter says so), a new replica
+takes requests at once, a drained one finishes its streams and gets no new ones, a crashed one
+fails only the streams that were already answering, and no backend stub outlives its server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from frontend_harness import MODEL, start_frontend
+
+from stack.triton import TritonServer, loopback_replicas
+from tests.integration.backend.triton_metrics import scrape
+
+# The tests run in the loop of the session-scoped fixtures (the http client).
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+STUB_EXIT_S = 10  # the stub's watch polls its parent twice a second
+
+
+@dataclass
+class Outcome:
+    """One streamed chat completion as the client saw it."""
+
+    status: int | None = None
+    pieces: int = 0
+    finish_reason: str | None = None
+    errors: list[dict] = field(default_factory=list)
+    failure: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and self.finish_reason is not None and not self.errors and self.failure is None
+
+
+async def chat_stream(http: httpx.AsyncClient, max_tokens: int, seed: int) -> Outcome:
+    body = {"model": MODEL, "stream": True, "max_tokens": max_tokens, "temperature": 1.0, "seed": seed,
+            "messages": [{"role": "user", "content": f"Tell story number {seed}."}]}
+    outcome = Outcome()
+    try:
+        async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            outcome.status = response.status_code
+            async for line in response.aiter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                event = json.loads(line.removeprefix("data: "))
+                if "error" in event:
+                    outcome.errors.append(event["error"])
+                elif event["choices"]:
+                    choice = event["choices"][0]
+                    outcome.pieces += bool(choice["delta"].get("content"))
+                    outcome.finish_reason = choice.get("finish_reason") or outcome.finish_reason
+    except httpx.HTTPError as error:
+        outcome.failure = repr(error)
+    return outcome
+
+
+def served(server: TritonServer) -> float:
+    return scrape(server.metrics_url).get("nv_inference_request_success_total", 0.0)
+
+
+def frontend_metric(frontend, name: str, **labels: str) -> float:
+    text = httpx.get(f"{frontend.url}/metrics", timeout=10).text
+    wanted = [f'{key}="{value}"' for key, value in labels.items()]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and all(w in line for w in wanted))
+
+
+def shm_regions(pids: list[int]) -> list[Path]:
+    regions = []
+    for pid in pids:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        regions += [Path("/dev/shm") / name for name in re.findall(r"triton_python_backend_shm_region_[\w-]+", cmdline)]
+    return regions
+
+
+def assert_stubs_gone(pids: list[int], regions: list[Path]) -> None:
+    deadline = time.monotonic() + STUB_EXIT_S
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+        time.sleep(0.2)
+    left = [pid for pid in pids if Path(f"/proc/{pid}").exists()
+            and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+    assert not left, f"backend stubs {left} outlived their server"
+    assert not [r for r in regions if r.exists()], "the dead server's shared memory was left in /dev/shm"
+
+
+async def wait_for(check, timeout: float, what: str) -> float:
+    """Seconds until ``check()`` holds."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"{what} not within {timeout} s")
+        await asyncio.sleep(0.2)
+    return time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("replicas")
+    servers = loopback_replicas(4)
+    for i, server in enumerate(servers, 1):
+        server.log_file = str(logs / f"triton-{i}.log")
+    timeout = float(os.environ.get("TRITON_START_TIMEOUT", "300"))
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(lambda s: s.start(timeout=timeout), servers[:3]))
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def frontend(fleet, tmp_path_factory):
+    server = start_frontend(
+        fleet[0], tmp_path_factory, "replicas",
+        FRONTEND_TRITON_GRPC_URL=",".join(s.grpc_url for s in fleet),
+        FRONTEND_TRITON_METRICS_PORT=str(fleet[0].metrics_port),
+        FRONTEND_MAX_TOKENS_LIMIT="512", FRONTEND_UI_ENABLED="false",
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def http(frontend):
+    async with httpx.AsyncClient(base_url=frontend.url, timeout=httpx.Timeout(10, read=180),
+                                 limits=httpx.Limits(max_connections=100)) as client:
+        yield client
+
+
+async def test_48_concurrent_streams_are_shared_by_the_three_replicas(fleet, frontend, http):
+    serving = fleet[:3]
+    before = [served(s) for s in serving]
+    counted_before = [frontend_metric(frontend, "frontend_upstream_requests_total", replica=s.grpc_url, outcome="ok")
+                      for s in serving]
+    outcomes = await asyncio.gather(*(chat_stream(http, 48, seed=i) for i in range(48)))
+    assert all(o.ok for o in outcomes), [o for o in outcomes if not o.ok][:3]
+
+    await wait_for(lambda: sum(served(s) for s in serving) - sum(before) >= 48, 10, "Triton counting 48 requests")
+    shares = [(served(s) - b) / 48 for s, b in zip(serving, before)]
+    print(f"\nshares of 48 streams per replica: {[f'{share:.0%}' for share in shares]}")
+    assert all(0.20 <= share <= 0.47 for share in shares), shares
+    # The frontend's own per-replica counter, what the dashboard shows, agrees with each replica's.
+    counted = [frontend_metric(frontend, "frontend_upstream_requests_total", replica=s.grpc_url, outcome="ok") - b
+               for s, b in zip(serving, counted_before)]
+    assert counted == [round(share * 48) for share in shares]
+
+
+async def test_a_replica_started_under_load_gets_requests_within_10_s(fleet, frontend, http):
+    new = fleet[3]
+    stop = asyncio.Event()
+    outcomes: list[Outcome] = []
+
+    async def client(seed: int) -> None:
+        while not stop.is_set():
+            outcomes.append(await chat_stream(http, 24, seed))
+            seed += 100
+
+    clients = [asyncio.create_task(client(i)) for i in range(12)]
+    try:
+        await asyncio.to_thread(new.start, timeout=float(os.environ.get("TRITON_START_TIMEOUT", "300")))
+        waited = await wait_for(lambda: served(new) > 0, 10, "the new replica's first answered request")
+        print(f"\nthe replica started under load answered its first request {waited:.1f} s after it was ready")
+    finally:
+        stop.set()
+        await asyncio.gather(*clients)
+    assert outcomes and all(o.ok for o in outcomes), [o for o in outcomes if not o.ok][:3]
+
+
+async def test_a_replica_sent_sigterm_finishes_its_streams_gets_no_new_ones_and_no_client_sees_an_error(
+        fleet, frontend, http):
+    target = fleet[0]
+    replica = target.grpc_url
+    long = [asyncio.create_task(chat_stream(http, 160, seed=1000 + i)) for i in range(16)]
+    await wait_for(lambda: frontend_metric(frontend, "frontend_upstream_in_flight", replica=replica) >= 2, 30,
+                   "streams on the replica to be drained")
+    answered_before = frontend_metric(frontend, "frontend_upstream_requests_total", replica=replica, outcome="ok")
+    streaming = frontend_metric(frontend, "frontend_upstream_in_flight", replica=replica)
+    stubs = target.child_pids()
+    regions = shm_regions(stubs)
+
+    target.process.send_signal(signal.SIGTERM)
+    during = await asyncio.gather(*(chat_stream(http, 8, seed=2000 + i) for i in range(12)))
+    finished = await asyncio.gather(*long)
+
+    assert all(o.ok for o in during), [o for o in during if not o.ok][:3]
+    assert all(o.ok for o in finished), [o for o in finished if not o.ok][:3]
+    assert await asyncio.to_thread(target.process.wait, 60) == 0, "the drained server did not exit cleanly"
+    answered = frontend_metric(frontend, "frontend_upstream_requests_total", replica=replica, outcome="ok")
+    assert answered - answered_before <= streaming, "the draining replica answered requests sent after SIGTERM"
+    assert_stubs_gone(stubs, regions)
+
+
+async def test_a_killed_replica_fails_only_streams_that_had_answered_and_leaves_no_stub(fleet, frontend, http):
+    target = fleet[1]
+    replica = target.grpc_url
+    long = [asyncio.create_task(chat_stream(http, 200, seed=3000 + i)) for i in range(24)]
+    await wait_for(lambda: frontend_metric(frontend, "frontend_upstream_in_flight", replica=replica) >= 4, 30,
+                   "streams on the replica to be killed")
+    await asyncio.sleep(1)  # the first of them have sent tokens
+    failed_before = frontend_metric(frontend, "frontend_upstream_requests_total", replica=replica, outcome="unavailable")
+    stubs = target.child_pids()
+    regions = shm_regions(stubs)
+
+    os.kill(target.process.pid, signal.SIGKILL)  # the server only, as `kill -9` does; its stub is left to itself
+    after_kill = await asyncio.gather(*(chat_stream(http, 8, seed=4000 + i) for i in range(8)))
+    outcomes = await asyncio.gather(*long)
+    target.process.wait()
+
+    assert all(o.ok for o in after_kill), [o for o in after_kill if not o.ok][:3]
+    broken = [o for o in outcomes if not o.ok]
+    assert broken, "the kill hit no stream"
+    for outcome in broken:
+        assert outcome.status == 200 and outcome.pieces > 0, f"a request without a token was not retried: {outcome}"
+        assert outcome.errors and outcome.errors[0]["code"] in ("server_unavailable", "upstream_error"), outcome
+        assert outcome.errors[0]["message"]
+    failed = frontend_metric(frontend, "frontend_upstream_requests_total", replica=replica, outcome="unavailable")
+    assert failed - failed_before > len(broken), "no request was retried away from the dead replica"
+    assert_stubs_gone(stubs, regions)
