@@ -76,7 +76,7 @@ class OutputProcessor:
             if error is None:
                 s.pending += s.text.flush()
                 text = s.pending if s.request.stream else s.text.text
-                s.sink.send(self._chunk(s, text), final=True)
+                s.sink.send(self._chunk(s, text, final=True), final=True)
             elif not isinstance(error, Cancelled):
                 s.sink.fail(error)
             else:
@@ -89,6 +89,8 @@ class OutputProcessor:
         """The finish reason the metrics count."""
         return "error" if error is not None and not isinstance(error, Cancelled) else s.finish_reason
 
-    def _chunk(self, s: Sequence, text: str) -> GenerationChunk:
+    def _chunk(self, s: Sequence, text: str, final: bool = False) -> GenerationChunk:
+        """The last response also carries the answer's token ids (for checks in process; not sent on the wire)."""
         return GenerationChunk(text=text, prompt_tokens=s.prompt.length, completion_tokens=s.generated,
-                               finish_reason=s.finish_reason)
+                               finish_reason=s.finish_reason,
+                               token_ids=s.tokens[s.prompt.length:s.prompt.length + s.generated] if final else [])

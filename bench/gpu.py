@@ -1,27 +1,30 @@
-"""`make bench-gpu`: the generation engine on one NVIDIA GPU, through the real Triton, against transformers' generate.
+"""`make bench-gpu`: the generation engine on one NVIDIA GPU, alone and through the real Triton.
 
-    python -m bench.gpu [--model PATH] [--clients 1 8 32 64 128] [--tokens 128 512] [--rates 4 12 24] [--no-compile]
+    python -m bench.gpu [--model PATH] [--parts checks engine ab triton] [--clients 1 64 128] [--tokens 512]
+                        [--rates 8 16 24] [--prefix-cache off on] [--slot-tree PATH] [--peer FILE ...]
 
 Without MODEL_PATH (or --model) it builds Qwen3-VL-4B-Instruct's architecture with
-random weights on local disk (same shapes, same cost). In one run it measures:
-1. the memory-bandwidth floor: one copy over the GPU's memory, and the bytes of
-   weights a decode step must read;
-2. the baseline: the same requests through transformers' ``generate``, one at a
-   time and as one static batch;
-3. the engine alone: greedy agreement with ``generate``, decode steps/s per batch size, the
-   prefill and vision encoder split, whether serving compiled anything the start's warm-up did
-   not, and a graph capture broken on purpose (the engine must fall back, not fail requests);
-4. cold start of Triton (process start -> ready -> first token) with the weights on disk, and
-   the model's own split of it (weights, engine, each warm-up);
-5. N concurrent streaming gRPC clients through Triton, each request one 448x448
-   image and text, a fixed number of tokens (EOS ignored), after a warm-up;
-6. with --rates, the same requests at Poisson arrival times (an open loop, requests per second).
-Prints tables and writes bench-gpu.json.
+random weights on local disk (same shapes, same cost). Its parts:
+- checks: the paged decode kernels and the prefill's attention after a cached prefix against
+  references, and the engine's greedy tokens against transformers' generate in float32 (prompts
+  in chunks, then from the prefix cache, then one decoding while others are prefilled);
+- engine: the engine alone with the GPU config: one stream and bursts of 64 and 128 streams of
+  512 tokens, a 32,768-token prompt alone and beside 64 decoding streams, a 131,072-token
+  prompt, three turns of a chat about a 1024x1024 image, and the KV cache's capacity;
+- ab: the bursts of this tree and of another checkout (--slot-tree, e.g. the slot engine's),
+  alternating in fresh processes;
+- triton: N concurrent streaming gRPC clients through Triton (one 448x448 image and a question,
+  a fixed number of tokens, EOS ignored) and, with --rates, requests at Poisson arrival times,
+  once per --prefix-cache setting (the bench's 8 prompts repeat: the cache answers them);
+- --peer: vLLM's figures on the same requests (shared/tools/vllm-peer's output) beside ours.
+Every request is one 448x448 image and a question unless said otherwise. Prints tables and
+writes bench-gpu.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import itertools
 import json
@@ -94,76 +97,81 @@ def decode_bytes(model_path: str) -> int:
     return total
 
 
-# -- 2. baseline and 3. engine ------------------------------------------------------------------------
+# -- 2. checks: the kernels and the engine's tokens against references ------------------------------
 
-def build_prompt_inputs(processor, prompt: str, image: bytes):
-    from PIL import Image
-
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return processor(text=[text], images=[Image.open(io.BytesIO(image)).convert("RGB")], return_tensors="pt")
-
-
-def baseline(model_path: str, tokens: int, batch: int, images: list[bytes]) -> dict:
+def kernel_checks() -> dict:
+    """On the GPU, in bfloat16: the paged decode kernels against SDPA in float64 over the same blocks
+    (rows of 1 to 40,000 cached tokens, blocks scattered), and the prefill's packed attention with
+    chunks that continue a cached prefix against float32 prompt by prompt (the causal mask must be
+    aligned on each chunk's last tokens)."""
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    import torch.nn.functional as F
 
-    processor = AutoProcessor.from_pretrained(model_path)
-    processor.tokenizer.padding_side = "left"
-    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.bfloat16,
-                                                        attn_implementation="sdpa").cuda().eval()
-    result = {}
-    kwargs = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
-    single = []
-    for i in range(3):
-        inputs = build_prompt_inputs(processor, PROMPTS[i], images[i]).to("cuda")
-        if i == 0:
-            model.generate(**inputs, max_new_tokens=4)
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        model.generate(**inputs, **kwargs)
-        torch.cuda.synchronize()
-        single.append(tokens / (time.perf_counter() - start))
-    result["generate_1_tok_s"] = statistics.median(single)
-    from PIL import Image
+    from backend_python.attention import decode_attention
+    from backend_python.decode import Context, packed_attention
 
-    texts, pics = [], []
-    for i in range(batch):
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPTS[i % 8]}]}]
-        texts.append(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-        pics.append(Image.open(io.BytesIO(images[i % len(images)])).convert("RGB"))
-    inputs = processor(text=texts, images=pics, return_tensors="pt", padding=True).to("cuda")
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    model.generate(**inputs, **kwargs)
-    torch.cuda.synchronize()
-    result[f"generate_static_{batch}_tok_s"] = batch * tokens / (time.perf_counter() - start)
-    # Greedy reference answers for the engine's correctness check (the first three prompts, 32 tokens).
-    refs = []
-    for i in range(3):
-        inputs = build_prompt_inputs(processor, PROMPTS[i], images[i]).to("cuda")
-        out = model.generate(**inputs, max_new_tokens=32, do_sample=False)
-        refs.append(out[0, inputs["input_ids"].shape[1]:].tolist())
-    result["reference_tokens"] = refs
-    del model
-    torch.cuda.empty_cache()
-    return result
+    torch.manual_seed(0)
+    out = {}
+    kv_heads, group, dim, page = 8, 4, 128, 16
+    for rows, lengths in ((1, [32_767]), (8, [0, 1, 15, 16, 255, 1000, 4095, 40_000]), (64, None)):
+        lengths = torch.tensor(lengths or torch.randint(100, 3000, (rows,)).tolist(), device="cuda")
+        need = [n // page + 1 for n in lengths.tolist()]
+        blocks = torch.randperm(sum(need) + 7, device="cuda").split(need + [7])[:-1]
+        tables = torch.zeros((rows + 1, max(need)), dtype=torch.int32, device="cuda")
+        slots = torch.randperm(rows + 1, device="cuda")[:rows]
+        for slot, own in zip(slots.tolist(), blocks):
+            tables[slot, :len(own)] = own.int()
+        keys = torch.randn(sum(need) + 7, page, kv_heads, dim, device="cuda", dtype=torch.bfloat16)
+        values = torch.randn_like(keys)
+        q = torch.randn(rows, kv_heads, group, dim, device="cuda", dtype=torch.bfloat16)
+        key = torch.randn(rows, kv_heads, 1, dim, device="cuda", dtype=torch.bfloat16)
+        value = torch.randn_like(key)
+        got = decode_attention(q, key, value, keys, values, lengths, slots, tables, dim ** -0.5)
+        worst = 0.0
+        for row, n in enumerate(lengths.tolist()):
+            k = keys[blocks[row]].flatten(0, 1)[: n + 1].transpose(0, 1).double()
+            v = values[blocks[row]].flatten(0, 1)[: n + 1].transpose(0, 1).double()
+            ref = F.scaled_dot_product_attention(q[row].double(), k, v, scale=dim ** -0.5)
+            worst = max(worst, ((got[row].double() - ref).norm() / ref.norm()).item())
+        out[f"decode_attention_{rows}_rows_relative_error"] = worst
+    # Prefill: a fresh prompt, a chunk after a 3,000-token prefix, a one-token chunk after 20.
+    heads = 32
+    starts, ends = [0, 3000, 20], [500, 4000, 21]
+    q_bounds = [0, *itertools.accumulate(e - s for s, e in zip(starts, ends))]
+    k_bounds = [0, *itertools.accumulate(ends)]
+    k = torch.randn(k_bounds[-1], kv_heads, dim, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    q = torch.randn(q_bounds[-1], heads, dim, device="cuda", dtype=torch.bfloat16)
+    context = Context(torch.arange(k_bounds[-1], device="cuda"), k_bounds,
+                      torch.tensor(k_bounds, dtype=torch.int32, device="cuda"), max(ends))
+    got = packed_attention(q, k, v, q_bounds, torch.tensor(q_bounds, dtype=torch.int32, device="cuda"),
+                           max(e - s for s, e in zip(starts, ends)), causal=True, context=context)
+    ref = packed_attention(q.float().cpu(), k.float().cpu(), v.float().cpu(), q_bounds, None, 0, causal=True,
+                           context=Context(None, k_bounds, None, 0))
+    out["prefill_attention_after_prefix_relative_error"] = ((got.float().cpu() - ref).norm() / ref.norm()).item()
+    return out
 
 
 class _Sink:
+    """Records when each response arrives and how many tokens it carries."""
+
     def __init__(self):
         import threading
 
-        self.tokens, self.done, self.times = 0, threading.Event(), []
+        self.done, self.times, self.counts, self.error, self.text, self.ids = threading.Event(), [], [], None, "", []
+        self.sent = time.monotonic()
 
     def send(self, chunk, final):
-        self.tokens = chunk.completion_tokens
-        self.times.append(time.perf_counter())
+        self.times.append(time.monotonic())
+        self.counts.append(chunk.completion_tokens)
+        self.text += chunk.text
         if final:
+            self.ids = chunk.token_ids
             self.done.set()
 
     def fail(self, error):
-        raise RuntimeError(error)
+        self.error = error
+        self.done.set()
 
     def is_cancelled(self):
         return False
@@ -171,431 +179,282 @@ class _Sink:
     def busy(self):
         return False
 
-
-class _RecordingSink(_Sink):
-    """Keeps the token ids streamed and the error, if any, instead of raising it."""
-
-    def __init__(self):
-        super().__init__()
-        self.ids, self.error = [], None
-
-    def send(self, chunk, final):
-        self.ids.extend(chunk.token_ids)
-        super().send(chunk, final)
-
-    def fail(self, error):
-        self.error = error
-        self.done.set()
+    @property
+    def ttft(self) -> float:
+        first = next(t for t, c in zip(self.times, self.counts) if c)
+        return first - self.sent
 
 
-def capture_failure_fallback(engine, built: list) -> dict:
-    """A decode-graph capture broken on purpose (another thread makes CUDA calls while the engine
-    captures, as the prompt threads of 85657cf's first version did), then the same greedy requests
-    again: the engine is meant to drop graphs and give the same tokens, with no request failed. Run
-    last: graphs stay off."""
-    import contextlib
-    import threading
+def _request(text: str, images: list[bytes], tokens: int, history: list[dict] = (), ignore_eos: bool = True):
+    """A user turn asking ``text`` about ``images`` (after ``history``, whose turns may name them instead)."""
+    from backend_python.request import ChatMessage, GenerationRequest, SamplingParams
 
-    import torch
+    named = any(p.get("type") == "image" for m in history for p in m["content"])
+    parts = [] if named else [{"type": "image", "image": i} for i in range(len(images))]
+    parts.append({"type": "text", "text": text})
+    turns = tuple(ChatMessage(m["role"], tuple(m["content"])) for m in history)
+    return GenerationRequest(messages=(*turns, ChatMessage("user", tuple(parts))), images=tuple(images),
+                             sampling=SamplingParams(max_tokens=tokens, ignore_eos=ignore_eos))
 
-    def answers():
-        sinks = [_RecordingSink() for _ in built]
-        for (r, p), s in zip(built, sinks):
+
+def _submit(engine, prompts, requests, at_once: bool = True, timeout: float = 600) -> list[_Sink]:
+    """Hand requests to the engine (all in one step when ``at_once``) and wait for every answer."""
+    built = [prompts.build(r) for r in requests]
+    sinks = [_Sink() for _ in requests]
+    with engine._lock if at_once else contextlib.nullcontext():
+        for r, p, s in zip(requests, built, sinks):
+            s.sent = time.monotonic()
             engine.submit(r, p, s)
-        for s in sinks:
-            s.done.wait(120)
-        return sinks
+    for s in sinks:
+        if not s.done.wait(timeout) or s.error:
+            raise RuntimeError(f"a request failed or timed out: {s.error}")
+    return sinks
 
-    before = answers()
-    engine._graphs.clear()  # every batch size is captured again, now with the other thread running
-    stop = threading.Event()
 
-    def interfere():
-        while not stop.is_set():
-            with contextlib.suppress(RuntimeError):  # refused while a capture runs: that breaks it
-                torch.cuda.synchronize()
-            time.sleep(0.0002)
+def _burst_row(sinks: list[_Sink]) -> dict:
+    start, end = min(s.sent for s in sinks), max(s.times[-1] for s in sinks)
+    tokens = sum(s.counts[-1] for s in sinks)
+    ttft = [s.ttft for s in sinks]
+    return {"streams": len(sinks), "tok/s": round(tokens / (end - start)), "TTFT p50 ms": round(1000 * percentile(ttft, 50)),
+            "TTFT p95 ms": round(1000 * percentile(ttft, 95))}
 
-    thread = threading.Thread(target=interfere, daemon=True)
-    thread.start()
-    try:
-        after = answers()
-    finally:
-        stop.set()
-        thread.join()
-    return {"requests": len(built), "failed": sum(s.error is not None for s in after),
-            "graphs_dropped": engine._graphs is None,
-            "same_tokens": sum(a.ids == b.ids for a, b in zip(before, after)),
-            "first_error": next((str(s.error) for s in after if s.error is not None), "")}
+
+def gpu_config(**overrides: str):
+    """The engine settings of configs/gpu.pbtxt, with ``overrides``."""
+    import re
+
+    from backend_python.config import EngineConfig
+
+    text = (Path(__file__).resolve().parents[1] / "model_repository/qwen3_vl/configs/gpu.pbtxt").read_text()
+    parameters = dict(re.findall(r'key: "(\w+)", value: \{ string_value: "([^"]*)" \}', text))
+    return EngineConfig.from_parameters({**parameters, **overrides})
 
 
 def float32_agreement(model_path: str, images: list[bytes], tokens: int = 48) -> dict:
-    """Greedy tokens of the engine (CUDA graphs, batched) vs transformers' generate, both in float32 on the GPU.
+    """Greedy tokens of the engine against transformers' generate, both in float32 on the GPU, with the
+    prompts cut into chunks (a budget of 128 tokens a step), then again from the prefix cache, then
+    with one decoding while the other two are prefilled.
 
     In bfloat16 a random-weight model's logits are nearly tied, so the two paths part after a few
     tokens through rounding alone; float32 makes the comparison about the algorithm.
     """
     import torch
 
-    from backend_python.config import EngineConfig, Limits
     from backend_python.engine import Engine
     from backend_python.loader import load
     from backend_python.prompt import PromptBuilder
-    from backend_python.request import ChatMessage, GenerationRequest, SamplingParams
 
     # cuDNN runs float32 convolutions in TF32 unless told not to: the checkpoint's patch embedding
     # (a convolution) would then be less exact than the engine's (a matrix product, in float32).
     tf32, torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.allow_tf32, False
-    config = EngineConfig(model_path=model_path, dtype="float32", slots=4, max_seq_len=512, decode_during_prefill=True,
-                          limits=Limits(max_prompt_tokens=400, max_new_tokens=64))
+    config = gpu_config(model_path=model_path, dtype="float32", max_num_seqs="4", max_model_len="1024",
+                        max_num_batched_tokens="128", decode_during_prefill="true", compile_decode="false",
+                        kv_cache_budget_gib="2", max_prompt_tokens="512", image_max_pixels=str(448 * 448))
     loaded = load(config)
-    prompts = PromptBuilder(loaded.processor, config)
-    requests = [GenerationRequest(
-        messages=(ChatMessage("user", ({"type": "image", "image": 0}, {"type": "text", "text": PROMPTS[i]})),),
-        images=(images[i],), sampling=SamplingParams(max_tokens=tokens, ignore_eos=True)) for i in range(3)]
-    built = [prompts.build(r) for r in requests]
-    expected = []
-    for p in built:
-        inputs = dict(input_ids=p.input_ids[None].cuda(), attention_mask=torch.ones_like(p.input_ids)[None].cuda(),
-                      mm_token_type_ids=p.mm_token_type_ids[None].cuda(), pixel_values=p.pixel_values.cuda(),
-                      image_grid_thw=p.image_grid_thw.cuda())
+    prompts = PromptBuilder(loaded.processor, config, rope_index=loaded.model.model.get_rope_index)
+    requests = [_request(PROMPTS[i], [images[i]], tokens) for i in range(3)]
+    expected, dev = [], loaded.device
+    for p in (prompts.build(r) for r in requests):
+        inputs = dict(input_ids=p.input_ids[None].to(dev), attention_mask=torch.ones_like(p.input_ids)[None].to(dev),
+                      mm_token_type_ids=p.mm_token_type_ids[None].to(dev), pixel_values=p.pixel_values.to(dev),
+                      image_grid_thw=p.image_grid_thw.to(dev))
         out = loaded.model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
         expected.append(out[0, p.length:].tolist())
     engine = Engine(loaded, config).start()
-    pixels = torch.cat([p.pixel_values for p in built]).cuda()
-    grid = torch.cat([p.image_grid_thw for p in built])
-    layout = engine._vision.layout(grid, torch.Tensor.cuda)
-    with torch.inference_mode():
-        vision = _worst_difference(engine._vision(pixels, layout),
-                                   loaded.model.model.visual(pixels, grid_thw=grid.cuda()))
-    got: dict[int, list[int]] = {}
-    original = engine._advance
 
-    def record(batch, new_tokens):
-        for s, t in zip(batch, new_tokens):
-            got.setdefault(id(s.sink), []).append(t)
-        return original(batch, new_tokens)
+    def agreement(sinks):
+        return [next((k for k, (a, b) in enumerate(zip(s.ids, e)) if a != b), min(len(s.ids), len(e)))
+                for s, e in zip(sinks, expected)]
 
-    engine._advance = record
-    sinks = [_Sink() for _ in requests]
-    for r, p, s in zip(requests, built, sinks):  # all three together: batched prefill and decode
-        engine.submit(r, p, s)
-    for s in sinks:
-        s.done.wait(120)
-    # Staggered: the first decodes while the other two are prefilled, its steps between their layers.
-    during, launch = [], engine._launch
-
-    def counted(capture=True):
-        launched = launch(capture)
-        if launched and not capture:  # only a step between a prefill's layers is launched so
-            during.append(1)
-        return launched
-
-    engine._launch = counted
-    staggered = [_Sink() for _ in requests]
-    engine.submit(requests[0], built[0], staggered[0])
-    deadline = time.monotonic() + 60
-    while len(got.get(id(staggered[0]), ())) < 8 and time.monotonic() < deadline:
-        time.sleep(0.005)
-    with engine._lock:  # one prefill for both
-        for r, p, s in zip(requests[1:], built[1:], staggered[1:]):
-            engine.submit(r, p, s)
-    for s in staggered:
-        s.done.wait(120)
+    before = engine.stats.snapshot()
+    chunked = _submit(engine, prompts, requests)
+    cached = _submit(engine, prompts, requests)
+    first = [_Sink()]
+    engine.submit(requests[0], prompts.build(requests[0]), first[0])
+    while len(first[0].counts) < 8:
+        time.sleep(0.002)
+    rest = _submit(engine, prompts, requests[1:])
+    first[0].done.wait(120)
+    done = engine.stats.since(before)
     engine.stop()
-
-    def agreement(runs):
-        return [next((k for k, (a, b) in enumerate(zip(got[id(s)], e)) if a != b), len(e))
-                for s, e in zip(runs, expected)]
-
     del engine, loaded
     torch.cuda.empty_cache()
     torch.backends.cudnn.allow_tf32 = tf32
-    return {"float32_agreement_tokens": agreement(sinks), "float32_staggered_agreement_tokens": agreement(staggered),
-            "float32_steps_during_prefill": len(during), "float32_reference_len": tokens,
-            "float32_vision_difference": vision}
+    return {"float32_agreement_tokens": agreement(chunked), "float32_cached_agreement_tokens": agreement(cached),
+            "float32_staggered_agreement_tokens": agreement(first + rest), "float32_reference_len": tokens,
+            "float32_chunks": done["prefill_chunks"], "float32_cached_tokens": done["cached_tokens"],
+            "float32_steps_during_prefill": done["decode_steps_in_prefill"]}
 
 
-def engine_alone(model_path: str, images: list[bytes], refs: list[list[int]], batches: list[int],
-                 compile: bool = False) -> dict:
-    """The engine without Triton: greedy agreement with generate, and decode speed per batch size."""
+# -- 3. the engine alone: bursts, long context, a chat, capacity ---------------------------------------
+
+SLOT_CACHE_GIB = 38.6  # the slot engine's cache: 128 slots x 2,048 tokens in bfloat16
+LONG_PROMPTS = (32_000, 131_000)  # tokens of random text (about as many once re-tokenized)
+ENGINE_OVERRIDES: dict[str, str] = {}
+
+
+def engine_rows(model_path: str, images: list[bytes], compile: bool = True) -> dict:
+    """The engine without Triton, with the GPU config (prompts up to 135,168 tokens here): bursts,
+    a 32,768-token prompt alone and while 64 streams decode, a 131,072-token prompt, three turns of a
+    chat about a 1024x1024 image, and what the KV cache holds."""
     import torch
+    from PIL import Image
 
-    from backend_python.config import EngineConfig, Limits
     from backend_python.engine import Engine
     from backend_python.loader import load
     from backend_python.prompt import PromptBuilder
-    from backend_python.request import ChatMessage, GenerationRequest, SamplingParams
 
-    config = EngineConfig(model_path=model_path, slots=max(batches), max_seq_len=1024, prefills_per_step=16,
-                          compile_decode=compile, limits=Limits(max_prompt_tokens=512, max_new_tokens=512))
+    config = gpu_config(**{"model_path": model_path, "compile_decode": str(compile).lower(), "max_model_len": "139264",
+                           "max_prompt_tokens": "135168", **ENGINE_OVERRIDES})
     loaded = load(config)
-    started = time.perf_counter()
+    started = time.monotonic()
     engine = Engine(loaded, config).start()
-    log(f"engine started in {time.perf_counter() - started:.1f} s (compile_decode={compile}): {engine.start_timings}")
-    graphs_at_start = _dynamo_graphs()
-    prompts = PromptBuilder(loaded.processor, config, pixel_dtype=loaded.dtype)
+    prompts = PromptBuilder(loaded.processor, config, rope_index=loaded.model.model.get_rope_index)
+    result: dict = {"engine_start_s": time.monotonic() - started, "engine_start_split": engine.start_timings}
+    stats = engine.stats
+    text_config = loaded.model.config.text_config
+    per_token = 2 * text_config.num_hidden_layers * text_config.num_key_value_heads * text_config.head_dim * 2
+    tokens_in_pool = stats.kv_blocks_total * config.block_size
+    result["capacity"] = {
+        "kv_tokens": tokens_in_pool, "kv_gib": round(tokens_in_pool * per_token / 2**30, 1),
+        "sequences_of_2048_whole_card": tokens_in_pool // 2048,
+        "sequences_of_2048_in_slot_memory": int(SLOT_CACHE_GIB * 2**30 / per_token) // 2048,
+        "sequences_of_732_in_slot_memory": int(SLOT_CACHE_GIB * 2**30 / per_token) // 732}
+    log(f"engine started in {result['engine_start_s']:.1f} s: {result['engine_start_split']}; {result['capacity']}")
+    _submit(engine, prompts, [_request(PROMPTS[i], [images[i]], 16) for i in range(8)])  # warm-up
+    for streams in (1, 64, 128):
+        before = stats.snapshot()
+        rounds = 4 if streams == 1 else 1
+        sinks = [s for _ in range(rounds) for s in _submit(
+            engine, prompts, [_request(PROMPTS[i % 8], [images[i % 8]], 512) for i in range(streams)])]
+        row = _burst_row(sinks) if streams > 1 else {
+            "streams": 1, "tok/s": round(512 / statistics.median(s.times[-1] - s.sent for s in sinks)),
+            "TTFT p50 ms": round(1000 * percentile([s.ttft for s in sinks], 50))}
+        done = stats.since(before)
+        row["host ms/step"] = round(1000 * (done["launch"] + done["stream"]) / max(done["decode_steps"], 1), 2)
+        result[f"burst_{streams}x512"] = row
+        log(f"engine alone, {streams} x 512: {row}")
+    # Long context: random text of a given length (random token ids, decoded and re-encoded).
+    rng = random.Random(0)
+    vocabulary = loaded.processor.tokenizer
 
-    def request(i, tokens, ignore_eos=True, image=True):
-        content = ({"type": "image", "image": 0},) if image else ()
-        content += ({"type": "text", "text": PROMPTS[i % 8]},)
-        return GenerationRequest(messages=(ChatMessage("user", content),),
-                                 images=(images[i % len(images)],) if image else (),
-                                 sampling=SamplingParams(max_tokens=tokens, ignore_eos=ignore_eos))
+    def long_text(n: int) -> str:
+        ids = [rng.randrange(1000, 100_000) for _ in range(n)]
+        return vocabulary.decode(ids)
 
-    agreement = []
-    for i, ref in enumerate(refs):
-        sink, r = _Sink(), request(i, len(ref), ignore_eos=False)
-        ids = []
-        original = engine._advance
-
-        def spy(batch, tokens, original=original):
-            ids.extend(tokens)
-            return original(batch, tokens)
-
-        engine._advance = spy
-        engine.submit(r, prompts.build(r), sink)
-        sink.done.wait(120)
-        engine._advance = original
-        same = next((k for k, (a, b) in enumerate(zip(ids, ref)) if a != b), min(len(ids), len(ref)))
-        agreement.append(same)
-    result = {"greedy_agreement_tokens": agreement, "greedy_reference_len": [len(r) for r in refs]}
-    steps = {}
-    for batch in batches:
-        for _ in range(2):  # the first run is untimed: it captures the graphs of this batch's shapes
-            engine.timings = {}
-            tokens = 96
-            built = [(r, prompts.build(r)) for r in (request(i, tokens) for i in range(batch))]
-            sinks, _, elapsed = run_all(engine, built)
-        # Decode-only rate: from the last first token to the first final token.
-        first = max(s.times[0] for s in sinks)
-        last = min(s.times[-1] for s in sinks)
-        decode_steps = min(s.tokens for s in sinks) - 1
-        per_step = (last - first) / max(1, decode_steps - (0 if batch == 1 else 1))
-        n_steps = engine.timings.pop("steps", 1)
-        steps[batch] = {"tok_s": batch * tokens / elapsed, "ms_per_step": per_step * 1000,
-                        "captured_graphs": len(engine._graphs or {}),
-                        **{f"host_{k}_ms": 1000 * v / n_steps for k, v in engine.timings.items()}}
-        log(f"engine alone, batch {batch}: {steps[batch]}")
-    result["engine_steps"] = steps
-    sixteen = [(r, prompts.build(r)) for r in (request(i, 1) for i in range(16))]
-    result["prefill_breakdown"] = prefill_breakdown(engine, sixteen)
-    log(f"prefill of 16 image prompts: {result['prefill_breakdown']['ms']}")
-    # Half of them text alone (~20 tokens against ~214): what packing the prompts saves over padding them.
-    mixed = [(r, prompts.build(r)) for r in (request(i, 1, image=i % 2 == 0) for i in range(16))]
-    result["prefill_mixed"] = prefill_breakdown(engine, mixed)
-    result["prefill_mixed"]["tokens"] = {"computed": sum(p.length for _, p in mixed),
-                                         "padded": len(mixed) * max(p.length for _, p in mixed)}
-    log(f"prefill of 16 prompts, 8 of them without an image: {result['prefill_mixed']['ms']}, "
-        f"tokens {result['prefill_mixed']['tokens']}")
-    # A lone prompt's prefill is host-bound: what each call per layer costs on the host shows here.
-    result["prefill_one"] = prefill_breakdown(engine, sixteen[:1])
-    log(f"prefill of one image prompt: {result['prefill_one']['ms']}")
-    result["packed_attention"] = packed_attention_check(loaded.model.config.text_config)
-    log(f"packed prefill attention against prompt-by-prompt float32: {result['packed_attention']}")
-    result["vision_16"] = vision_against_transformers(engine, sixteen)
-    log(f"vision encoder, 16 images: {result['vision_16']}")
-    burst = [(r, prompts.build(r)) for r in (request(i, 512) for i in range(64))]
-    result["burst_64x512"] = engine_burst(engine, burst)
-    log(f"engine alone, 64 x 512 at once: {result['burst_64x512']}")
-    result["graph_replay_ms"] = replay_times(engine)
-    result["eager_step_profile"] = profile_step(engine)
-    greedy = [(r, prompts.build(r)) for r in (request(i, 64) for i in range(8))]
-    result["capture_failure"] = capture_failure_fallback(engine, greedy)
-    log(f"capture broken on purpose: {result['capture_failure']}")
-    result["gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    # The start's warm-up is meant to compile every shape serving meets: a graph compiled later is
-    # seconds of some request's latency.
-    result["dynamo_graphs"] = {"after_start": graphs_at_start, "after_serving": _dynamo_graphs()}
-    log(f"torch.compile graphs: {result['dynamo_graphs']}")
+    text_32k = long_text(LONG_PROMPTS[0])
+    lone = _submit(engine, prompts, [_request(text_32k, [], 1)])[0]
+    result["long_32k"] = {"prompt_tokens": prompts.build(_request(text_32k, [], 1)).length,
+                          "ttft_ms": round(1000 * lone.ttft)}
+    # 64 streams decoding; once they all run, the 32K prompt arrives: their gaps during its prefill.
+    streams = [_request(PROMPTS[i % 8], [images[i % 8]], 400) for i in range(64)]
+    built = [prompts.build(r) for r in streams]
+    sinks = [_Sink() for _ in streams]
+    with engine._lock:
+        for r, p, s in zip(streams, built, sinks):
+            engine.submit(r, p, s)
+    while min(len(s.counts) for s in sinks) < 60:
+        time.sleep(0.005)
+    arrived = time.monotonic()
+    long = _submit(engine, prompts, [_request(long_text(LONG_PROMPTS[0]), [], 1)])[0]
+    for s in sinks:
+        s.done.wait(300)
+    during = [b - a for s in sinks for a, b in zip(s.times, s.times[1:]) if arrived <= a and b <= long.times[-1]]
+    before_gaps = [b - a for s in sinks for a, b in zip(s.times, s.times[1:]) if b < arrived and a > arrived - 1.0]
+    result["long_32k_beside_64"] = {"ttft_ms": round(1000 * long.ttft),
+                                    "step_ms_before": round(1000 * percentile(before_gaps, 50), 1),
+                                    "itl_p50_ms_during": round(1000 * percentile(during, 50), 1),
+                                    "itl_p99_ms_during": round(1000 * percentile(during, 99), 1),
+                                    "itl_max_ms_during": round(1000 * max(during or [0]), 1)}
+    log(f"32K prompt: {result['long_32k']}; beside 64 decoding streams: {result['long_32k_beside_64']}")
+    text_128k = long_text(LONG_PROMPTS[1])
+    length = prompts.build(_request(text_128k, [], 1)).length
+    huge = _submit(engine, prompts, [_request(text_128k, [], 8)])[0]
+    result["long_128k"] = {"prompt_tokens": length, "ttft_ms": round(1000 * huge.ttft),
+                           "answer_tokens": huge.counts[-1]}
+    log(f"128K prompt: {result['long_128k']}")
+    # Three turns of a chat about a 1024x1024 image, each answer 64 tokens.
+    buf = io.BytesIO()
+    Image.effect_noise((1024, 1024), 40).convert("RGB").save(buf, "PNG")
+    photo, history, turns = buf.getvalue(), [], []
+    questions = ["Describe this picture in detail.", "What colours dominate it?", "Give it a title."]
+    for k, question in enumerate(questions):
+        before = stats.snapshot()
+        request = _request(question, [photo], 64, history)
+        sink = _submit(engine, prompts, [request])[0]
+        done = stats.since(before)
+        turns.append({"turn": k + 1, "prompt_tokens": prompts.build(request).length, "ttft_ms": round(1000 * sink.ttft, 1),
+                      "prefilled": done["prompt_tokens"], "from_cache": done["cached_tokens"]})
+        history = [*history, {"role": "user", "content": ([{"type": "image", "image": 0}] if k == 0 else [])
+                              + [{"type": "text", "text": question}]},
+                   {"role": "assistant", "content": [{"type": "text", "text": sink.text}]}]
+    result["chat_1024px"] = turns
+    log(f"three turns about a 1024x1024 image: {turns}")
     engine.stop()
     del engine, loaded
     torch.cuda.empty_cache()
     return result
 
 
-def _dynamo_graphs() -> int:
-    from torch._dynamo.utils import counters
+def bursts(model_path: str, images: list[bytes], tree: str | None, compile: bool = True) -> dict:
+    """The engine of ``tree`` (another checkout, e.g. the slot engine's) or of this one, alone: one
+    stream and bursts of 64 and 128 streams of 512 tokens, with that tree's GPU config. Run in a
+    process of its own (``--bursts``), so that trees alternate in one run on one machine."""
+    import inspect
 
-    return counters["stats"]["unique_graphs"]
+    from backend_python.config import EngineConfig
+    from backend_python.engine import Engine
+    from backend_python.loader import load
+    from backend_python.prompt import PromptBuilder
 
+    root = Path(tree) if tree else Path(__file__).resolve().parents[1]
+    text = (root / "model_repository/qwen3_vl/configs/gpu.pbtxt").read_text()
+    import re
 
-def run_all(engine, built: list, at_once: bool = False, timeout: float = 300) -> tuple[list[_Sink], float, float]:
-    """Submit every prebuilt (request, prompt) and wait for all: the sinks, the start, the seconds taken.
-
-    ``at_once``: handed over while the engine waits (fewer than its free slots), so they make one prefill."""
-    import contextlib
-
-    import torch
-
-    sinks = [_Sink() for _ in built]
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    with engine._lock if at_once else contextlib.nullcontext():
-        for (r, p), s in zip(built, sinks):
-            engine.submit(r, p, s)
-    for s in sinks:
-        s.done.wait(timeout)
-    return sinks, start, time.perf_counter() - start
-
-
-class _Timed:
-    """Times each call of a callable, the device synchronized before and after; passes the rest through."""
-
-    def __init__(self, inner, times: list[float]):
-        self._inner, self._times = inner, times
-
-    def __call__(self, *args, **kwargs):
-        import torch
-
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = self._inner(*args, **kwargs)
-        torch.cuda.synchronize()
-        self._times.append((time.perf_counter() - start) * 1000)
-        return out
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
+    parameters = dict(re.findall(r'key: "(\w+)", value: \{ string_value: "([^"]*)" \}', text))
+    config = EngineConfig.from_parameters({**parameters, "model_path": model_path,
+                                           "compile_decode": str(compile).lower()})
+    loaded = load(config)
+    engine = Engine(loaded, config).start()
+    keywords = {"rope_index": loaded.model.model.get_rope_index} \
+        if "rope_index" in inspect.signature(PromptBuilder).parameters else {}
+    prompts = PromptBuilder(loaded.processor, config, pixel_dtype=loaded.dtype, **keywords)
+    _submit(engine, prompts, [_request(PROMPTS[i], [images[i]], 16) for i in range(8)])  # warm-up
+    rows = {}
+    for streams in (1, 64, 128):
+        _submit(engine, prompts, [_request(PROMPTS[i % 8], [images[i % 8]], 64) for i in range(streams)])  # graphs
+        if streams == 1:
+            sinks = [_submit(engine, prompts, [_request(PROMPTS[i], [images[i]], 512)])[0] for i in range(4)]
+            rows["1"] = {"tok/s": round(512 / statistics.median(s.times[-1] - s.sent for s in sinks)),
+                         "TTFT p50 ms": round(1000 * percentile([s.ttft for s in sinks], 50))}
+        else:
+            rows[str(streams)] = _burst_row(_submit(
+                engine, prompts, [_request(PROMPTS[i % 8], [images[i % 8]], 512) for i in range(streams)]))
+    engine.stop()
+    return rows
 
 
-def packed_attention_check(text_config, lengths=(214, 20, 466, 1, 97)) -> dict:
-    """The prefill's one flash-attention call over packed prompts (bfloat16) against its other path,
-    causal attention prompt by prompt (float32), with the checkpoint's head counts: the largest
-    difference, relative to the largest output."""
-    import torch
+def alternate_trees(model_path: str, trees: dict[str, str | None], rounds: int = 2) -> dict:
+    """``bursts`` of each tree in turn, ``rounds`` times over, each in a fresh process."""
+    import subprocess
+    import sys
 
-    from backend_python.decode import packed_attention
-
-    heads, kv_heads = text_config.num_attention_heads, text_config.num_key_value_heads
-    dim = getattr(text_config, "head_dim", text_config.hidden_size // heads)
-    bounds = [0, *itertools.accumulate(lengths)]
-    segments = torch.tensor(bounds, dtype=torch.int32, device="cuda")
-    generator = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn((bounds[-1], h, dim), device="cuda", generator=generator)
-               for h in (heads, kv_heads, kv_heads))
-    packed = packed_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), bounds, segments, max(lengths),
-                              causal=True).float()
-    reference = packed_attention(q, k, v, bounds, segments, max(lengths), causal=True)
-    return {"prompts": list(lengths),
-            "max_difference": float((packed - reference).abs().max() / reference.abs().max())}
-
-
-def prefill_breakdown(engine, built: list, repeats: int = 3) -> dict:
-    """Where one batched prefill of ``built`` goes: the vision encoder, the decoder layers, the copy into
-    the slots (each synchronized, median of ``repeats``), and its kernels' device time. The requests are
-    handed over while the engine waits, so that they make one prefill."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    parts: dict[str, list[float]] = {"vision": [], "decoder": [], "store": []}
-    originals = (engine._vision, engine._decoder.prefill, engine.cache.store)
-    engine._vision = _Timed(engine._vision, parts["vision"])
-    engine._decoder.prefill = _Timed(engine._decoder.prefill, parts["decoder"])
-    engine.cache.store = _Timed(engine.cache.store, parts["store"])
-
-    def once():
-        return run_all(engine, built, at_once=True)[2] * 1000
-
-    try:
-        once()
-        for times in parts.values():
-            times.clear()
-        totals = [once() for _ in range(repeats)]
-    finally:
-        engine._vision, engine._decoder.prefill, engine.cache.store = originals
-    result = {"ms": {"first token, all": round(statistics.median(totals), 1),
-                     **{k: round(statistics.median(v), 1) for k, v in parts.items() if v}},
-              "prefills": {k: len(v) for k, v in parts.items()}}
-    with torch.inference_mode(), profile(activities=[ProfilerActivity.CUDA]) as prof:
-        once()
-    result["profile"] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30)
-    return result
-
-
-def _worst_difference(got: tuple, want) -> float:
-    """The largest difference of a vision encoder's features (merged, then deepstack) from ``want``'s,
-    relative to the largest reference feature."""
-    pairs = [(got[0], want.pooler_output), *zip(got[1], want.deepstack_features)]
-    return max(float((a.float() - b.float()).abs().max() / b.float().abs().max()) for a, b in pairs)
-
-
-def vision_against_transformers(engine, built: list, repeats: int = 5) -> dict:
-    """The engine's vision encoder against the checkpoint's own on the same images, in the served dtype:
-    time (synchronized, median), and how far each one's features are from the checkpoint's in float32."""
-    import copy
-
-    import torch
-
-    pixels = torch.cat([p.pixel_values for _, p in built]).cuda()
-    grid = torch.cat([p.image_grid_thw for _, p in built])
-    visual = engine.model.model.visual
-    layout = engine._vision.layout(grid, torch.Tensor.cuda)
-    runs = {"transformers": lambda: visual(pixels, grid_thw=grid.cuda()),
-            "engine": lambda: engine._vision(pixels, layout)}
-    out: dict = {"images": len(built)}
-    with torch.inference_mode():
-        for name, fn in runs.items():
-            fn()
-            times: list[float] = []
-            timed = _Timed(fn, times)
-            for _ in range(repeats):
-                timed()
-            out[f"{name}_ms"] = round(statistics.median(times), 2)
-        exact = copy.deepcopy(visual).float()(pixels.float(), grid_thw=grid.cuda())
-        theirs = runs["transformers"]()
-        out["difference_to_float32"] = {"transformers": _worst_difference((theirs.pooler_output,
-                                                                           theirs.deepstack_features), exact),
-                                        "engine": _worst_difference(runs["engine"](), exact)}
+    out: dict = {name: [] for name in trees}
+    for _ in range(rounds):
+        for name, tree in trees.items():
+            command = [sys.executable, "-m", "bench.gpu", "--bursts", "--model", model_path]
+            if tree:
+                command += ["--tree", tree]
+            done = subprocess.run(command, capture_output=True, text=True)
+            lines = [line for line in done.stdout.splitlines() if line.startswith("BURSTS ")]
+            if done.returncode or not lines:
+                raise RuntimeError(f"bursts of {name} failed: {done.stderr[-2000:]}")
+            out[name].append(json.loads(lines[-1][len("BURSTS "):]))
+            log(f"{name}: {out[name][-1]}")
     return out
 
 
-def engine_burst(engine, built: list) -> dict:
-    """The table's 64 x 512 burst without Triton: every request submitted at once, prompts prebuilt."""
-    sinks, start, elapsed = run_all(engine, built)
-    ttft = sorted(s.times[0] - start for s in sinks)
-    return {"tok_s": round(sum(s.tokens for s in sinks) / elapsed), "ttft_p50_ms": round(1000 * percentile(ttft, 50)),
-            "last_first_token_ms": round(1000 * ttft[-1]), "seconds": round(elapsed, 2)}
-
-
-def replay_times(engine) -> dict:
-    """GPU time of one captured decode step per (batch, cached tokens): the engine's floor without
-    host work. A graph of the exact-length kernel serves every length: it is timed at 256 and 512."""
-    import torch
-
-    out = {}
-    for (rows, span), (graph, _) in sorted(engine._graphs.items()):
-        for tokens in (256, 512) if engine._decoder.exact_attention else (span,):
-            engine._lengths[:rows] = tokens - 1  # the step's own token is the last cached one
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            graph.replay()
-            start.record()
-            for _ in range(20):
-                graph.replay()
-            end.record()
-            end.synchronize()
-            out[f"{rows}x{tokens}"] = start.elapsed_time(end) / 20
-    return out
-
-
-def profile_step(engine, rows: int = 1, span: int = 256) -> str:
-    """Where the time of one eager decode step goes, kernel by kernel (top 15)."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    engine._lengths[:rows] = 100
-    with torch.inference_mode():
-        for _ in range(3):
-            engine._forward(rows, span)
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(5):
-                engine._forward(rows, span)
-            torch.cuda.synchronize()
-    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=15)
-
-
-# -- 4. and 5. through Triton ---------------------------------------------------------------------
+# -- 4. through Triton ---------------------------------------------------------------------
 
 def _one_stream(url: str, i: int, tokens: int, images: list[bytes]) -> tuple:
     from clients.triton_stream import build_inputs, stream, user_turn
@@ -691,7 +550,7 @@ def gpu_memory_used_gib() -> float:
 SERVER_COUNTERS = ("nv_inference_request_success", "nv_inference_exec_count", "nv_inference_queue_duration_us",
                    "nv_inference_compute_infer_duration_us", "qwen3vl_time_to_first_token_seconds_sum",
                    "qwen3vl_time_to_first_token_seconds_count", "qwen3vl_prefill_size_sum",
-                   "qwen3vl_prefill_size_count")
+                   "qwen3vl_prefill_size_count", "qwen3vl_prompt_tokens_total", "qwen3vl_prompt_tokens_cached_total")
 
 
 def server_counters(url: str) -> dict[str, float]:
@@ -715,11 +574,13 @@ def server_split(before: dict[str, float], after: dict[str, float]) -> dict[str,
     requests = max(delta["nv_inference_request_success"], 1.0)
     first = max(delta["qwen3vl_time_to_first_token_seconds_count"], 1.0)
     prefills = max(delta["qwen3vl_prefill_size_count"], 1.0)
+    cached = delta["qwen3vl_prompt_tokens_cached_total"]
     return {"queue ms": f"{delta['nv_inference_queue_duration_us'] / requests / 1000:.0f}",
             "execute ms": f"{delta['nv_inference_compute_infer_duration_us'] / requests / 1000:.0f}",
             "batches": f"{delta['nv_inference_exec_count']:.0f}",
             "engine TTFT ms": f"{1000 * delta['qwen3vl_time_to_first_token_seconds_sum'] / first:.0f}",
-            "prompts per prefill": f"{delta['qwen3vl_prefill_size_sum'] / prefills:.1f}"}
+            "chunks per prefill": f"{delta['qwen3vl_prefill_size_sum'] / prefills:.1f}",
+            "prompt tokens cached %": f"{100 * cached / max(cached + delta['qwen3vl_prompt_tokens_total'], 1):.0f}"}
 
 
 def ready_line(log_file: Path) -> str:
@@ -810,16 +671,52 @@ def _key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
+def peer_results(paths: list[str]) -> dict[str, dict]:
+    """vLLM's rows (the ``RESULT`` line of shared/tools/vllm-peer/vllm_bench.py's output), by file name."""
+    out = {}
+    for path in paths:
+        lines = [line for line in Path(path).read_text().splitlines() if line.startswith("RESULT ")]
+        if lines:
+            out[Path(path).stem] = json.loads(lines[-1][len("RESULT "):])
+    return out
+
+
+def comparison(report: dict) -> list[dict[str, str]]:
+    """One row per load: ours through Triton (each prefix-cache setting) beside the peer's runs."""
+    columns: dict[str, dict[str, str]] = {}
+    for setting, result in report.get("triton", {}).items():
+        col = columns.setdefault(f"ours, prefix cache {setting}", {})
+        for run in result["runs"]:
+            key = f"{run['clients']} x {run['tokens']}"
+            col[key] = f"{run['tok_s_value']:,.0f} tok/s, TTFT p50 {run['ttft_p50'] * 1000:.0f} ms"
+        for row in result["paced"]:
+            col[f"open loop {row['rate req/s']}/s"] = (f"TTFT p50 {row['TTFT p50 ms']} / p95 {row['TTFT p95 ms']} ms, "
+                                                      f"ITL p99 {row['ITL p99 ms']} ms")
+    for name, peer in report.get("peer", {}).items():
+        col = columns.setdefault(f"vLLM ({name})", {})
+        for key, row in peer.items():
+            if key.startswith("open"):
+                col[f"open loop {row['rate']:g}/s"] = (f"TTFT p50 {row['ttft_p50_ms']} / p95 {row['ttft_p95_ms']} ms, "
+                                                      f"ITL p99 {row['itl_p99_ms']} ms")
+            else:
+                col[f"{row['clients']} x 512"] = f"{row['tok_s']:,.0f} tok/s, TTFT p50 {row['ttft_p50_ms']} ms"
+    loads = list(dict.fromkeys(k for col in columns.values() for k in col))
+    return [{"load": load, **{name: col.get(load, "") for name, col in columns.items()}} for load in loads]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=os.environ.get("MODEL_PATH"))
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64, 128])
-    parser.add_argument("--tokens", type=int, nargs="+", default=[128, 512], help="generated tokens per request")
+    parser.add_argument("--parts", nargs="+", default=["checks", "engine", "triton"],
+                        choices=["checks", "engine", "ab", "triton"])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 64, 128])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[512], help="generated tokens per request")
     parser.add_argument("--rounds", type=int, default=2, help="requests per client")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["baseline", "engine", "triton", "float32"])
-    parser.add_argument("--rates", type=float, nargs="*", default=[],
+    parser.add_argument("--rates", type=float, nargs="*", default=[8, 16, 24],
                         help="also send requests at Poisson arrival times, this many per second (of the last --tokens)")
-    parser.add_argument("--rate-seconds", type=float, default=30, help="how long each --rates run sends")
+    parser.add_argument("--rate-seconds", type=float, default=20, help="how long each --rates run sends")
+    parser.add_argument("--prefix-cache", nargs="+", default=["off", "on"], choices=["off", "on"],
+                        help="serve through Triton once per setting of enable_prefix_caching")
     parser.add_argument("--starts", type=int, default=1, help="start Triton this many times (cold start, then warm)")
     parser.add_argument("--new-nodes", action="store_true",
                         help="every start with empty compile caches, as on a new node: the first writes compile "
@@ -828,11 +725,24 @@ def main() -> None:
                         help="override a model parameter of configs/gpu.pbtxt (repeatable)")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="compile_decode off (configs/gpu.pbtxt turns it on)")
+    parser.add_argument("--slot-tree", help="another checkout whose engine the ab part alternates with this one's")
+    parser.add_argument("--peer", nargs="*", default=[], help="vLLM peer outputs to print beside ours")
+    parser.add_argument("--bursts", action="store_true", help=argparse.SUPPRESS)  # one ab process
+    parser.add_argument("--tree", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bursts:
+        if args.tree:
+            import sys
+
+            sys.path.insert(0, args.tree)
+        print("BURSTS " + json.dumps(bursts(args.model, [image_bytes(i) for i in range(8)], args.tree, args.compile)),
+              flush=True)
+        return
     OUT.mkdir(parents=True, exist_ok=True)
     import torch
 
-    report: dict = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "compile_decode": args.compile}
+    report: dict = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "compile_decode": args.compile,
+                    "peer": peer_results(args.peer)}
     model = args.model
     if not model:
         model = "/tmp/qwen3-vl-4b-random"
@@ -844,79 +754,76 @@ def main() -> None:
             torch.cuda.empty_cache()
     images = [image_bytes(i) for i in range(8)]
     report["copy_bandwidth_GBps"] = copy_bandwidth() / 1e9
-    report["decode_bytes"] = decode_bytes(model)  # the floor column of every table, baseline run or not
+    report["decode_bytes"] = decode_bytes(model)
     log(f"device copy bandwidth {report['copy_bandwidth_GBps']:.0f} GB/s")
-    refs: list[list[int]] = []
-    if "baseline" not in args.skip:
-        base = baseline(model, args.tokens[0], 64, images)
-        refs = base.pop("reference_tokens")
-        report.update(base)
-        log(f"baseline: {base}")
-    if "engine" not in args.skip:
-        if "float32" not in args.skip:
-            report.update(float32_agreement(model, images))
-            log(f"float32 agreement: {report['float32_agreement_tokens']} of {report['float32_reference_len']}, "
-                f"vision features {report['float32_vision_difference']:.1e} from the checkpoint's (relative); "
-                f"one decoding while two are prefilled: {report['float32_staggered_agreement_tokens']} "
-                f"({report['float32_steps_during_prefill']} decode steps during the prefill)")
-        report.update(engine_alone(model, images, refs, [1, 8, 32, 64, 128], args.compile))
-    if "triton" not in args.skip:
-        parameters = dict(args.param)
-        report["parameters"] = parameters
-        report.update(through_triton(model, args.clients, args.tokens, images, args.rounds, args.compile,
-                                     args.starts, parameters, args.new_nodes, args.rates, args.rate_seconds))
-    (OUT / "bench-gpu.json").write_text(json.dumps(report, indent=2, default=str))
+    save = lambda: (OUT / "bench-gpu.json").write_text(json.dumps(report, indent=2, default=str))  # noqa: E731
+    if "checks" in args.parts:
+        report["kernels"] = kernel_checks()
+        log(f"kernel checks: {report['kernels']}")
+        report.update(float32_agreement(model, images))
+        log("float32 agreement: " + json.dumps({k: v for k, v in report.items() if k.startswith("float32")}))
+        save()
+    if "engine" in args.parts:
+        report["engine"] = engine_rows(model, images, args.compile)
+        save()
+    if "ab" in args.parts and args.slot_tree:
+        report["ab"] = alternate_trees(model, {"slot engine": args.slot_tree, "paged engine": None})
+        save()
+    if "triton" in args.parts:
+        report["triton"] = {}
+        for setting in args.prefix_cache:
+            parameters = {**dict(args.param), "enable_prefix_caching": "true" if setting == "on" else "false"}
+            report["triton"][setting] = through_triton(
+                model, args.clients, args.tokens, images, args.rounds, args.compile, args.starts, parameters,
+                args.new_nodes, args.rates, args.rate_seconds)
+            save()
+    save()
+    print_report(report)
 
+
+def print_report(report: dict) -> None:
     floor_step = report["decode_bytes"] / (report["copy_bandwidth_GBps"] * 1e9)
     print(f"\n{report['gpu']}, torch {report['torch']}; weights read per decode step "
           f"{report['decode_bytes'] / 2**30:.2f} GiB; copy bandwidth {report['copy_bandwidth_GBps']:.0f} GB/s; "
           f"floor {floor_step * 1000:.2f} ms per step = {1 / floor_step:.0f} tok/s for one stream")
-    if "cold_start_ready_s" in report:
-        print(f"cold start: ready {report['cold_start_ready_s']:.1f} s, first token {report['cold_start_first_token_s']:.1f} s")
-    if "greedy_agreement_tokens" in report:
-        print(f"greedy agreement with generate, tokens equal before the first difference: bfloat16 "
-              f"{report['greedy_agreement_tokens']} of {report['greedy_reference_len']}, float32 "
-              f"{report.get('float32_agreement_tokens')} of {report.get('float32_reference_len')} each, "
-              f"one decoding while two are prefilled {report.get('float32_staggered_agreement_tokens')}")
-    if "graph_replay_ms" in report:
-        print("captured decode step, GPU ms:", {k: round(v, 2) for k, v in report["graph_replay_ms"].items()})
-        print(report["eager_step_profile"])
-    if "prefill_breakdown" in report:
-        print("prefill of 16 image prompts, ms:", report["prefill_breakdown"]["ms"])
-        print(report["prefill_breakdown"]["profile"])
-        print("prefill of 16 prompts, 8 of them without an image, ms:", report["prefill_mixed"]["ms"],
-              "tokens:", report["prefill_mixed"]["tokens"])
-        print("prefill of one image prompt, ms:", report["prefill_one"]["ms"])
-        print("packed prefill attention (bfloat16) against prompt by prompt (float32):", report["packed_attention"])
-        print("engine alone, 64 x 512 at once:", report["burst_64x512"])
-        print("vision encoder, 16 images:", report["vision_16"])
-        print("torch.compile graphs:", report["dynamo_graphs"], "; capture broken on purpose:",
-              report["capture_failure"])
-    if "engine_steps" in report:
-        print(table([{"batch": str(b), "tok/s": f"{v['tok_s']:.0f}", "ms/step": f"{v['ms_per_step']:.2f}",
-                      "launch ms": f"{v.get('host_launch_ms', 0):.2f}", "wait ms": f"{v.get('host_wait_ms', 0):.2f}",
-                      "stream ms": f"{v.get('host_stream_ms', 0):.2f}"}
-                     for b, v in report["engine_steps"].items()]))
-    rows = []
-    for run in report.get("runs", []):
-        row = {k: v for k, v in run.items()
-               if not k.endswith("_value") and not k.startswith(("ttft_", "itl_")) and k != "server"}
-        base1 = report.get("generate_1_tok_s")
-        if base1:
-            row["x generate(1)"] = f"{run['tok_s_value'] / base1:.1f}"
-        row["% of floor"] = f"{100 * run['tok_s_value'] / (int(run['clients']) / floor_step):.0f}"
-        rows.append(row)
-    if rows:
+    if "kernels" in report:
+        print("kernels against references (relative error):", report["kernels"])
+        print("float32 greedy agreement with generate, tokens equal before the first difference:",
+              {k: v for k, v in report.items() if k.startswith("float32")})
+    engine = report.get("engine")
+    if engine:
+        print(f"engine alone: started in {engine['engine_start_s']:.1f} s; capacity {engine['capacity']}")
+        print(table([{"load": k.removeprefix("burst_"), **{c: str(v) for c, v in row.items()}}
+                     for k, row in engine.items() if k.startswith("burst_")]))
+        print("32,768-token prompt alone:", engine["long_32k"], "; beside 64 decoding streams:",
+              engine["long_32k_beside_64"])
+        print("131,072-token prompt:", engine["long_128k"])
+        print(table([{k: str(v) for k, v in turn.items()} for turn in engine["chat_1024px"]]))
+    if report.get("ab"):
+        print("engine alone, trees alternating (each a fresh process):")
+        print(table([{"tree": name, "round": str(i + 1), **{f"{load} streams": f"{row['tok/s']} tok/s, TTFT {row['TTFT p50 ms']} ms"
+                                                             for load, row in run.items()}}
+                     for name, runs in report["ab"].items() for i, run in enumerate(runs)]))
+    for setting, result in report.get("triton", {}).items():
+        print(f"\nthrough Triton gRPC, prefix cache {setting}:")
+        if "cold_start_ready_s" in result:
+            print(f"cold start: ready {result['cold_start_ready_s']:.1f} s, first token {result['cold_start_first_token_s']:.1f} s")
+        rows = []
+        for run in result["runs"]:
+            row = {k: v for k, v in run.items()
+                   if not k.endswith("_value") and not k.startswith(("ttft_", "itl_")) and k != "server"}
+            row["% of floor"] = f"{100 * run['tok_s_value'] / (int(run['clients']) / floor_step):.0f}"
+            rows.append(row)
         print(table(rows))
-        print("on the server, per request (means):")
-        print(table([{"tokens": r["tokens"], "clients": r["clients"], **r["server"]}
-                     for r in report["runs"] if "server" in r]))
-    if report.get("paced"):
-        print("Poisson arrivals (an open loop):")
-        print(table([{k: v for k, v in r.items() if k != "server"} for r in report["paced"]]))
-        print(table([{"rate req/s": r["rate req/s"], **r["server"]} for r in report["paced"]]))
-    print(f"baseline generate: 1 stream {report.get('generate_1_tok_s', float('nan')):.1f} tok/s, "
-          f"static batch 64 {report.get('generate_static_64_tok_s', float('nan')):.0f} tok/s")
+        print(table([{"tokens": r["tokens"], "clients": r["clients"], **r["server"]} for r in result["runs"]]))
+        if result.get("paced"):
+            print("Poisson arrivals (an open loop):")
+            print(table([{k: v for k, v in r.items() if k != "server"} for r in result["paced"]]))
+            print(table([{"rate req/s": r["rate req/s"], **r["server"]} for r in result["paced"]]))
+    rows = comparison(report)
+    if rows:
+        print("\nbeside the peer:")
+        print(table(rows))
 
 
 if __name__ == "__main__":
