@@ -26,6 +26,7 @@ from wire_contract import (  # noqa: F401  (the engine imports the finish reason
     MAX_TEMPERATURE,
     WireResponse,
 )
+from wire_contract.text_budget import over_budget
 
 from .config import Limits
 from .errors import InvalidRequest, LimitExceeded
@@ -71,6 +72,11 @@ class GenerationRequest:
             raise InvalidRequest("invalid request: the input 'messages' is required")
         images = tuple(bytes(b) for b in _flat(tensors.get("images")))
         messages = parse_messages(raw, len(images), limits)
+        # Before any tokenizer runs: a text that cannot fit costs a sum of lengths, not a tokenization.
+        oversized = over_budget((p["text"] for m in messages for p in m.content if p["type"] == "text"),
+                                limits.max_prompt_tokens)
+        if oversized:
+            raise LimitExceeded(f"invalid request: {oversized}")
         if len(images) > limits.max_images:
             raise LimitExceeded(
                 f"invalid request: {len(images)} images, at most {limits.max_images} per request"

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(16_777_216, gt=0)
     max_images_per_request: int = Field(4, ge=0)
     max_tokens_limit: int = Field(2048, ge=1)
+    # The model's max_prompt_tokens: text that cannot fit it is refused before it is sent
+    # (wire_contract/text_budget.py). Set it to the served config's value (the overlays do).
+    max_prompt_tokens: int = Field(2048, ge=1)
     default_max_tokens: int = Field(256, ge=1)
 
     api_keys: CommaList = []

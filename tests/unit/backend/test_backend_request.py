@@ -98,3 +98,17 @@ def test_a_chunk_becomes_the_output_tensors_of_the_contract():
     assert out["text_output"][0].decode() == "héllo"
     assert out["finish_reason"][0] == b"stop"
     assert out["prompt_tokens"].dtype == np.int32 and out["completion_tokens"][0] == 3
+
+
+def test_text_that_cannot_fit_the_prompt_limit_is_refused_before_any_tokenizer_runs():
+    """max_prompt_tokens x 128 characters (wire_contract/text_budget.py), every turn's text counted."""
+    limits = Limits(max_prompt_tokens=4)
+    assert parse_with(limits, [{"role": "system", "content": "x" * 12}] + user("y" * 500)).messages
+    with pytest.raises(LimitExceeded) as refused:
+        parse_with(limits, [{"role": "system", "content": "x" * 13}] + user("y" * 500))
+    assert str(refused.value) == ("invalid request: the messages hold 513 characters of text; a prompt of at most "
+                                  "4 tokens holds at most 512 (128 characters per token at most)")
+
+
+def parse_with(limits, messages):
+    return GenerationRequest.from_tensors(tensors(messages), limits)

@@ -87,3 +87,21 @@ async def test_remote_urls_are_refused_when_off(service):
     part = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
     with pytest.raises(InvalidRequest, match="remote image URLs are disabled"):
         await service.prepare(_request([{"role": "user", "content": [part]}]))
+
+
+async def test_text_that_cannot_fit_the_models_prompt_limit_is_refused_first():
+    """FRONTEND_MAX_PROMPT_TOKENS x 128 characters over every turn (wire_contract/text_budget.py), checked
+    before the model name, the limits or any image: a 400 that names the limit."""
+    settings = Settings(max_prompt_tokens=2)
+    metrics = FrontendMetrics()
+    service = ChatService(settings, TritonClient(settings, metrics), metrics)
+    fits = _request([{"role": "system", "content": [{"type": "text", "text": "s" * 56}]},
+                     {"role": "assistant", "content": "a" * 100},
+                     {"role": "user", "content": [{"type": "text", "text": "u" * 100},
+                                                  {"type": "image_url", "image_url": {"url": data_url(png_bytes(8, 8))}}]}])
+    assert (await service.prepare(fits)).messages
+    oversized = _request([{"role": "user", "content": "u" * 257}]).model_copy(update={"model": "gpt-4"})
+    with pytest.raises(InvalidRequest) as refused:
+        await service.prepare(oversized)
+    assert refused.value.param == "messages"
+    assert "257 characters" in refused.value.message and "at most 2 tokens holds at most 256" in refused.value.message

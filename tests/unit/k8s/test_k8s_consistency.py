@@ -428,6 +428,22 @@ def test_scale_up_is_immediate_and_scale_down_is_stabilized(rendered, build: str
     assert spec["pollingInterval"] <= 30
 
 
+@pytest.mark.parametrize("build", OVERLAYS)
+def test_frontend_refuses_text_by_the_prompt_limit_of_the_config_triton_loads(rendered, build: str) -> None:
+    """A lower frontend limit would refuse prompts the model serves; a higher one lets doomed text through."""
+    from frontend.settings import Settings
+
+    objects = rendered[build]
+    triton = find(objects, "Deployment", "triton")["spec"]["template"]["spec"]["containers"][0]
+    frontend = find(objects, "Deployment", "frontend")["spec"]["template"]["spec"]["containers"][0]
+    model_dir = REPO / "model_repository" / "qwen3_vl"
+    config = model_dir / "configs" / f"{resolved_env(triton)['TRITON_MODEL_CONFIG']}.pbtxt"
+    config = config if config.is_file() else model_dir / "config.pbtxt"  # Triton's fallback
+    limit = re.search(r'\{ key: "max_prompt_tokens", value: \{ string_value: "(\d+)" \} \}', config.read_text())
+    frontend_limit = resolved_env(frontend).get("FRONTEND_MAX_PROMPT_TOKENS", Settings.model_fields["max_prompt_tokens"].default)
+    assert int(frontend_limit) == int(limit[1]), config.name
+
+
 def test_frontend_command_starts_the_app_factory_on_its_container_port(rendered) -> None:
     import importlib
 
