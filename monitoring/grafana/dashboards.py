@@ -78,6 +78,16 @@ def _latency_quantile(q: float) -> Query:
     )
 
 
+def _beside_tritons(rule: str, tritons: str, total: str) -> tuple[Query, ...]:
+    """A platform rule per pod and for the namespace, beside Triton's own figure (which misses the model's part)."""
+    return (
+        Query(f"{rule}{{{PODS}}}", "{{pod}}"),
+        Query(f"{rule}:namespace{{{NS}}}", total),
+        Query(f"{tritons}{{{PODS}}}", "Triton's queue {{pod}}"),
+        Query(f"{tritons}:namespace{{{NS}}}", f"Triton's queue, {total}"),
+    )
+
+
 SRE_OVERVIEW_ROWS: tuple[RowSpec, ...] = (
     RowSpec("Now", (
         PanelSpec(
@@ -200,12 +210,8 @@ SRE_OVERVIEW_ROWS: tuple[RowSpec, ...] = (
             "Mean wait of a request before it runs per pod (Triton's queue plus the model's own) and for "
             "the namespace weighted by requests (rules), beside Triton's queue alone. "
             "Orange: the KEDA target (scale out); red: the alert.",
-            (
-                Query(f"qwen3vl:queue_time_per_request_seconds:avg1m{{{PODS}}}", "{{pod}}"),
-                Query(f"qwen3vl:queue_time_per_request_seconds:avg1m:namespace{{{NS}}}", "namespace"),
-                Query(f"triton:queue_time_per_request_seconds:avg1m{{{PODS}}}", "Triton's queue {{pod}}"),
-                Query(f"triton:queue_time_per_request_seconds:avg1m:namespace{{{NS}}}", "Triton's queue, mean"),
-            ),
+            _beside_tritons("qwen3vl:queue_time_per_request_seconds:avg1m", "triton:queue_time_per_request_seconds:avg1m",
+                            "namespace"),
             unit="s", width=6, thresholds=((QUEUE_TIME_TARGET_S, "orange"), (QUEUE_TIME_OBJECTIVE_S, "red")),
         ),
         PanelSpec(
@@ -213,12 +219,7 @@ SRE_OVERVIEW_ROWS: tuple[RowSpec, ...] = (
             "Requests waiting to run now, per pod and in total (rules): Triton's queue plus those handed "
             "to the model and not yet running; Triton's queue alone beside them. Moves before queue time "
             "does, since queue time is known only when a request completes.",
-            (
-                Query(f"qwen3vl:requests_waiting{{{PODS}}}", "{{pod}}"),
-                Query(f"qwen3vl:requests_waiting:namespace{{{NS}}}", "total"),
-                Query(f"triton:pending_requests{{{PODS}}}", "Triton's queue {{pod}}"),
-                Query(f"triton:pending_requests:namespace{{{NS}}}", "Triton's queue, total"),
-            ),
+            _beside_tritons("qwen3vl:requests_waiting", "triton:pending_requests", "total"),
             width=6,
         ),
         PanelSpec(
