@@ -455,3 +455,13 @@ def test_frontend_command_starts_the_app_factory_on_its_container_port(rendered)
     port = int(command[command.index("--port") + 1])
     assert port == container_ports(find(rendered["gpu"], "Deployment", "frontend"))["http"]
     assert command[command.index("--host") + 1] == "0.0.0.0"
+
+
+def test_keda_operator_is_scraped_with_its_own_namespace_label(rendered) -> None:
+    """KedaScalerErrors and the KEDA panel select namespace="qwen3-vl": KEDA's label, not its pod's."""
+    monitor = find(rendered["gpu"], "PodMonitor", "keda-operator")["spec"]
+    assert monitor["selector"]["matchLabels"] == {"app.kubernetes.io/name": "keda-operator"}
+    assert [(e["port"], e["honorLabels"]) for e in monitor["podMetricsEndpoints"]] == [("metrics", True)]
+    config = yaml.safe_load((REPO / "monitoring" / "prometheus" / "prometheus.yml").read_text())
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "keda-operator")
+    assert job["honor_labels"] is True
