@@ -204,6 +204,9 @@ async def test_a_replica_sent_sigterm_finishes_its_streams_gets_no_new_ones_and_
     answered = frontend_metric(frontend, "frontend_upstream_requests_total", replica=replica, outcome="ok")
     assert answered - answered_before <= streaming, "the draining replica answered requests sent after SIGTERM"
     assert_stubs_gone(stubs, regions)
+    refused = frontend_metric(frontend, "frontend_upstream_requests_total", replica=replica, outcome="unavailable")
+    print(f"\nSIGTERM with {streaming:.0f} streams on the replica: {answered - answered_before:.0f} finished there, "
+          f"{refused:.0f} requests it refused went elsewhere, {len(during) + len(finished)} clients saw no error")
 
 
 async def test_a_killed_replica_fails_only_streams_that_had_answered_and_leaves_no_stub(fleet, frontend, http):
@@ -232,3 +235,5 @@ async def test_a_killed_replica_fails_only_streams_that_had_answered_and_leaves_
     failed = frontend_metric(frontend, "frontend_upstream_requests_total", replica=replica, outcome="unavailable")
     assert failed - failed_before > len(broken), "no request was retried away from the dead replica"
     assert_stubs_gone(stubs, regions)
+    print(f"\nSIGKILL: {len(broken)} streams that had answered ended with an error, "
+          f"{failed - failed_before - len(broken):.0f} attempts without a token were retried elsewhere and succeeded")
