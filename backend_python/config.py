@@ -45,6 +45,9 @@ class EngineConfig:
     # Tokens one engine step computes at most: every running sequence's next token, the rest prompt
     # chunks. A long prompt is prefilled over several steps, so it never stalls the streams around it.
     max_num_batched_tokens: int = 2048
+    # While other sequences decode, one prompt takes at most this many tokens of a step (0: the whole
+    # budget): a long prompt's chunk is GPU work every running stream waits for.
+    long_prefill_token_threshold: int = 0
     block_size: int = 16  # tokens per KV cache block
     # KV cache size: > 0 GiB as given; 0: on a GPU, gpu_memory_utilization of its memory less what the
     # weights, the largest step's activations and everything else on the device take; on a CPU, room

@@ -144,8 +144,9 @@ class ModelRunner:
         if self.config.kv_cache_budget_gib > 0:
             budget = int(self.config.kv_cache_budget_gib * 2**30)
         elif self.device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(self.device)
-            capped = total * torch.cuda.get_per_process_memory_fraction(self.device)
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            free, total = torch.cuda.mem_get_info(index)
+            capped = total * torch.cuda.get_per_process_memory_fraction(index)
             # Everything on the device that torch's allocator does not hold (the CUDA context, other
             # processes) stays where it is; the engine may use its share of what is left.
             outside = total - free - torch.cuda.memory_reserved(self.device)

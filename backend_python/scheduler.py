@@ -94,9 +94,10 @@ class Scheduler:
             if seq in self.running and self._decodes(seq) and self._reserve(seq, seq.computed + 1, plan):
                 plan.decoding += 1
         budget -= plan.decoding
+        cap = self.config.long_prefill_token_threshold if plan.decoding else 0
         for seq in list(self.running):
             if budget > 0 and seq in self.running and seq.prefilling:
-                end = min(seq.target, seq.computed + budget)
+                end = min(seq.target, seq.computed + min(budget, cap or budget))
                 # Preempting for a prompt only when nothing decodes: then something always makes progress.
                 if self._reserve(seq, end + (end == seq.target), plan, preempt=not plan.decoding):
                     budget -= self._chunk(seq, end, plan)
@@ -109,7 +110,7 @@ class Scheduler:
                 break
             self.waiting.popleft()
             plan.admitted.append(seq)
-            end = min(seq.target, seq.computed + budget)
+            end = min(seq.target, seq.computed + min(budget, cap or budget))
             self._reserve(seq, end + (end == seq.target), plan, preempt=False)  # admitted: it fits
             budget -= self._chunk(seq, end, plan)
         return plan

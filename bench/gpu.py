@@ -289,7 +289,7 @@ def float32_agreement(model_path: str, images: list[bytes], tokens: int = 48) ->
 # -- 3. the engine alone: bursts, long context, a chat, capacity ---------------------------------------
 
 SLOT_CACHE_GIB = 38.6  # the slot engine's cache: 128 slots x 2,048 tokens in bfloat16
-LONG_PROMPTS = (32_000, 131_000)  # tokens of random text (about as many once re-tokenized)
+LONG_PROMPTS = (32_000, 128_000)  # tokens of random text (about as many once re-tokenized)
 ENGINE_OVERRIDES: dict[str, str] = {}
 
 
@@ -304,8 +304,8 @@ def engine_rows(model_path: str, images: list[bytes], compile: bool = True) -> d
     from backend_python.loader import load
     from backend_python.prompt import PromptBuilder
 
-    config = gpu_config(**{"model_path": model_path, "compile_decode": str(compile).lower(), "max_model_len": "139264",
-                           "max_prompt_tokens": "135168", **ENGINE_OVERRIDES})
+    config = gpu_config(**{"model_path": model_path, "compile_decode": str(compile).lower(), "max_model_len": "143360",
+                           "max_prompt_tokens": "143000", **ENGINE_OVERRIDES})
     loaded = load(config)
     started = time.monotonic()
     engine = Engine(loaded, config).start()
