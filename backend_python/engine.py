@@ -254,7 +254,7 @@ class Engine:
             self._report_occupancy()
             self.metrics.finished(self.output.reason(sequence, None))
             self.output.finish(sequence)
-        self._lock.notify_all()
+            self._lock.notify_all()
 
     def _account(self, plan: StepPlan) -> None:
         now = time.monotonic()

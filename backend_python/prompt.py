@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,10 +44,11 @@ class Prompt:
     def length(self) -> int:
         return int(self.input_ids.shape[0])
 
-    @property
+    @functools.cached_property
     def next_position(self) -> int:
-        """The rotary position of the first answer token (answer tokens advance all three axes by one)."""
-        return int(self.positions.max()) + 1 if self.positions is not None else self.length
+        """The rotary position of the first answer token (answer tokens advance all three axes by one);
+        read by every decode step, so computed once (after ``positions`` is set)."""
+        return int(self.positions.max()) + 1
 
 
 class PromptBuilder:

@@ -91,12 +91,12 @@ class Scheduler:
         plan = StepPlan()
         budget = self.config.max_num_batched_tokens
         for seq in list(self.running):
-            if seq in self.running and self._decodes(seq) and self._reserve(seq, seq.computed + 1, plan):
+            if seq.slot >= 0 and self._decodes(seq) and self._reserve(seq, seq.computed + 1, plan):
                 plan.decoding += 1
         budget -= plan.decoding
         cap = self.config.long_prefill_token_threshold if plan.decoding else 0
         for seq in list(self.running):
-            if budget > 0 and seq in self.running and seq.prefilling:
+            if budget > 0 and seq.slot >= 0 and seq.prefilling:
                 end = min(seq.target, seq.computed + min(budget, cap or budget))
                 # Preempting for a prompt only when nothing decodes: then something always makes progress.
                 if self._reserve(seq, end + (end == seq.target), plan, preempt=not plan.decoding):
