@@ -171,6 +171,8 @@ class Engine:
                 started = time.perf_counter()
                 plan = self.scheduler.schedule()
                 self.stats.add(schedule=time.perf_counter() - started)
+                if plan.admitted:  # a caller blocked behind the admitted ones may hand its request over now
+                    self._lock.notify_all()
             self._account(plan)
             try:
                 with torch.inference_mode():

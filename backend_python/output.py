@@ -13,7 +13,9 @@ import time
 from .decoding import TextStream
 from .errors import Cancelled, ServingError
 from .metrics import EngineMetrics
-from .request import FINISH_CANCELLED, FINISH_LENGTH, FINISH_STOP, GenerationChunk, GenerationRequest
+from wire_contract import FINISH_CANCELLED, FINISH_LENGTH, FINISH_STOP
+
+from .request import GenerationChunk, GenerationRequest
 from .sequence import Sequence
 
 log = logging.getLogger(__name__)

@@ -15,14 +15,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from wire_contract import (  # noqa: F401  (the engine imports the finish reasons from here)
+from wire_contract import (
     DEFAULT_IGNORE_EOS,
     DEFAULT_STREAM,
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_P,
-    FINISH_CANCELLED,
-    FINISH_LENGTH,
-    FINISH_STOP,
     MAX_TEMPERATURE,
     WireResponse,
 )
