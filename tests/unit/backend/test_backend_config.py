@@ -54,3 +54,17 @@ def test_the_shipped_model_configs_load(name):
     assert len(parameters) == text.count("key:"), "every parameter in the one form the test reads"
     config = EngineConfig.from_parameters(parameters, environ={"MODEL_PATH": "/models/qwen"})
     assert config.max_num_seqs == int(parameters["max_num_seqs"])
+
+
+def test_docs_configuration_lists_every_model_parameter_and_no_other():
+    """docs/configuration.md is where users look the parameters up: it names each one the engine reads."""
+    import dataclasses
+
+    from backend_python.config import Limits
+
+    docs = (MODEL_DIR.parents[1] / "docs" / "configuration.md").read_text()
+    section = docs.split("## Model parameters", 1)[1].split("\n## ", 1)[0]
+    documented = {name for row in re.findall(r"^\| (`[^|]+) \|", section, flags=re.M)
+                  for name in re.findall(r"`(\w+)`", row)}
+    fields = {f.name for cls in (EngineConfig, Limits) for f in dataclasses.fields(cls)} - {"limits"}
+    assert documented == fields
