@@ -250,8 +250,11 @@ class Engine:
         self.stats.add(wait=collected - started, stream=time.perf_counter() - collected)
 
     def _drop_cancelled(self) -> None:
-        """Requests cancelled while they wait end before they take any memory (under the lock)."""
-        for sequence in [s for s in self.scheduler.waiting if not s.in_flight and self.output.cancelled(s)]:
+        """Requests cancelled while they wait, or while their prompt is prefilled in chunks, end now
+        rather than at their first token (a long prompt is seconds of GPU work); under the lock."""
+        stopped = [s for s in (*self.scheduler.waiting, *(s for s in self.scheduler.running if s.prefilling))
+                   if not s.in_flight and self.output.cancelled(s)]
+        for sequence in stopped:
             self.scheduler.finish(sequence)
             self._report_occupancy()
             self.metrics.finished(self.output.reason(sequence, None))

@@ -76,7 +76,7 @@ class TritonMetrics(EngineMetrics):
                 family.HISTOGRAM,
             ),
             "batch": family("qwen3vl_batch_size", "Sequences in one decode step of the engine", family.HISTOGRAM),
-            "prefill": family("qwen3vl_prefill_size", "Prompts in one prefill of the engine", family.HISTOGRAM),
+            "prefill": family("qwen3vl_prefill_size", "Prompt chunks in one prefill of the engine", family.HISTOGRAM),
             "in_flight": family("qwen3vl_sequences_in_flight",
                                 "Sequences the engine runs (holding KV blocks: prefilling or decoding)", family.GAUGE),
             "max_sequences": family("qwen3vl_max_sequences",

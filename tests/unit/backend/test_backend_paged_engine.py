@@ -217,3 +217,21 @@ def test_a_request_over_the_context_is_refused_and_the_next_one_served(engine, p
         r = request("word " * 170, max_tokens=100)
         engine.submit(r, prompts.build(r), Sink())
     assert run(engine, prompts, [request("hi", max_tokens=4)])[0].chunks[-1].completion_tokens > 0
+
+
+def test_a_prompt_cancelled_while_it_is_prefilled_in_chunks_stops_there(engine, prompts):
+    """A long prompt is many steps of prefill: a client that goes away meanwhile ends it at once."""
+    before = engine.stats.snapshot()
+
+    class CancelledMidPrefill(Sink):
+        def is_cancelled(self):
+            return engine.stats.prefill_chunks - before.prefill_chunks >= 2
+
+    r = request(**LONG)
+    chunks = -(-prompts.build(r).length // 16)
+    sink = CancelledMidPrefill()
+    engine.submit(r, prompts.build(r), sink)
+    assert sink.done.wait(60)
+    assert sink.chunks[-1].finish_reason == "cancelled" and sink.chunks[-1].completion_tokens == 0
+    assert 2 <= engine.stats.since(before)["prefill_chunks"] < chunks
+    assert engine.stats.kv_blocks_used == 0 and engine.in_flight == 0
