@@ -219,13 +219,13 @@ def _burst_row(sinks: list[_Sink]) -> dict:
             "TTFT p95 ms": round(1000 * percentile(ttft, 95))}
 
 
-def gpu_config(**overrides: str):
-    """The engine settings of configs/gpu.pbtxt, with ``overrides``."""
+def gpu_config(name: str = "gpu", **overrides: str):
+    """The engine settings of configs/<name>.pbtxt, with ``overrides``."""
     import re
 
     from backend_python.config import EngineConfig
 
-    text = (Path(__file__).resolve().parents[1] / "model_repository/qwen3_vl/configs/gpu.pbtxt").read_text()
+    text = (Path(__file__).resolve().parents[1] / f"model_repository/qwen3_vl/configs/{name}.pbtxt").read_text()
     parameters = dict(re.findall(r'key: "(\w+)", value: \{ string_value: "([^"]*)" \}', text))
     return EngineConfig.from_parameters({**parameters, **overrides})
 
@@ -284,6 +284,30 @@ def float32_agreement(model_path: str, images: list[bytes], tokens: int = 48) ->
             "float32_staggered_agreement_tokens": agreement(first + rest), "float32_reference_len": tokens,
             "float32_chunks": done["prefill_chunks"], "float32_cached_tokens": done["cached_tokens"],
             "float32_steps_during_prefill": done["decode_steps_in_prefill"]}
+
+
+def shared_slice(model_path: str, images: list[bytes], cap_gib: float = 20.0) -> dict:
+    """configs/gpu-shared.pbtxt (a MIG 2g.20gb slice) on a GPU capped at ``cap_gib`` for this process:
+    the engine must size its KV cache to fit beside the weights, start, and answer."""
+    import torch
+
+    from backend_python.engine import Engine
+    from backend_python.loader import load
+    from backend_python.prompt import PromptBuilder
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(cap_gib * 2**30 / total)
+    config = gpu_config("gpu-shared", model_path=model_path, compile_decode="false")
+    loaded = load(config)
+    engine = Engine(loaded, config).start()
+    prompts = PromptBuilder(loaded.processor, config, rope_index=loaded.model.model.get_rope_index)
+    sinks = _submit(engine, prompts, [_request(PROMPTS[i], [images[i]], 64) for i in range(4)])
+    result = {"cap_gib": cap_gib, "kv_tokens": engine.stats.kv_blocks_total * config.block_size,
+              "answers": [s.counts[-1] for s in sinks],
+              "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2)}
+    engine.stop()
+    torch.cuda.set_per_process_memory_fraction(1.0)
+    return result
 
 
 # -- 3. the engine alone: bursts, long context, a chat, capacity ---------------------------------------
@@ -708,7 +732,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=os.environ.get("MODEL_PATH"))
     parser.add_argument("--parts", nargs="+", default=["checks", "engine", "triton"],
-                        choices=["checks", "engine", "ab", "triton"])
+                        choices=["checks", "engine", "ab", "triton", "shared"])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 64, 128])
     parser.add_argument("--tokens", type=int, nargs="+", default=[512], help="generated tokens per request")
     parser.add_argument("--rounds", type=int, default=2, help="requests per client")
@@ -765,6 +789,10 @@ def main() -> None:
         save()
     if "engine" in args.parts:
         report["engine"] = engine_rows(model, images, args.compile)
+        save()
+    if "shared" in args.parts:
+        report["shared_slice"] = shared_slice(model, images)
+        log(f"gpu-shared config under a 20 GiB cap: {report['shared_slice']}")
         save()
     if "ab" in args.parts and args.slot_tree:
         report["ab"] = alternate_trees(model, {"slot engine": args.slot_tree, "paged engine": None})
