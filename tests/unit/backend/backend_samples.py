@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +55,41 @@ def tiny_checkpoint() -> Path:
     if not (path / "config.json").exists():
         build(path)
     return path
+
+
+class Sink:
+    """Where the engine sends one sequence's responses in the tests (Triton's response sender in serving)."""
+
+    def __init__(self, cancel_after: int | None = None):
+        self.chunks, self.error, self.done = [], None, threading.Event()
+        self.cancel_after = cancel_after
+
+    def send(self, chunk, final):
+        self.chunks.append(chunk)
+        if final:
+            self.done.set()
+
+    def fail(self, error):
+        self.error = error
+        self.done.set()
+
+    def is_cancelled(self):
+        return self.cancel_after is not None and len(self.chunks) >= self.cancel_after
+
+    def busy(self):
+        return False
+
+    @property
+    def text(self):
+        return "".join(c.text for c in self.chunks)
+
+
+def run(engine, prompts, requests, sinks=None, timeout: float = 120):
+    """Hand ``requests`` to the engine one after the other and wait for every answer."""
+    sinks = sinks or [Sink() for _ in requests]
+    for r, s in zip(requests, sinks):
+        engine.submit(r, prompts.build(r), s)
+    for s in sinks:
+        assert s.done.wait(timeout), "no final response"
+    assert all(s.error is None for s in sinks), [s.error for s in sinks]
+    return sinks

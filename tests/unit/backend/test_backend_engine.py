@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from backend_samples import png, tensors, tiny_checkpoint, truncated_jpeg, user
+from backend_samples import Sink, png, run, tensors, tiny_checkpoint, truncated_jpeg, user
 
 from backend_python.config import EngineConfig, Limits
 from backend_python.engine import Engine
@@ -20,30 +20,6 @@ from backend_python.request import GenerationRequest
 
 pytestmark = pytest.mark.unit
 
-
-class Sink:
-    def __init__(self, cancel_after: int | None = None):
-        self.chunks, self.error, self.done = [], None, threading.Event()
-        self.cancel_after = cancel_after
-
-    def send(self, chunk, final):
-        self.chunks.append(chunk)
-        if final:
-            self.done.set()
-
-    def fail(self, error):
-        self.error = error
-        self.done.set()
-
-    def is_cancelled(self):
-        return self.cancel_after is not None and len(self.chunks) >= self.cancel_after
-
-    def busy(self):
-        return False
-
-    @property
-    def text(self):
-        return "".join(c.text for c in self.chunks)
 
 
 class SlowSink(Sink):
@@ -84,14 +60,6 @@ def request(text, images=(), **scalars):
     return GenerationRequest.from_tensors(tensors(user(text, len(images)), images, **scalars),
                                           Limits(max_new_tokens=200, default_max_tokens=16))
 
-
-def run(engine, prompts, requests, sinks=None):
-    sinks = sinks or [Sink() for _ in requests]
-    for r, s in zip(requests, sinks):
-        engine.submit(r, prompts.build(r), s)
-    for s in sinks:
-        assert s.done.wait(60), "no final response"
-    return sinks
 
 
 REQUESTS = [

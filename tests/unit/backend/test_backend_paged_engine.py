@@ -9,7 +9,7 @@ import threading
 
 import pytest
 import torch
-from backend_samples import png, tensors, tiny_checkpoint, user
+from backend_samples import Sink, png, run, tensors, tiny_checkpoint, user
 
 from backend_python.config import EngineConfig, Limits
 from backend_python.engine import Engine
@@ -24,30 +24,6 @@ BLOCK = 4
 # Tiny model: 2 layers x 4 tokens x 2 KV heads x 16 dims x 2 (K, V) x 4 bytes = 2 KiB per block.
 BLOCK_BYTES = 2 * 4 * 2 * 16 * 2 * 4
 
-
-class Sink:
-    def __init__(self, cancel_after: int | None = None):
-        self.chunks, self.error, self.done = [], None, threading.Event()
-        self.cancel_after = cancel_after
-
-    def send(self, chunk, final):
-        self.chunks.append(chunk)
-        if final:
-            self.done.set()
-
-    def fail(self, error):
-        self.error = error
-        self.done.set()
-
-    def is_cancelled(self):
-        return self.cancel_after is not None and len(self.chunks) >= self.cancel_after
-
-    def busy(self):
-        return False
-
-    @property
-    def text(self):
-        return "".join(c.text for c in self.chunks)
 
 
 @pytest.fixture(scope="module")
@@ -78,15 +54,6 @@ def request(text, images=(), messages=None, **scalars):
     return GenerationRequest.from_tensors(tensors(messages or user(text, len(images)), images, **scalars),
                                           Limits(max_new_tokens=200, default_max_tokens=16))
 
-
-def run(engine, prompts, requests, sinks=None):
-    sinks = sinks or [Sink() for _ in requests]
-    for r, s in zip(requests, sinks):
-        engine.submit(r, prompts.build(r), s)
-    for s in sinks:
-        assert s.done.wait(120), "no final response"
-    assert all(s.error is None for s in sinks), [s.error for s in sinks]
-    return sinks
 
 
 def generate(model, prompt, max_tokens):
