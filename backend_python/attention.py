@@ -30,7 +30,7 @@ class Launch:
     stages: int
 
 
-# Measured on an H100 with the slot cache (36 layers, 230-742 cached tokens per row): from 32 rows on,
+# Measured on an H100 with the engine's earlier slot cache (36 layers, 230-742 cached tokens per row): from 32 rows on,
 # fewer and longer programs read the cache faster (64 rows: 2.27 instead of 2.65 ms per step, 128
 # rows: 3.75 instead of 4.79, 32 rows: even); with fewer rows they leave most of the GPU idle (one
 # row: 0.88 instead of 0.38 ms). Each captured graph has one batch size, so it has one launch shape.
