@@ -40,7 +40,7 @@ class Prompt:
     positions: torch.Tensor | None = None  # (3, L) rotary positions (3-D for image tokens)
     images: tuple[ImageSpan, ...] = ()
 
-    @property
+    @functools.cached_property
     def length(self) -> int:
         return int(self.input_ids.shape[0])
 
