@@ -11,7 +11,7 @@ PYTEST := $(PY) -m pytest
 # Debian packages the tests drive for real: Prometheus + promtool, Chromium, the Docker engine.
 APT_PACKAGES := prometheus chromium docker.io debootstrap
 
-.PHONY: help setup run test test-unit test-integration test-e2e test-docker bench bench-gpu monitor plan \
+.PHONY: help setup run test test-unit test-integration test-e2e test-docker bench bench-gpu bench-scaleout monitor plan \
         dashboards images lint system-deps clean
 
 help:
@@ -20,6 +20,8 @@ help:
 	@echo "make test-unit | test-integration | test-e2e | test-docker"
 	@echo "make bench             local benchmark: 1 vs 16 streaming clients, through Triton and the frontend"
 	@echo "make bench-gpu         GPU engine benchmark (needs an NVIDIA GPU)"
+	@echo "make bench-scaleout    one Triton per GPU behind the frontend: capacity with 1 and N, a replica started under load"
+	@echo "                       (SCALEOUT_ARGS='--gpus 2'; without a GPU: the same flow on the CPU, tiny checkpoint)"
 	@echo "make monitor           a local Prometheus scraping the running stack"
 	@echo "make plan              autoscaling simulator: compare scaling policies on traffic traces"
 	@echo "make images            build the Triton and frontend container images"
@@ -78,6 +80,9 @@ bench: setup
 
 bench-gpu: setup
 	$(PY) -m bench.gpu
+
+bench-scaleout: setup
+	$(PY) -m bench.scaleout $(SCALEOUT_ARGS)
 
 monitor: setup system-deps
 	$(PY) -m stack.prometheus

@@ -103,7 +103,7 @@ class TritonServer(ServerProcess):
                  model_path: str | None = None, parameters: dict[str, str] | None = None,
                  queue_size: int | None = None, config_name: str | None = None,
                  exit_timeout: int = 30, log_file: str | None = None, log_verbose: int = 0,
-                 host: str = "127.0.0.1"):
+                 host: str = "127.0.0.1", env: dict[str, str] | None = None):
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         super().__init__(log_file)
         self.model_path = model_path or os.environ.get("MODEL_PATH") or str(TINY_CHECKPOINT)
@@ -114,6 +114,7 @@ class TritonServer(ServerProcess):
         self.exit_timeout = exit_timeout
         self.log_verbose = log_verbose
         self.host = host
+        self.env = dict(env or {})  # added to the environment, e.g. CUDA_VISIBLE_DEVICES: one GPU per replica
 
     # Where clients reach it: the address it listens on, or the loopback one when it listens on all.
     address = property(lambda self: "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host)
@@ -145,7 +146,7 @@ class TritonServer(ServerProcess):
             from backend_python.checkpoint import build
 
             build(TINY_CHECKPOINT)
-        env = {**triton_environment(), "MODEL_PATH": self.model_path}
+        env = {**triton_environment(), "MODEL_PATH": self.model_path, **self.env}
         self.repository = model_repository(*self._overrides)
         self.launch(self.command(), f"{self.http_url}/v2/models/{MODEL_NAME}/ready", timeout, env=env)
         return self
