@@ -2,7 +2,7 @@
 
     python -m bench.scaleout [--gpus N] [--shared-gpu] [--model PATH] [--tokens 512] [--rates 8 12 16 ...]
                              [--rate-seconds S] [--refine K] [--event-seconds S] [--event-start S]
-                             [--param KEY=VALUE] [--plot FILE]
+                             [--frontends K] [--clients P] [--param KEY=VALUE] [--cpu] [--plot FILE]
 
 Replica i runs with CUDA_VISIBLE_DEVICES=i on 127.0.0.(i+1) (the same ports on each, as pods have);
 the frontend lists all N from the start and routes each request to the least occupied ready one.
@@ -10,14 +10,15 @@ In order:
 - capacity with 1 replica: Poisson arrivals at each --rates value until TTFT p95 exceeds 1 s or a
   request fails, then --refine halvings between the last rate that held and the first that did not;
 - the scale event: 1.5 x that capacity on replica 1 alone; --event-start s into the load replicas
-  2..N are started (as new pods would be): when each is ready, when it takes its share of the
-  requests the frontend routes, when TTFT is back under 1 s, failed requests, a plot;
+  2..N are started (as new pods would be): when they are ready, when they take their share of the
+  requests the frontend routes, when TTFT p95 is back under 1 s, failed requests, a plot;
 - capacity with N replicas (N times each rate), and the N-to-1 ratio.
 Every request is make bench-gpu's: one 448x448 image and a question, --tokens tokens, streamed from
 /v1/chat/completions. The frontend does not forward ignore_eos, so the answers' mean length is
-printed beside each row. A replica's share is its own nv_inference_request_success.
---shared-gpu: every replica on GPU 0, each with kv_cache_budget_gib 50 (half of one replica's KV cache).
-Without a GPU the same flow runs on the CPU with the tiny checkpoint and the default config.
+printed beside each row. A replica's share is its own nv_inference_request_success; the frontends'
+CPU per request says how near they are to their limit (--frontends K puts K of them side by side).
+--shared-gpu: every replica on GPU 0 with kv_cache_budget_gib 50 (one replica alone has 113.5 GiB).
+Without a GPU (or with --cpu) the same flow runs on the CPU, tiny checkpoint, default config.
 Prints tables; writes $OUT/scaleout.json (`replica_capacity_req_s` is what the planner reads) and
 $OUT/scaleout-event.png (or later, where matplotlib is installed: --plot scaleout.json).
 """
@@ -73,12 +74,12 @@ def _body(i: int, tokens: int) -> bytes:
                            {"type": "text", "text": PROMPTS[i]}]}]}).encode()
 
 
-async def _chat(client: httpx.AsyncClient, body: bytes) -> tuple:
+async def _chat(client: httpx.AsyncClient, url: str, body: bytes) -> tuple:
     """One streamed completion, as bench.gpu records a gRPC stream: (ok, tokens, TTFT, gaps, sent,
     finished, error)."""
     sent, times, tokens, finish, error = time.monotonic(), [], 0, None, ""
     try:
-        async with client.stream("POST", "/v1/chat/completions", content=body,
+        async with client.stream("POST", f"{url}/v1/chat/completions", content=body,
                                  headers={"content-type": "application/json"}) as response:
             if response.status_code != 200:
                 error = f"HTTP {response.status_code}: {(await response.aread())[:300]!r}"
@@ -102,22 +103,23 @@ async def _chat(client: httpx.AsyncClient, body: bytes) -> tuple:
     return (not error, tokens, times[0] - sent if times else None, gaps, sent, time.monotonic(), error)
 
 
-async def _send(url: str, items: list[tuple[int, float]], bodies: list[bytes]) -> list[tuple]:
+async def _send(urls: list[str], items: list[tuple[int, float]], bodies: list[bytes]) -> list[tuple]:
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(30, read=600), limits=limits) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=600), limits=limits) as client:
         async def at(i: int, when: float) -> tuple:
             await asyncio.sleep(max(0.0, when - time.monotonic()))
-            return await _chat(client, bodies[i % len(bodies)])
+            return await _chat(client, urls[i % len(urls)], bodies[i % len(bodies)])
 
         return await asyncio.gather(*(at(i, when) for i, when in items))
 
 
 def _client_worker(args: tuple) -> list[tuple]:
-    """One client process: its requests, each (index, monotonic time to send it at)."""
-    url, items, tokens = args
+    """One client process: its requests, each (index, monotonic time to send it at), spread over the
+    frontends at ``urls``."""
+    urls, items, tokens = args
     if tokens not in _BODIES:
         _BODIES[tokens] = [_body(i, tokens) for i in range(len(PROMPTS))]
-    return asyncio.run(_send(url, items, _BODIES[tokens])) if items else []
+    return asyncio.run(_send(urls, items, _BODIES[tokens])) if items else []
 
 
 # -- what the servers say ------------------------------------------------------------------------
@@ -134,29 +136,30 @@ def cpu_seconds(server: ServerProcess) -> float:
     return total
 
 
-def routed_so_far(frontend: FrontendServer) -> dict[str, float]:
-    """Requests the frontend has sent to each replica: ended (any outcome) plus streaming now."""
+def routed_so_far(frontends: list[FrontendServer]) -> dict[str, float]:
+    """Requests the frontends have sent to each replica: ended (any outcome) plus streaming now."""
     counts: dict[str, float] = {}
-    text = httpx.get(f"{frontend.url}/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in ("frontend_upstream_requests_total", "frontend_upstream_in_flight"):
-                replica = sample.labels["replica"]
-                counts[replica] = counts.get(replica, 0.0) + sample.value
+    for frontend in frontends:
+        text = httpx.get(f"{frontend.url}/metrics", timeout=10).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in ("frontend_upstream_requests_total", "frontend_upstream_in_flight"):
+                    replica = sample.labels["replica"]
+                    counts[replica] = counts.get(replica, 0.0) + sample.value
     return counts
 
 
 class Sampler(threading.Thread):
     """Reads ``routed_so_far`` every SAMPLE_S seconds until stopped: (monotonic time, counts) pairs."""
 
-    def __init__(self, frontend: FrontendServer):
+    def __init__(self, frontends: list[FrontendServer]):
         super().__init__(daemon=True)
-        self.frontend, self.samples, self.stopped = frontend, [], threading.Event()
+        self.frontends, self.samples, self.stopped = frontends, [], threading.Event()
 
     def run(self) -> None:
         while not self.stopped.wait(SAMPLE_S):
             try:
-                self.samples.append((time.monotonic(), routed_so_far(self.frontend)))
+                self.samples.append((time.monotonic(), routed_so_far(self.frontends)))
             except httpx.HTTPError:
                 continue
 
@@ -164,13 +167,14 @@ class Sampler(threading.Thread):
 # -- one run at one rate --------------------------------------------------------------------------
 
 class Fleet:
-    """The replicas, the frontend and the client processes of the whole benchmark."""
+    """The replicas, the frontends and the client processes of the whole benchmark."""
 
-    def __init__(self, replicas: list[TritonServer], frontend: FrontendServer, tokens: int, procs: int):
-        self.replicas, self.frontend, self.tokens = replicas, frontend, tokens
+    def __init__(self, replicas: list[TritonServer], frontends: list[FrontendServer], tokens: int, procs: int):
+        self.replicas, self.frontends, self.tokens = replicas, frontends, tokens
+        self.urls = [f.url for f in frontends]
         self.pool = mp.get_context("spawn").Pool(procs)
         self.procs = procs
-        self.pool.map(_client_worker, [(frontend.url, [], tokens)] * procs)  # processes up, bodies built
+        self.pool.map(_client_worker, [(self.urls, [], tokens)] * procs)  # processes up, bodies built
 
     @property
     def serving(self) -> list[TritonServer]:
@@ -180,12 +184,12 @@ class Fleet:
         """Requests at Poisson arrival times for ``seconds``, every answer awaited; ``at`` = (s, f):
         call f that many seconds after the first send (the scale event starts replicas there)."""
         times = arrivals(rate, seconds, seed)
-        servers = [self.frontend, *self.replicas]
+        servers = [*self.frontends, *self.replicas]
         cpu = {id(s): cpu_seconds(s) for s in servers if s.running}
         success = {r.grpc_url: server_counters(r.metrics_url)["nv_inference_request_success"] for r in self.serving}
         start = time.monotonic() + 0.5  # every process has its schedule before the first send
         shares = [[(i, start + t) for i, t in enumerate(times) if i % self.procs == p] for p in range(self.procs)]
-        pending = self.pool.map_async(_client_worker, [(self.frontend.url, s, self.tokens) for s in shares if s])
+        pending = self.pool.map_async(_client_worker, [(self.urls, s, self.tokens) for s in shares if s])
         if at is not None:
             time.sleep(max(0.0, start + at[0] - time.monotonic()))
             at[1]()
@@ -196,15 +200,17 @@ class Fleet:
                   for r in self.serving}
         used = {id(s): cpu_seconds(s) - cpu.get(id(s), 0.0) for s in servers if s.running}
         tritons = sum(used.get(id(r), 0.0) for r in self.replicas)
+        frontends = sum(used[id(f)] for f in self.frontends)
         row = summary.row()
         answered = max(summary.requests, 1)
         out = {"replicas": str(len(self.serving)), "rate req/s": f"{rate:g}", "requests": row["requests"],
                "errors": row["errors"], "tok/s": row["tok/s"], "tokens/answer": f"{summary.tokens / answered:.0f}",
+               "chunks/answer": f"{len(summary.itl) / answered + 1:.0f}",
                "streams (mean)": f"{sum(summary.latency) / summary.seconds:.1f}",
                **{k: row[k] for k in ("TTFT p50 ms", "TTFT p95 ms", "ITL p50 ms", "ITL p95 ms")},
                "share %": "/".join(f"{100 * n / max(sum(served.values()), 1):.0f}" for n in served.values()),
-               "frontend CPU %": f"{100 * used[id(self.frontend)] / summary.seconds:.0f}",
-               "frontend CPU ms/req": f"{1000 * used[id(self.frontend)] / answered:.1f}",
+               "frontend CPU %": f"{100 * frontends / summary.seconds:.0f}",
+               "frontend CPU ms/req": f"{1000 * frontends / answered:.1f}",
                "Triton CPU %": f"{100 * tritons / summary.seconds:.0f}"}
         log(f"{len(self.serving)} replica(s), {rate:g} req/s: {out}")
         first_error = next((r[6] for r in results if not r[0]), "")
@@ -255,7 +261,7 @@ def scale_event(fleet: Fleet, rate: float, seconds: float, start_after: float) -
             list(pool.map(start, new))
         log(f"{len(new)} new replica(s) ready {time.monotonic() - marks['started']:.1f} s after their start")
 
-    sampler = Sampler(fleet.frontend)
+    sampler = Sampler(fleet.frontends)
     sampler.start()
     try:
         run = fleet.run(rate, seconds, seed=100, at=(start_after, start_new))
@@ -281,10 +287,11 @@ def scale_event(fleet: Fleet, rate: float, seconds: float, start_after: float) -
 
 
 def routing_shares(routed: list[tuple[float, list[float]]]) -> list[tuple[float, list[float]]]:
-    """(time, each replica's share of the requests routed in the ROUTING_WINDOW_S seconds before it)."""
+    """(time, each replica's share of the requests routed in the ROUTING_WINDOW_S seconds before it),
+    where any were."""
     lag = round(ROUTING_WINDOW_S / SAMPLE_S)
-    return [(t1, [(b - a) / max(sum(c1) - sum(c0), 1) for a, b in zip(c0, c1)])
-            for (_, c0), (t1, c1) in zip(routed, routed[lag:])]
+    return [(t1, [(b - a) / (sum(c1) - sum(c0)) for a, b in zip(c0, c1)])
+            for (_, c0), (t1, c1) in zip(routed, routed[lag:]) if sum(c1) > sum(c0)]
 
 
 def share_taken(routed: list[tuple[float, list[float]]], new: list[int], after: float) -> float | None:
@@ -375,6 +382,47 @@ def gpu_model(model: str | None) -> str:
     return str(GPU_MODEL)
 
 
+def processes(args: argparse.Namespace, gpus: int, parameters: dict[str, str]) -> tuple[list, list]:
+    """The Triton replicas (replica i on GPU i, or all on GPU 0) and the frontends, none started."""
+    servers = loopback_replicas(args.gpus, model_path=gpu_model(args.model) if gpus else args.model,
+                                config_name="gpu" if gpus else None, parameters=parameters or None)
+    for i, server in enumerate(servers):
+        server.log_file = str(OUT / f"scaleout-triton-{i + 1}.log")
+        server.env["CUDA_VISIBLE_DEVICES"] = "" if not gpus else "0" if args.shared_gpu else str(i)
+    env = {"FRONTEND_TRITON_GRPC_URL": ",".join(s.grpc_url for s in servers),
+           "FRONTEND_TRITON_METRICS_PORT": str(servers[0].metrics_port), "FRONTEND_UI_ENABLED": "false",
+           "FRONTEND_MAX_TOKENS_LIMIT": str(max(args.tokens, 2048))}
+    frontends = [FrontendServer(port=free_port(), log_file=str(OUT / f"scaleout-frontend-{k + 1}.log"), env=env)
+                 for k in range(args.frontends)]
+    return servers, frontends
+
+
+def measure(args: argparse.Namespace, servers: list[TritonServer], frontends: list[FrontendServer],
+            rates: list[float], report: dict) -> None:
+    """Capacity with replica 1, the scale event, capacity with all; into ``report`` as it goes."""
+    started = time.monotonic()
+    servers[0].start(timeout=1800)
+    log(f"replica 1 ready after {time.monotonic() - started:.1f} s")
+    for frontend in frontends:
+        frontend.start()
+    fleet = Fleet(servers, frontends, args.tokens, args.clients)
+    try:
+        log("warm-up (untimed):")
+        fleet.run(rates[0], max(5.0, args.rate_seconds / 4), seed=99)
+        one = capacity(fleet, rates, args.rate_seconds, args.refine)
+        report["capacity"] = {"1": one}
+        report["replica_capacity_req_s"] = one["capacity_req_s"]
+        save(report)
+        if args.gpus > 1:
+            report["scale_event"] = scale_event(fleet, 1.5 * (one["capacity_req_s"] or rates[0]),
+                                                args.event_seconds, args.event_start)
+            save(report)
+            report["capacity"][str(args.gpus)] = capacity(fleet, [r * args.gpus for r in rates], args.rate_seconds,
+                                                          args.refine)
+    finally:
+        fleet.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpus", type=int, default=2, help="replicas: one per GPU (with --shared-gpu, all on GPU 0)")
@@ -387,6 +435,8 @@ def main() -> None:
     parser.add_argument("--refine", type=int, default=2, help="halvings between the last rate held and the first not")
     parser.add_argument("--event-seconds", type=float, default=120, help="how long the scale event's load lasts")
     parser.add_argument("--event-start", type=float, default=20, help="when in it the new replicas start")
+    parser.add_argument("--frontends", type=int, default=1,
+                        help="frontend processes, each routing over every replica; requests go to them in turn")
     parser.add_argument("--clients", type=int, default=max(1, min(8, (os.cpu_count() or 1) // 4)),
                         help="client processes")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", type=_key_value,
@@ -407,49 +457,23 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     device = (f"{gpus} GPU(s), {'every replica on GPU 0' if args.shared_gpu else 'one replica per GPU'}" if gpus
-              else f"CPU only ({os.cpu_count()} cores shared by every replica, the frontend and the clients)")
+              else f"CPU only ({os.cpu_count()} cores shared by every process: replicas, frontends, clients)")
+    device += f", {args.frontends} frontend process(es)"
     print(f"# python -m bench.scaleout {' '.join(sys.argv[1:])}\n# commit {commit}; {device}; "
           f"{time.strftime('%Y-%m-%d')}", flush=True)
-
-    servers = loopback_replicas(args.gpus, model_path=gpu_model(args.model) if gpus else args.model,
-                                config_name="gpu" if gpus else None, parameters=parameters or None)
-    for i, server in enumerate(servers):
-        server.log_file = str(OUT / f"scaleout-triton-{i + 1}.log")
-        server.env["CUDA_VISIBLE_DEVICES"] = "" if not gpus else "0" if args.shared_gpu else str(i)
-    frontend = FrontendServer(port=free_port(), log_file=str(OUT / "scaleout-frontend.log"), env={
-        "FRONTEND_TRITON_GRPC_URL": ",".join(s.grpc_url for s in servers),
-        "FRONTEND_TRITON_METRICS_PORT": str(servers[0].metrics_port), "FRONTEND_UI_ENABLED": "false",
-        "FRONTEND_MAX_TOKENS_LIMIT": str(max(args.tokens, 2048))})
     report: dict = {"device": device, "commit": commit, "tokens": args.tokens, "ttft_p95_limit_s": TTFT_LIMIT_S,
-                    "replicas": args.gpus, "shared_gpu": args.shared_gpu, "parameters": parameters}
-    fleet = None
+                    "replicas": args.gpus, "shared_gpu": args.shared_gpu, "frontends": args.frontends,
+                    "parameters": parameters}
+    servers, frontends = processes(args, gpus, parameters)
     try:
-        started = time.monotonic()
-        servers[0].start(timeout=1800)
-        log(f"replica 1 ready after {time.monotonic() - started:.1f} s")
-        frontend.start()
-        fleet = Fleet(servers, frontend, args.tokens, args.clients)
-        log("warm-up (untimed):")
-        fleet.run(rates[0], max(5.0, args.rate_seconds / 4), seed=99)
-        one = capacity(fleet, rates, args.rate_seconds, args.refine)
-        report["capacity"] = {"1": one}
-        report["replica_capacity_req_s"] = one["capacity_req_s"]
-        save(report)
-        if args.gpus > 1:
-            rate = 1.5 * (one["capacity_req_s"] or rates[0])
-            report["scale_event"] = scale_event(fleet, rate, args.event_seconds, args.event_start)
-            save(report)
-            many = capacity(fleet, [r * args.gpus for r in rates], args.rate_seconds, args.refine)
-            report["capacity"][str(args.gpus)] = many
-            report[f"ratio_{args.gpus}_to_1"] = many["capacity_req_s"] / one["capacity_req_s"] \
-                if one["capacity_req_s"] else None
+        measure(args, servers, frontends, rates, report)
     finally:
-        if fleet:
-            fleet.close()
-        frontend.stop()
-        for server in servers:
+        for server in [*frontends, *servers]:
             server.stop()
-    report["per_replica_capacity_req_s"] = {n: c["capacity_req_s"] / int(n) for n, c in report["capacity"].items()}
+    capacities = {n: c["capacity_req_s"] for n, c in report["capacity"].items()}
+    report["per_replica_capacity_req_s"] = {n: c / int(n) for n, c in capacities.items()}
+    if len(capacities) > 1 and capacities["1"]:
+        report[f"ratio_{args.gpus}_to_1"] = capacities[str(args.gpus)] / capacities["1"]
     save(report)
     print_report(report)
     if "scale_event" in report:
