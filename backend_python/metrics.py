@@ -37,6 +37,7 @@ class EngineMetrics:
     def kv_blocks(self, used: int, total: int) -> None: ...
     def cached_prompt_tokens(self, n: int) -> None: ...
     def preempted(self, n: int) -> None: ...
+    def videos(self, n: int, tokens: int) -> None: ...
     def finished(self, reason: str) -> None: ...
     def model_load(self, seconds: float) -> None: ...
 
@@ -91,6 +92,9 @@ class TritonMetrics(EngineMetrics):
             "kv_total": family("qwen3vl_kv_blocks_total", "KV cache blocks of the engine's pool", family.GAUGE),
             "preempted": family("qwen3vl_preemptions_total",
                                 "Running sequences preempted for lack of KV blocks (recomputed later)", family.COUNTER),
+            "videos": family("qwen3vl_videos_total", "Videos in requests the engine accepted", family.COUNTER),
+            "video_tokens": family("qwen3vl_video_tokens_total",
+                                   "Visual tokens of those videos (their frames' placeholder tokens)", family.COUNTER),
             "finished": family(
                 "qwen3vl_requests_finished_total", "Finished requests by finish reason", family.COUNTER
             ),
@@ -111,6 +115,8 @@ class TritonMetrics(EngineMetrics):
         self._kv_used = f["kv_used"].Metric(labels=labels)
         self._kv_total = f["kv_total"].Metric(labels=labels)
         self._preempted = f["preempted"].Metric(labels=labels)
+        self._videos = f["videos"].Metric(labels=labels)
+        self._video_tokens = f["video_tokens"].Metric(labels=labels)
         self._finished = {r: f["finished"].Metric(labels={**labels, "reason": r}) for r in FINISH_REASONS}
         self._load = f["load"].Metric(labels=labels)
         self._lock = threading.Lock()
@@ -161,6 +167,10 @@ class TritonMetrics(EngineMetrics):
 
     def preempted(self, n: int) -> None:
         self._count(self._preempted, n)
+
+    def videos(self, n: int, tokens: int) -> None:
+        self._count(self._videos, n)
+        self._count(self._video_tokens, tokens)
 
     def finished(self, reason: str) -> None:
         self._count(self._finished[reason], 1)

@@ -234,7 +234,7 @@ class ModelRunner:
             context = (np.concatenate([self._flat(c.seq.blocks, 0, c.end) for c in chunks]), ends)
         last = [bounds[i + 1] - 1 for i, c in enumerate(chunks) if c.last]
         embeds = self._embed(self._upload(ids))
-        visual, deepstack = self._images(chunks, bounds, embeds, between)
+        visual, deepstack = self._visuals(chunks, bounds, embeds, between)
         if context is not None:
             index, ends = context
             context = Context(self._upload(torch.from_numpy(index)), ends,
@@ -281,18 +281,19 @@ class ModelRunner:
 
     # -- the parts ---------------------------------------------------------------------
 
-    def _images(self, chunks: list[Chunk], bounds: list[int], embeds: torch.Tensor, between):
-        """Put the image features of the chunks' image tokens in place; return where they are and their
-        deepstack features. An image is encoded when a chunk first reaches it, and its features stay
-        with the sequence until its last token is prefilled."""
+    def _visuals(self, chunks: list[Chunk], bounds: list[int], embeds: torch.Tensor, between):
+        """Put the visual features of the chunks' image and video tokens in place; return where they are and
+        their deepstack features. An image (a video's temporal patch) is encoded when a chunk first
+        reaches it, with the others of the step, and its features stay with the sequence until its last
+        token is prefilled."""
         todo = {}
         for c in chunks:
-            for i, span in enumerate(c.seq.prompt.images):
+            for i, span in enumerate(c.seq.prompt.visuals):
                 if span.start < c.end and span.end > c.start and i not in c.seq.features:
                     todo[(id(c.seq), i)] = (c.seq, i, span)
         if todo:
-            pixels = [s.prompt.pixel_values[span.pixel_start:span.pixel_end] for s, _, span in todo.values()]
-            grids = torch.stack([s.prompt.image_grid_thw[i] for s, i, _ in todo.values()])
+            pixels = [s.prompt.pixels(span) for s, _, span in todo.values()]
+            grids = torch.tensor([span.grid for _, _, span in todo.values()])
             layout = self.vision.layout(grids, self._upload)
             features, deepstack = self.vision(torch.cat([self._upload(p) for p in pixels]), layout, between)
             offset = 0
@@ -302,7 +303,7 @@ class ModelRunner:
                 offset += rows
         where, parts, deep = [], [], []
         for c, start in zip(chunks, bounds):
-            for i, span in enumerate(c.seq.prompt.images):
+            for i, span in enumerate(c.seq.prompt.visuals):
                 a, b = max(span.start, c.start), min(span.end, c.end)
                 if a >= b:
                     continue

@@ -94,5 +94,5 @@ class OutputProcessor:
     def _chunk(self, s: Sequence, text: str, final: bool = False) -> GenerationChunk:
         """The last response also carries the answer's token ids (for checks in process; not sent on the wire)."""
         return GenerationChunk(text=text, prompt_tokens=s.prompt.length, completion_tokens=s.generated,
-                               finish_reason=s.finish_reason,
+                               finish_reason=s.finish_reason, visual_tokens=s.prompt.visual_tokens,
                                token_ids=s.tokens[s.prompt.length:s.prompt.length + s.generated] if final else [])

@@ -2,31 +2,41 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers.video_utils import VideoMetadata
 
 from .config import EngineConfig
 from .errors import LimitExceeded
-from .media import decode_image
+from .media import VideoHeader, decode_image, decode_video, probe_video
 from .request import GenerationRequest
+
+IMAGE, VIDEO = 1, 2  # the processor's mm_token_type_ids
 
 
 @dataclass(frozen=True)
-class ImageSpan:
-    """Where one image's tokens lie in the prompt, its rows of ``pixel_values``, and what it is: the
-    prefix cache keys blocks by ``digest`` too, since every image's placeholder tokens are the same."""
+class VisualSpan:
+    """One run of an image's or a video's placeholder tokens in the prompt, the rows of ``pixel_values``
+    (``pixel_values_videos`` for a video) it is encoded from, and the grid the encoder sees. A video is
+    one span per temporal patch (two frames): its chat template puts a timestamp between them, and the
+    encoder attends within a temporal patch only, so each is encoded when a prompt chunk reaches it.
+    The prefix cache keys blocks by ``digest`` too, since every image's placeholder tokens are the same."""
 
     start: int
     end: int
     pixel_start: int
     pixel_end: int
     digest: bytes
+    grid: tuple[int, int, int]
+    video: bool = False
 
 
 @dataclass
@@ -38,11 +48,30 @@ class Prompt:
     pixel_values: torch.Tensor | None  # (patches, C*T*P*P)
     image_grid_thw: torch.Tensor | None  # (images, 3)
     positions: torch.Tensor | None = None  # (3, L) rotary positions (3-D for image tokens)
-    images: tuple[ImageSpan, ...] = ()
+    visuals: tuple[VisualSpan, ...] = ()
+    pixel_values_videos: torch.Tensor | None = None  # (patches, C*T*P*P)
+    video_grid_thw: torch.Tensor | None = None  # (videos, 3)
 
-    @functools.cached_property
+    @property
     def length(self) -> int:
         return int(self.input_ids.shape[0])
+
+    @functools.cached_property
+    def visual_tokens(self) -> int:
+        """Read for every response a stream sends."""
+        return sum(span.end - span.start for span in self.visuals)
+
+    @property
+    def video_tokens(self) -> int:
+        return sum(span.end - span.start for span in self.visuals if span.video)
+
+    @property
+    def videos(self) -> int:
+        return 0 if self.video_grid_thw is None else int(self.video_grid_thw.shape[0])
+
+    def pixels(self, span: VisualSpan) -> torch.Tensor:
+        rows = self.pixel_values_videos if span.video else self.pixel_values
+        return rows[span.pixel_start:span.pixel_end]
 
     @functools.cached_property
     def next_position(self) -> int:
@@ -61,19 +90,26 @@ class PromptBuilder:
         positions are a function of the prompt alone, so they are computed here, off the engine thread."""
         self._processor = processor
         self._rope_index = rope_index
-        self._image_token = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
         self._merge = processor.image_processor.merge_size
         self._pixel_dtype = pixel_dtype
         self._pool = ThreadPoolExecutor(config.prompt_workers, thread_name_prefix="qwen3vl-prompt")
         self._limits = config.limits
-        self._images_kwargs: dict[str, Any] = {}
-        if config.image_min_pixels or config.image_max_pixels:
-            size = dict(processor.image_processor.size)
-            if config.image_min_pixels:
-                size["shortest_edge"] = config.image_min_pixels
-            if config.image_max_pixels:
-                size["longest_edge"] = config.image_max_pixels
-            self._images_kwargs["size"] = size
+        self._image_size = _size(processor.image_processor.size, config.image_min_pixels, config.image_max_pixels)
+        # The processor samples, sizes and time-stamps frames; sampling runs here, on the header's facts,
+        # so that only the sampled frames are decoded. Its min/max frames are attributes, so a copy
+        # holds this model's settings. Each frame's pixels are capped as Qwen's reference does.
+        self._sampler = copy.copy(processor.video_processor)
+        self._sampler.min_frames = config.video_min_frames or self._sampler.min_frames
+        self._sampler.max_frames = config.video_max_frames or self._sampler.max_frames
+        self._fps = config.video_fps or self._sampler.fps
+        self._videos_kwargs = {
+            "size": _size(processor.video_processor.size, config.video_min_pixels, config.video_max_pixels),
+            "do_sample_frames": False, "cap_pixels_per_frame": True}
+        # The reference layout of a video is "<t seconds><|vision_start|>frames<|vision_end|>" per temporal
+        # patch: the processor expands a bare video token into that, so the chat template's own markers
+        # around it are dropped (transformers 5.23 keeps them, which no Qwen3-VL saw in training).
+        self._video_token = processor.video_token
+        self._video_part = processor.vision_start_token + processor.video_token + processor.vision_end_token
 
     def build_many(self, requests: Sequence[GenerationRequest]) -> Iterator[Prompt | Exception]:
         """Each request's prompt (or the error that refused it), in order, built on several threads.
@@ -93,50 +129,105 @@ class PromptBuilder:
 
     def build(self, request: GenerationRequest) -> Prompt:
         images = [decode_image(data, self._limits, i) for i, data in enumerate(request.images)]
-        # The chat template sees image placeholders in the order the parts name them.
-        ordered = []
+        headers = [probe_video(data, self._limits, i) for i, data in enumerate(request.videos)]
+        sampled = [self._sample(header) for header in headers]
+        self._check_visual_budget(images, headers, sampled)
+        frames = [decode_video(data, header, metadata.frames_indices, i)
+                  for i, (data, header, metadata) in enumerate(zip(request.videos, headers, sampled))]
+        # The chat template sees placeholders in the order the parts name them.
+        order: dict[str, list[int]] = {"image": [], "video": []}
         messages = []
         for message in request.messages:
             parts = []
             for part in message.content:
-                if part["type"] == "image":
-                    ordered.append(images[part["image"]])
-                    parts.append({"type": "image"})
-                else:
+                if part["type"] == "text":
                     parts.append({"type": "text", "text": part["text"]})
+                else:
+                    order[part["type"]].append(part[part["type"]])
+                    parts.append({"type": part["type"]})
             messages.append({"role": message.role, "content": parts})
         text = self._processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = text.replace(self._video_part, self._video_token)
+        videos_kwargs = {**self._videos_kwargs, "video_metadata": [sampled[i] for i in order["video"]]}
         inputs = self._processor(
-            text=[text], images=ordered or None, return_tensors="pt", **self._images_kwargs
-        )
+            text=[text], images=[images[i] for i in order["image"]] or None,
+            videos=[frames[i] for i in order["video"]] or None, return_tensors="pt",
+            images_kwargs={"size": self._image_size}, videos_kwargs=videos_kwargs)
         length = int(inputs["input_ids"].shape[1])
         if length > self._limits.max_prompt_tokens:
             raise LimitExceeded(
-                f"invalid request: the prompt has {length} tokens (images included), "
+                f"invalid request: the prompt has {length} tokens (images and videos included), "
                 f"at most {self._limits.max_prompt_tokens}"
             )
-        pixels = inputs.get("pixel_values")
-        if pixels is not None and self._pixel_dtype is not None:
-            pixels = pixels.to(self._pixel_dtype)
-        ids, kinds, grid = inputs["input_ids"][0], inputs["mm_token_type_ids"][0], inputs.get("image_grid_thw")
+        pixels, video_pixels = inputs.get("pixel_values"), inputs.get("pixel_values_videos")
+        if self._pixel_dtype is not None:
+            pixels = None if pixels is None else pixels.to(self._pixel_dtype)
+            video_pixels = None if video_pixels is None else video_pixels.to(self._pixel_dtype)
+        ids, kinds = inputs["input_ids"][0], inputs["mm_token_type_ids"][0]
+        grid, video_grid = inputs.get("image_grid_thw"), inputs.get("video_grid_thw")
         positions = None
         if self._rope_index is not None:
-            positions = self._rope_index(ids[None], kinds[None], grid)[0][:, 0]
-        order = [request.images[p["image"]] for m in request.messages for p in m.content if p["type"] == "image"]
+            positions = self._rope_index(ids[None], kinds[None], grid, video_grid)[0][:, 0]
+        digests = {kind: [_digest((request.images if kind == "image" else request.videos)[i]) for i in indices]
+                   for kind, indices in order.items()}
         return Prompt(input_ids=ids, mm_token_type_ids=kinds, pixel_values=pixels, image_grid_thw=grid,
-                      positions=positions, images=self._spans(ids, grid, order))
+                      positions=positions, visuals=self._spans(kinds, grid, video_grid, digests),
+                      pixel_values_videos=video_pixels, video_grid_thw=video_grid)
 
-    def _spans(self, ids: torch.Tensor, grid: torch.Tensor | None, images: list[bytes]) -> tuple[ImageSpan, ...]:
-        """Each image's run of placeholder tokens, in order: as many as its merged patches."""
-        if grid is None:
-            return ()
-        starts = ((ids == self._image_token).int().diff(prepend=torch.zeros(1, dtype=torch.int32)) == 1)
-        starts = starts.nonzero().flatten().tolist()
-        patches = grid.prod(dim=1).tolist()
-        spans, pixel = [], 0
-        for start, count, data in zip(starts, patches, images):
-            tokens = count // self._merge ** 2
-            spans.append(ImageSpan(start, start + tokens, pixel, pixel + count,
-                                   hashlib.blake2b(data, digest_size=16).digest()))
-            pixel += count
+    def _sample(self, header: VideoHeader) -> VideoMetadata:
+        """The frames the checkpoint's video processor would take, from the header's facts alone."""
+        metadata = VideoMetadata(total_num_frames=header.frames, fps=header.fps, width=header.width,
+                                 height=header.height, duration=header.seconds, video_backend="pyav")
+        metadata.frames_indices = self._sampler.sample_frames(metadata, fps=self._fps).tolist()
+        return metadata
+
+    def _check_visual_budget(self, images: list, headers: list[VideoHeader], sampled: list[VideoMetadata]) -> None:
+        """Refuse before any video is decoded: frames after sampling and visual tokens, as the processor
+        will count them from the sizes it is given."""
+        limits = self._limits
+        frames = sum(len(metadata.frames_indices) for metadata in sampled)
+        if frames > limits.max_sampled_frames:
+            raise LimitExceeded(f"invalid request: the videos sample to {frames} frames, at most "
+                                f"{limits.max_sampled_frames} per request")
+        image_kwargs = {"min_pixels": self._image_size["shortest_edge"], "max_pixels": self._image_size["longest_edge"]}
+        patches = sum(self._processor.image_processor.get_number_of_image_patches(image.height, image.width,
+                                                                                  image_kwargs) for image in images)
+        patches += sum(self._sampler.get_num_of_video_patches(len(metadata.frames_indices), header.height,
+                                                              header.width, self._videos_kwargs)
+                       for header, metadata in zip(headers, sampled))
+        tokens = patches // self._merge ** 2
+        if tokens > limits.max_visual_tokens:
+            raise LimitExceeded(f"invalid request: the images and videos take {tokens} visual tokens, at most "
+                                f"{limits.max_visual_tokens} per request")
+
+    def _spans(self, kinds: torch.Tensor, grid: torch.Tensor | None, video_grid: torch.Tensor | None,
+               digests: dict[str, list[bytes]]) -> tuple[VisualSpan, ...]:
+        """Each run of placeholder tokens, in order: an image's, or one temporal patch of a video's."""
+        units = {IMAGE: iter(zip([] if grid is None else grid.tolist(), digests["image"])),
+                 VIDEO: iter([((1, h, w), digest) for (t, h, w), digest in
+                              zip([] if video_grid is None else video_grid.tolist(), digests["video"])
+                              for _ in range(t)])}
+        spans, start, pixel = [], 0, {IMAGE: 0, VIDEO: 0}
+        for kind, run in itertools.groupby(kinds.tolist()):
+            length = len(list(run))
+            if kind in units:
+                (t, h, w), digest = next(units[kind])
+                spans.append(VisualSpan(start, start + length, pixel[kind], pixel[kind] + t * h * w, digest,
+                                        (t, h, w), video=kind == VIDEO))
+                pixel[kind] += t * h * w
+            start += length
         return tuple(spans)
+
+
+def _size(defaults: Any, min_pixels: int, max_pixels: int) -> dict[str, int]:
+    """The processor's ``size`` (pixels: shortest_edge at least, longest_edge at most), with overrides."""
+    size = dict(defaults)
+    if min_pixels:
+        size["shortest_edge"] = min_pixels
+    if max_pixels:
+        size["longest_edge"] = max_pixels
+    return size
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()

@@ -29,6 +29,7 @@ from .config import Limits
 from .errors import InvalidRequest, LimitExceeded
 
 ROLES = ("system", "user", "assistant")
+MEDIA = {"image": "images", "video": "videos"}  # a part's type -> the tensor its index points into
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class SamplingParams:
 @dataclass(frozen=True)
 class ChatMessage:
     role: str
-    # Parts are {"type": "text", "text": str} or {"type": "image", "image": int}.
+    # Parts are {"type": "text", "text": str}, {"type": "image", "image": int} or {"type": "video", "video": int}.
     content: tuple[Mapping[str, Any], ...]
 
 
@@ -57,6 +58,7 @@ class GenerationRequest:
     messages: tuple[ChatMessage, ...]
     images: tuple[bytes, ...]
     sampling: SamplingParams
+    videos: tuple[bytes, ...] = ()
     stream: bool = True
     request_id: str = ""
 
@@ -68,7 +70,8 @@ class GenerationRequest:
         if raw is None:
             raise InvalidRequest("invalid request: the input 'messages' is required")
         images = tuple(bytes(b) for b in _flat(tensors.get("images")))
-        messages = parse_messages(raw, len(images), limits)
+        videos = tuple(bytes(b) for b in _flat(tensors.get("videos")))
+        messages = parse_messages(raw, {"image": len(images), "video": len(videos)}, limits)
         # Before any tokenizer runs: a text that cannot fit costs a sum of lengths, not a tokenization.
         oversized = over_budget((p["text"] for m in messages for p in m.content if p["type"] == "text"),
                                 limits.max_prompt_tokens)
@@ -78,6 +81,8 @@ class GenerationRequest:
             raise LimitExceeded(
                 f"invalid request: {len(images)} images, at most {limits.max_images} per request"
             )
+        if len(videos) > limits.max_videos:
+            raise LimitExceeded(f"invalid request: {len(videos)} videos, at most {limits.max_videos} per request")
         max_tokens = _scalar(tensors, "max_tokens")
         max_tokens = limits.default_max_tokens if max_tokens is None else int(max_tokens)
         if not 1 <= max_tokens <= limits.max_new_tokens:
@@ -111,6 +116,7 @@ class GenerationRequest:
         return cls(
             messages=messages,
             images=images,
+            videos=videos,
             sampling=sampling,
             stream=DEFAULT_STREAM if stream is None else bool(stream),
             request_id=request_id,
@@ -127,12 +133,16 @@ class GenerationChunk:
     finish_reason: str = ""
     token_ids: list[int] = field(default_factory=list)
 
+    visual_tokens: int = 0
+
     def to_tensors(self) -> dict[str, np.ndarray]:
-        return WireResponse(self.text, self.finish_reason, self.prompt_tokens, self.completion_tokens).to_arrays()
+        return WireResponse(self.text, self.finish_reason, self.prompt_tokens, self.completion_tokens,
+                            self.visual_tokens).to_arrays()
 
 
-def parse_messages(raw: Any, n_images: int, limits: Limits) -> tuple[ChatMessage, ...]:
-    """Validate the chat turns; every image part must name an image that was sent."""
+def parse_messages(raw: Any, sent: Mapping[str, int], limits: Limits) -> tuple[ChatMessage, ...]:
+    """Validate the chat turns; every image (video) part must name an image (video) that was sent, and
+    every one sent must be named. ``sent``: how many of each kind came in their tensor."""
     try:
         data = json.loads(_text(raw, "messages"))
     except json.JSONDecodeError as exc:
@@ -142,7 +152,7 @@ def parse_messages(raw: Any, n_images: int, limits: Limits) -> tuple[ChatMessage
     if len(data) > limits.max_messages:
         raise LimitExceeded(f"invalid request: {len(data)} messages, at most {limits.max_messages}")
     messages = []
-    used: set[int] = set()
+    used: dict[str, set[int]] = {kind: set() for kind in MEDIA}
     for i, turn in enumerate(data):
         if not isinstance(turn, dict) or turn.get("role") not in ROLES:
             raise InvalidRequest(
@@ -152,27 +162,28 @@ def parse_messages(raw: Any, n_images: int, limits: Limits) -> tuple[ChatMessage
         if isinstance(content, str):
             parts: list[dict[str, Any]] = [{"type": "text", "text": content}]
         elif isinstance(content, list) and content:
-            parts = [_parse_part(p, i, j, n_images, used) for j, p in enumerate(content)]
+            parts = [_parse_part(p, i, j, sent, used) for j, p in enumerate(content)]
         else:
             raise InvalidRequest(
                 f"invalid request: messages[{i}].content must be a string or a non-empty list of parts"
             )
-        if turn["role"] != "user" and any(p["type"] == "image" for p in parts):
-            raise InvalidRequest(f"invalid request: messages[{i}]: only user turns may carry images")
+        if turn["role"] != "user" and any(p["type"] in MEDIA for p in parts):
+            raise InvalidRequest(f"invalid request: messages[{i}]: only user turns may carry images and videos")
         messages.append(ChatMessage(role=turn["role"], content=tuple(parts)))
     if not any(m.role == "user" for m in messages):
         raise InvalidRequest("invalid request: the conversation has no user turn")
     if messages[-1].role == "assistant":
         raise InvalidRequest("invalid request: the last turn must be a user (or system) turn")
-    unused = set(range(n_images)) - used
-    if unused:
-        raise InvalidRequest(
-            f"invalid request: images {sorted(unused)} are sent but no message part refers to them"
-        )
+    for kind, tensor in MEDIA.items():
+        unused = set(range(sent[kind])) - used[kind]
+        if unused:
+            raise InvalidRequest(
+                f"invalid request: {tensor} {sorted(unused)} are sent but no message part refers to them"
+            )
     return tuple(messages)
 
 
-def _parse_part(part: Any, i: int, j: int, n_images: int, used: set[int]) -> dict[str, Any]:
+def _parse_part(part: Any, i: int, j: int, sent: Mapping[str, int], used: dict[str, set[int]]) -> dict[str, Any]:
     where = f"messages[{i}].content[{j}]"
     if not isinstance(part, dict):
         raise InvalidRequest(f"invalid request: {where} must be an object")
@@ -181,15 +192,15 @@ def _parse_part(part: Any, i: int, j: int, n_images: int, used: set[int]) -> dic
         if not isinstance(part.get("text"), str):
             raise InvalidRequest(f"invalid request: {where}.text must be a string")
         return {"type": "text", "text": part["text"]}
-    if kind == "image":
-        index = part.get("image")
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n_images:
+    if kind in MEDIA:
+        index, count = part.get(kind), sent[kind]
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
             raise InvalidRequest(
-                f"invalid request: {where}.image must be an index into 'images' (0..{n_images - 1})"
+                f"invalid request: {where}.{kind} must be an index into '{MEDIA[kind]}' (0..{count - 1})"
             )
-        used.add(index)
-        return {"type": "image", "image": index}
-    raise InvalidRequest(f"invalid request: {where}.type must be 'text' or 'image', got {kind!r}")
+        used[kind].add(index)
+        return {"type": kind, kind: index}
+    raise InvalidRequest(f"invalid request: {where}.type must be 'text', 'image' or 'video', got {kind!r}")
 
 
 def _flat(array: np.ndarray | None) -> list[Any]:

@@ -155,7 +155,7 @@ class Scheduler:
         seq.computed = end
         # Full blocks are cached as soon as their computation is launched: any later reader runs after it.
         known = min(end, len(seq.tokens))
-        seq.hashes = block_hashes(seq.tokens[:known], seq.prompt.images, self.config.block_size, seq.hashes)
+        seq.hashes = block_hashes(seq.tokens[:known], seq.prompt.visuals, self.config.block_size, seq.hashes)
         self.blocks.register(seq.blocks, seq.hashes)
         return end - start
 
@@ -163,7 +163,7 @@ class Scheduler:
         """Start a waiting sequence if its prompt (plus its first answer token) fits; take its longest
         cached prefix. Never the whole prompt: its last token is computed, for the next token's logits."""
         target = len(seq.tokens)
-        seq.hashes = block_hashes(seq.tokens, seq.prompt.images, self.config.block_size, seq.hashes)
+        seq.hashes = block_hashes(seq.tokens, seq.prompt.visuals, self.config.block_size, seq.hashes)
         reused = self.blocks.cached_prefix(seq.hashes[: (target - 1) // self.config.block_size])
         new = self.blocks.blocks_for(target + 1) - len(reused)
         if not self.blocks.can_take(new + self._promised(), reused):
@@ -209,7 +209,7 @@ class Scheduler:
 
     def _release(self, seq: Sequence) -> None:
         known = min(seq.computed, len(seq.tokens))
-        seq.hashes = block_hashes(seq.tokens[:known], seq.prompt.images, self.config.block_size, seq.hashes)
+        seq.hashes = block_hashes(seq.tokens[:known], seq.prompt.visuals, self.config.block_size, seq.hashes)
         self.blocks.register(seq.blocks, seq.hashes)
         self.blocks.release(seq.blocks)
         seq.blocks = []

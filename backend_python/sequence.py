@@ -53,7 +53,7 @@ class Sequence:
     first_token_at: float | None = None
     finish_reason: str = ""
     finished: bool = False
-    # What the model runner keeps: image features for chunks still to prefill (model_runner.py).
+    # What the model runner keeps: image and video features for chunks still to prefill (model_runner.py).
     features: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

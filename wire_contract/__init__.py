@@ -58,6 +58,7 @@ class TensorSpec:
 INPUTS: dict[str, TensorSpec] = {spec.name: spec for spec in (
     TensorSpec("messages", "BYTES"),
     TensorSpec("images", "BYTES", (-1,), optional=True),
+    TensorSpec("videos", "BYTES", (-1,), optional=True),
     TensorSpec("max_tokens", "INT32", optional=True),
     TensorSpec("temperature", "FP32", optional=True),
     TensorSpec("top_p", "FP32", optional=True),
@@ -72,6 +73,7 @@ OUTPUTS: dict[str, TensorSpec] = {spec.name: spec for spec in (
     TensorSpec("finish_reason", "BYTES"),
     TensorSpec("prompt_tokens", "INT32"),
     TensorSpec("completion_tokens", "INT32"),
+    TensorSpec("visual_tokens", "INT32"),
 )}
 
 
@@ -80,11 +82,13 @@ class WireRequest:
     """One generation as the model receives it; ``None`` leaves an input out (the model's default applies).
 
     ``messages`` are chat turns in the model's JSON shape: ``content`` is a string or a list of
-    ``{"type": "text", "text": ...}`` and ``{"type": "image", "image": <index into images>}`` parts.
+    ``{"type": "text", "text": ...}``, ``{"type": "image", "image": <index into images>}`` and
+    ``{"type": "video", "video": <index into videos>}`` parts.
     """
 
     messages: Sequence[Mapping[str, Any]]
     images: Sequence[bytes] = ()
+    videos: Sequence[bytes] = ()
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -97,6 +101,7 @@ class WireRequest:
         values: dict[str, Sequence[Any]] = {
             "messages": [json.dumps(list(self.messages), ensure_ascii=False).encode("utf-8")],
             "images": [bytes(image) for image in self.images],
+            "videos": [bytes(video) for video in self.videos],
             "max_tokens": [] if self.max_tokens is None else [self.max_tokens],
             "temperature": [] if self.temperature is None else [self.temperature],
             "top_p": [] if self.top_p is None else [self.top_p],
@@ -116,6 +121,7 @@ class WireResponse:
     finish_reason: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    visual_tokens: int = 0  # of the prompt tokens, those standing for images and video frames
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The model's side. Without the batch dimension: Triton adds it to a decoupled response."""
@@ -124,6 +130,7 @@ class WireResponse:
             ("finish_reason", [self.finish_reason.encode("utf-8")]),
             ("prompt_tokens", [self.prompt_tokens]),
             ("completion_tokens", [self.completion_tokens]),
+            ("visual_tokens", [self.visual_tokens]),
         )}
 
     @classmethod
@@ -135,12 +142,13 @@ class WireResponse:
             return None if array is None or array.size == 0 else array.reshape(-1)[0]
 
         text, reason = first("text_output"), first("finish_reason")
-        prompt, completion = first("prompt_tokens"), first("completion_tokens")
+        prompt, completion, visual = first("prompt_tokens"), first("completion_tokens"), first("visual_tokens")
         return cls(
             text=_decode(text),
             finish_reason=_decode(reason),
             prompt_tokens=0 if prompt is None else int(prompt),
             completion_tokens=0 if completion is None else int(completion),
+            visual_tokens=0 if visual is None else int(visual),
         )
 
 

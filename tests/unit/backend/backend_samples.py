@@ -17,10 +17,12 @@ def png(width: int = 64, height: int = 48, colour=(200, 40, 40)) -> bytes:
     return buf.getvalue()
 
 
-def tensors(messages, images=(), **scalars) -> dict:
+def tensors(messages, images=(), videos=(), **scalars) -> dict:
     out = {"messages": np.array([json.dumps(messages).encode()], dtype=np.object_)}
     if images:
         out["images"] = np.array(list(images), dtype=np.object_)
+    if videos:
+        out["videos"] = np.array(list(videos), dtype=np.object_)
     for name, value in scalars.items():
         if name == "stop":
             out[name] = np.array([s.encode() for s in value], dtype=np.object_)

@@ -10,6 +10,7 @@ pytestmark = pytest.mark.unit
 EXPECTED = {
     errors.InvalidRequest: ("INVALID_ARG", 400, "INVALID_ARGUMENT"),
     errors.InvalidImage: ("INVALID_ARG", 400, "INVALID_ARGUMENT"),
+    errors.InvalidVideo: ("INVALID_ARG", 400, "INVALID_ARGUMENT"),
     errors.LimitExceeded: ("INVALID_ARG", 400, "INVALID_ARGUMENT"),
     errors.Overloaded: ("UNAVAILABLE", 429, "UNAVAILABLE"),
     errors.Cancelled: ("CANCELLED", 499, "CANCELLED"),

@@ -17,6 +17,7 @@ from backend_python.errors import LimitExceeded
 from backend_python.loader import load
 from backend_python.prompt import PromptBuilder
 from backend_python.request import GenerationRequest
+from tests.samples import videos
 
 pytestmark = pytest.mark.unit
 
@@ -43,6 +44,12 @@ def prompts(config, model):
     return PromptBuilder(model.processor, config, rope_index=model.model.model.get_rope_index)
 
 
+@pytest.fixture(scope="module")
+def video_prompts(config, model):
+    sampling = dataclasses.replace(config, video_fps=2.0, video_min_pixels=4096, video_max_pixels=1_310_720)
+    return PromptBuilder(model.processor, sampling, rope_index=model.model.model.get_rope_index)
+
+
 @pytest.fixture
 def engine(config, model):
     engine = Engine(model, config).start()
@@ -50,8 +57,8 @@ def engine(config, model):
     engine.stop()
 
 
-def request(text, images=(), messages=None, **scalars):
-    return GenerationRequest.from_tensors(tensors(messages or user(text, len(images)), images, **scalars),
+def request(text, images=(), messages=None, videos=(), **scalars):
+    return GenerationRequest.from_tensors(tensors(messages or user(text, len(images)), images, videos, **scalars),
                                           Limits(max_new_tokens=200, default_max_tokens=16))
 
 
@@ -61,6 +68,8 @@ def generate(model, prompt, max_tokens):
                   mm_token_type_ids=prompt.mm_token_type_ids[None])
     if prompt.pixel_values is not None:
         inputs.update(pixel_values=prompt.pixel_values, image_grid_thw=prompt.image_grid_thw)
+    if prompt.pixel_values_videos is not None:
+        inputs.update(pixel_values_videos=prompt.pixel_values_videos, video_grid_thw=prompt.video_grid_thw)
     out = model.model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False)
     return model.processor.decode(out[0, prompt.length:], skip_special_tokens=True)
 
@@ -77,7 +86,7 @@ SHORT = [dict(text="What is two plus two?", max_tokens=20), dict(text="hi", max_
 def test_a_prompt_over_many_blocks_and_chunks_with_an_image_across_chunks_equals_generate(engine, prompts, model):
     r = request(**LONG)
     prompt = prompts.build(r)
-    image = prompt.images[0]
+    image = prompt.visuals[0]
     assert prompt.length > 4 * 16 and image.start // 16 != (image.end - 1) // 16
     before = engine.stats.snapshot()
     assert run(engine, prompts, [r])[0].text == generate(model, prompt, 24)
@@ -142,7 +151,7 @@ def test_the_same_text_with_another_image_shares_no_block_from_the_image_on(engi
     run(engine, prompts, [red])
     before = engine.stats.snapshot()
     run(engine, prompts, [blue])
-    assert engine.stats.since(before)["cached_tokens"] <= prompts.build(blue).images[0].start
+    assert engine.stats.since(before)["cached_tokens"] <= prompts.build(blue).visuals[0].start
 
 
 def test_under_memory_pressure_every_request_completes_with_its_answer_alone(config, model, prompts):
@@ -202,3 +211,40 @@ def test_a_prompt_cancelled_while_it_is_prefilled_in_chunks_stops_there(engine, 
     assert sink.chunks[-1].finish_reason == "cancelled" and sink.chunks[-1].completion_tokens == 0
     assert 2 <= engine.stats.since(before)["prefill_chunks"] < chunks
     assert engine.stats.kv_blocks_used == 0 and engine.in_flight == 0
+
+
+def watch(clip: bytes, question: str = "What moves?", max_tokens: int = 16):
+    parts = [{"type": "text", "text": "Watch this:"}, {"type": "video", "video": 0}, {"type": "text", "text": question}]
+    return request("", messages=[{"role": "user", "content": parts}], videos=(clip,), max_tokens=max_tokens)
+
+
+def test_a_video_whose_frames_straddle_chunks_equals_generate(engine, video_prompts, model):
+    r = watch(videos.clip(3.0, fps=10))
+    prompt = video_prompts.build(r)
+    assert len(prompt.visuals) == 3 and any(s.start // 16 != (s.end - 1) // 16 for s in prompt.visuals)
+    got = run(engine, video_prompts, [r])[0]
+    assert got.text == generate(model, prompt, 16)
+    assert got.chunks[-1].visual_tokens == prompt.visual_tokens == 36
+
+
+def test_a_video_and_an_image_beside_other_prompts_get_their_answers_alone(engine, video_prompts, model):
+    parts = [{"type": "image", "image": 0}, {"type": "video", "video": 0}, {"type": "text", "text": "Same?"}]
+    both = request("", images=(png(64, 48),), messages=[{"role": "user", "content": parts}],
+                   videos=(videos.clip(2.0, fps=10, colour=(40, 200, 40)),), max_tokens=12)
+    others = [request(**s) for s in SHORT]
+    alone = [run(engine, video_prompts, [r])[0].text for r in others]
+    got = run(engine, video_prompts, [others[0], both, *others[1:]])
+    assert got[1].text == generate(model, video_prompts.build(both), 12)
+    assert [got[0].text, *(s.text for s in got[2:])] == alone
+
+
+def test_the_prefix_cache_keys_blocks_by_the_videos_content(engine, video_prompts):
+    red, blue = watch(videos.clip(3.0, fps=10)), watch(videos.clip(3.0, fps=10, colour=(40, 40, 230)))
+    assert video_prompts.build(red).input_ids.tolist() == video_prompts.build(blue).input_ids.tolist()
+    before = engine.stats.snapshot()
+    miss, hit = run(engine, video_prompts, [red])[0], run(engine, video_prompts, [red])[0]
+    length = video_prompts.build(red).length
+    assert hit.text == miss.text and engine.stats.since(before)["cached_tokens"] == (length - 1) // BLOCK * BLOCK
+    before = engine.stats.snapshot()
+    run(engine, video_prompts, [blue])
+    assert engine.stats.since(before)["cached_tokens"] <= video_prompts.build(blue).visuals[0].start

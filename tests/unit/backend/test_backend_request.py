@@ -11,7 +11,7 @@ from backend_python.errors import InvalidRequest, LimitExceeded
 from backend_python.request import GenerationChunk, GenerationRequest
 
 pytestmark = pytest.mark.unit
-LIMITS = Limits(max_images=2, max_new_tokens=64, default_max_tokens=16)
+LIMITS = Limits(max_images=2, max_videos=2, max_new_tokens=64, default_max_tokens=16)
 
 
 def parse(t):
@@ -44,8 +44,9 @@ def test_defaults_are_greedy_streaming_and_the_configured_max_tokens():
         ([{"role": "robot", "content": "hi"}], "role"),
         ([{"role": "user"}], "content must be"),
         ([{"role": "system", "content": "only a system turn"}], "no user turn"),
-        ([{"role": "user", "content": [{"type": "audio"}]}], "'text' or 'image'"),
+        ([{"role": "user", "content": [{"type": "audio"}]}], "'text', 'image' or 'video'"),
         ([{"role": "user", "content": [{"type": "image", "image": 3}]}], "index into 'images'"),
+        ([{"role": "user", "content": [{"type": "video", "video": 0}]}], r"index into 'videos' \(0..-1\)"),
         ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], "last turn"),
         ([{"role": "user", "content": [{"type": "text", "text": 5}]}], "must be a string"),
     ],
@@ -64,6 +65,20 @@ def test_missing_messages_are_rejected():
 def test_an_image_no_message_refers_to_is_rejected():
     with pytest.raises(InvalidRequest, match="no message part refers"):
         parse(tensors(user("hi"), [png()]))
+
+
+def test_video_parts_name_the_videos_sent_and_only_users_send_them():
+    parts = [{"type": "video", "video": 1}, {"type": "image", "image": 0}, {"type": "video", "video": 0}]
+    req = parse(tensors([{"role": "user", "content": parts}], [png()], [b"video-0", b"video-1"]))
+    assert req.videos == (b"video-0", b"video-1")
+    assert [p["type"] for p in req.messages[0].content] == ["video", "image", "video"]
+    with pytest.raises(InvalidRequest, match=r"videos \[1\] are sent but no message part refers to them"):
+        parse(tensors([{"role": "user", "content": [{"type": "video", "video": 0}]}], videos=[b"a", b"b"]))
+    with pytest.raises(InvalidRequest, match="only user turns may carry images and videos"):
+        parse(tensors([{"role": "system", "content": [{"type": "video", "video": 0}]}, *user("hi")], videos=[b"a"]))
+    with pytest.raises(LimitExceeded, match="2 videos, at most 1 per request"):
+        GenerationRequest.from_tensors(tensors([{"role": "user", "content": [
+            {"type": "video", "video": 0}, {"type": "video", "video": 1}]}], videos=[b"a", b"b"]), Limits())
 
 
 def test_too_many_images_are_rejected():
@@ -98,6 +113,7 @@ def test_a_chunk_becomes_the_output_tensors_of_the_contract():
     assert out["text_output"][0].decode() == "héllo"
     assert out["finish_reason"][0] == b"stop"
     assert out["prompt_tokens"].dtype == np.int32 and out["completion_tokens"][0] == 3
+    assert out["visual_tokens"][0] == 0
 
 
 def test_text_that_cannot_fit_the_prompt_limit_is_refused_before_any_tokenizer_runs():

@@ -7,7 +7,7 @@ import torch
 
 from backend_python.block_manager import BlockManager, block_hashes
 from backend_python.config import EngineConfig
-from backend_python.prompt import ImageSpan, Prompt
+from backend_python.prompt import Prompt, VisualSpan
 from backend_python.request import SamplingParams
 from backend_python.scheduler import Scheduler
 from backend_python.sequence import Sequence
@@ -23,7 +23,7 @@ class _Request:
 def sequence(tokens: list[int], max_tokens: int = 8, images=()) -> Sequence:
     ids = torch.tensor(tokens)
     prompt = Prompt(input_ids=ids, mm_token_type_ids=torch.zeros_like(ids), pixel_values=None, image_grid_thw=None,
-                    positions=torch.arange(len(tokens)).expand(3, -1), images=tuple(images))
+                    positions=torch.arange(len(tokens)).expand(3, -1), visuals=tuple(images))
     return Sequence(request=_Request(max_tokens), prompt=prompt, sink=None, text=None, seed=0)
 
 
@@ -40,8 +40,8 @@ def launch(plan):
 
 
 def test_block_hashes_chain_tokens_and_image_content():
-    image_a = ImageSpan(start=5, end=7, pixel_start=0, pixel_end=8, digest=b"a" * 16)
-    image_b = ImageSpan(start=5, end=7, pixel_start=0, pixel_end=8, digest=b"b" * 16)
+    image_a = VisualSpan(start=5, end=7, pixel_start=0, pixel_end=8, digest=b"a" * 16, grid=(1, 2, 4))
+    image_b = VisualSpan(start=5, end=7, pixel_start=0, pixel_end=8, digest=b"b" * 16, grid=(1, 2, 4))
     tokens = list(range(12))
     a, b = block_hashes(tokens, [image_a], 4), block_hashes(tokens, [image_b], 4)
     assert len(a) == 3 and a[0] == b[0] and a[1] != b[1] and a[2] != b[2]  # blocks from the image on differ

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from backend_samples import png, tensors, tiny_checkpoint, user
@@ -68,3 +70,26 @@ def test_the_prompt_builder_hands_over_pixels_in_the_encoders_dtype(loaded):
     reference, _ = pixels_and_grid(loaded, SIZES[:1])
     assert pixels.dtype == torch.bfloat16
     assert torch.equal(pixels, reference.to(torch.bfloat16))
+
+
+def test_video_features_equal_the_checkpoints_for_the_whole_video(loaded):
+    """The engine encodes a video one temporal patch (two frames) at a time, as prompt chunks reach them;
+    together they are what the checkpoint's encoder makes of the whole video at once."""
+    from tests.samples import videos
+
+    config, model = loaded
+    prompts = PromptBuilder(model.processor, dataclasses.replace(config, video_min_pixels=4096,
+                                                                 video_max_pixels=1_310_720, video_fps=2.0))
+    clip = videos.clip(3.0, fps=10, size=(160, 96))
+    prompt = prompts.build(GenerationRequest.from_tensors(
+        tensors([{"role": "user", "content": [{"type": "video", "video": 0}]}], videos=[clip]), config.limits))
+    assert int(prompt.video_grid_thw[0, 0]) == 3 and len(prompt.visuals) == 3
+    visual = model.model.model.visual
+    encoder = VisionEncoder(visual)
+    with torch.inference_mode():
+        expected = visual(prompt.pixel_values_videos, grid_thw=prompt.video_grid_thw)
+        pixels = torch.cat([prompt.pixels(span) for span in prompt.visuals])
+        features, deepstack = encoder(pixels, encoder.layout(torch.tensor([span.grid for span in prompt.visuals])))
+    torch.testing.assert_close(features, expected.pooler_output)
+    for got, want in zip(deepstack, expected.deepstack_features, strict=True):
+        torch.testing.assert_close(got, want)

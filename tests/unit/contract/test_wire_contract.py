@@ -92,8 +92,8 @@ def test_the_benchmark_flag_reaches_the_model():
 
 
 def test_every_request_tensor_has_the_declared_type_and_a_batch_of_one():
-    arrays = WireRequest(MESSAGES, [b"a", b"b"], max_tokens=1, temperature=1.0, top_p=0.5, seed=1, stop=["x"],
-                         stream=True, ignore_eos=True).to_arrays()
+    arrays = WireRequest(MESSAGES, [b"a", b"b"], [b"v"], max_tokens=1, temperature=1.0, top_p=0.5, seed=1,
+                         stop=["x"], stream=True, ignore_eos=True).to_arrays()
     assert set(arrays) == set(INPUTS)
     for name, array in arrays.items():
         assert array.shape[0] == 1 and array.dtype == INPUTS[name].array([]).dtype, name
@@ -101,11 +101,11 @@ def test_every_request_tensor_has_the_declared_type_and_a_batch_of_one():
 
 @pytest.mark.parametrize("reason", [*wire_contract.FINISH_REASONS, ""])
 def test_a_model_response_reads_back_in_the_clients(reason):
-    sent = GenerationChunk(text="héllo", prompt_tokens=12, completion_tokens=3, finish_reason=reason)
+    sent = GenerationChunk(text="héllo", prompt_tokens=12, completion_tokens=3, finish_reason=reason, visual_tokens=8)
     arrays = sent.to_tensors()
     assert {name: (a.shape, a.dtype) for name, a in arrays.items()} == {
         name: ((1,), spec.array([]).dtype) for name, spec in OUTPUTS.items()}
-    assert WireResponse.from_arrays(arrays.get) == WireResponse("héllo", reason, 12, 3)
+    assert WireResponse.from_arrays(arrays.get) == WireResponse("héllo", reason, 12, 3, 8)
 
 
 def test_the_finish_reasons_are_the_contract_s_everywhere():
