@@ -1,6 +1,7 @@
 """Stream a Qwen3-VL answer from Triton over gRPC: a small command-line client, and the helpers tests and benchmarks use.
 
     python -m clients.triton_stream --url 127.0.0.1:8001 --image cat.jpg "What is in this picture?"
+    python -m clients.triton_stream --video clip.mp4 "What happens in this video?"
 
 `--url` is any gRPC target. For several Triton replicas without the frontend, name them all:
 `dns:///triton-headless.qwen3-vl.svc.cluster.local:8001` (the headless Service: one DNS answer
@@ -32,14 +33,16 @@ CHANNEL_ARGS = [
 ]
 
 
-def user_turn(prompt: str, n_images: int = 0) -> list[dict]:
-    parts = [{"type": "image", "image": i} for i in range(n_images)] + [{"type": "text", "text": prompt}]
+def user_turn(prompt: str, n_images: int = 0, n_videos: int = 0) -> list[dict]:
+    parts = [{"type": "video", "video": i} for i in range(n_videos)] \
+        + [{"type": "image", "image": i} for i in range(n_images)] + [{"type": "text", "text": prompt}]
     return [{"role": "user", "content": parts}]
 
 
-def build_inputs(messages: list[dict], images: list[bytes] = (), **params) -> list[grpcclient.InferInput]:
+def build_inputs(messages: list[dict], images: list[bytes] = (), videos: list[bytes] = (),
+                 **params) -> list[grpcclient.InferInput]:
     """The request tensors of docs/contracts.md; ``params`` are wire_contract.WireRequest's fields."""
-    arrays = WireRequest(messages, images, **params).to_arrays()
+    arrays = WireRequest(messages, images, videos, **params).to_arrays()
     return [grpcclient.InferInput(name, list(array.shape), INPUTS[name].datatype).set_data_from_numpy(array)
             for name, array in arrays.items()]
 
@@ -51,6 +54,7 @@ class StreamResult:
     finish_reason: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    visual_tokens: int = 0
     error: Exception | None = None
     started: float = 0.0
     first_token_at: float | None = None
@@ -99,6 +103,7 @@ def stream(url: str, inputs: list[grpcclient.InferInput], *, timeout: float = 12
                 result.finish_reason = wire.finish_reason
                 result.prompt_tokens = wire.prompt_tokens
                 result.completion_tokens = wire.completion_tokens
+                result.visual_tokens = wire.visual_tokens
             if response.get_response().parameters["triton_final_response"].bool_param:
                 final = True
                 break
@@ -119,6 +124,8 @@ def main() -> None:
     parser.add_argument("--url", default="127.0.0.1:8001",
                         help="Triton's gRPC address, or dns:///name:port / ipv4:a:port,b:port for several replicas")
     parser.add_argument("--image", action="append", default=[], type=Path, help="an image file (repeatable)")
+    parser.add_argument("--video", action="append", default=[], type=Path,
+                        help="a video file: MP4, MOV, WebM, Matroska or AVI (repeatable)")
     parser.add_argument("--system", default=None, help="a system prompt")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0)
@@ -126,17 +133,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--stop", action="append", default=[])
     args = parser.parse_args()
-    messages = user_turn(args.prompt, len(args.image))
+    messages = user_turn(args.prompt, len(args.image), len(args.video))
     if args.system:
         messages.insert(0, {"role": "system", "content": args.system})
-    inputs = build_inputs(messages, [p.read_bytes() for p in args.image], max_tokens=args.max_tokens,
+    inputs = build_inputs(messages, [p.read_bytes() for p in args.image], [p.read_bytes() for p in args.video],
+                          max_tokens=args.max_tokens,
                           temperature=args.temperature, top_p=args.top_p, seed=args.seed, stop=args.stop)
     result = stream(args.url, inputs, on_delta=lambda text: print(text, end="", flush=True))
     print()
     if result.error:
         print(f"error: {result.error}", file=sys.stderr)
         sys.exit(1)
-    print(f"[{result.finish_reason}; prompt {result.prompt_tokens} tokens, completion "
+    print(f"[{result.finish_reason}; prompt {result.prompt_tokens} tokens ({result.visual_tokens} visual), completion "
           f"{result.completion_tokens} tokens; first token after {result.ttft or 0:.3f} s]", file=sys.stderr)
 
 
