@@ -11,11 +11,13 @@ from typing import Any
 
 from frontend.errors import ERROR_TABLE, InvalidRequest, ModelNotFound, UpstreamCancelled
 from frontend.generation import GenerationChunk, GenerationParams, GenerationRequest
-from frontend.images import ImageLimits, check_image, decode_data_url, fetch_remote
+from frontend.images import ImageLimits, check_image
+from frontend.media import decode_data_url, fetch_remote
 from frontend.metrics import FrontendMetrics
-from frontend.schemas import AssistantMessage, ChatCompletionRequest, ImagePart, SystemMessage, TextPart
+from frontend.schemas import AssistantMessage, ChatCompletionRequest, ImagePart, SystemMessage, TextPart, VideoPart
 from frontend.settings import Settings
 from frontend.triton_client import TritonClient
+from frontend.videos import VideoLimits, check_video
 from wire_contract.text_budget import over_budget
 
 
@@ -40,14 +42,15 @@ class ChatService:
         self.settings = settings
         self.triton = triton
         self.metrics = metrics
-        self.limits = ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+        self.limits = {"image": ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels),
+                       "video": VideoLimits(max_bytes=settings.max_video_bytes)}
 
     @property
     def model_ids(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys((self.settings.served_model_name, self.settings.model_name)))
 
     async def prepare(self, body: ChatCompletionRequest) -> GenerationRequest:
-        """Validate limits and decode every image; nothing reaches Triton unless this passes."""
+        """Validate limits and check every image and video; nothing reaches Triton unless this passes."""
         oversized = over_budget(_texts(body), self.settings.max_prompt_tokens)
         if oversized:
             raise InvalidRequest(oversized, param="messages")
@@ -60,19 +63,14 @@ class ChatService:
             raise InvalidRequest(
                 f"max_tokens is {max_tokens}; the limit is {self.settings.max_tokens_limit}", param="max_tokens"
             )
-        image_count = sum(
-            1
-            for message in body.messages
-            if not isinstance(message.content, str | None)
-            for part in message.content
-            if isinstance(part, ImagePart)
-        )
-        if image_count > self.settings.max_images_per_request:
-            raise InvalidRequest(
-                f"{image_count} images in the request; the limit is {self.settings.max_images_per_request}",
-                param="messages",
-            )
-        images: list[bytes] = []
+        parts = [part for message in body.messages if not isinstance(message.content, str | None)
+                 for part in message.content]
+        for kind, cls, limit in (("images", ImagePart, self.settings.max_images_per_request),
+                                 ("videos", VideoPart, self.settings.max_videos_per_request)):
+            count = sum(isinstance(part, cls) for part in parts)
+            if count > limit:
+                raise InvalidRequest(f"{count} {kind} in the request; the limit is {limit}", param="messages")
+        media: dict[str, list[bytes]] = {"image": [], "video": []}
         turns: list[dict[str, Any]] = []
         for index, message in enumerate(body.messages):
             if isinstance(message, SystemMessage):
@@ -82,15 +80,17 @@ class ChatService:
             elif isinstance(message.content, str):
                 turns.append({"role": "user", "content": message.content})
             else:
-                parts: list[dict[str, Any]] = []
+                content: list[dict[str, Any]] = []
                 for part_index, part in enumerate(message.content):
                     if isinstance(part, TextPart):
-                        parts.append({"type": "text", "text": part.text})
+                        content.append({"type": "text", "text": part.text})
                         continue
-                    param = f"messages[{index}].content[{part_index}].image_url"
-                    images.append(await self._load_image(part.image_url.url, param=param))
-                    parts.append({"type": "image", "image": len(images) - 1})
-                turns.append({"role": "user", "content": parts})
+                    kind = "image" if isinstance(part, ImagePart) else "video"
+                    url = part.image_url.url if isinstance(part, ImagePart) else part.video_url.url
+                    param = f"messages[{index}].content[{part_index}].{kind}_url"
+                    media[kind].append(await self._load(url, kind, param=param))
+                    content.append({"type": kind, kind: len(media[kind]) - 1})
+                turns.append({"role": "user", "content": content})
         params = GenerationParams(
             max_tokens=max_tokens,
             temperature=body.temperature if body.temperature is not None else 0.0,
@@ -99,28 +99,31 @@ class ChatService:
             stop=tuple(body.stop_list()),
             stream=body.stream,
         )
-        return GenerationRequest(
-            request_id=f"chatcmpl-{uuid.uuid4().hex}", messages=turns, images=images, params=params
-        )
+        return GenerationRequest(request_id=f"chatcmpl-{uuid.uuid4().hex}", messages=turns, images=media["image"],
+                                 videos=media["video"], params=params)
 
-    async def _load_image(self, url: str, *, param: str) -> bytes:
+    async def _load(self, url: str, kind: str, *, param: str) -> bytes:
+        """An image's or a video's bytes, checked as far as the frontend can without decoding a video."""
+        limits = self.limits[kind]
         if url.startswith("data:"):
-            data = decode_data_url(url, self.limits, param=param)
+            data = decode_data_url(url, limits, param=param)
         elif url.startswith(("http://", "https://")):
             if not self.settings.allow_remote_images:
                 raise InvalidRequest(
-                    "remote image URLs are disabled on this server; send the image as a data: URL", param=param
+                    f"remote {kind} URLs are disabled on this server; send the {kind} as a data: URL", param=param
                 )
             data = await fetch_remote(
                 url,
-                self.limits,
+                limits,
                 allowed_hosts=self.settings.remote_image_hosts,
                 timeout_s=self.settings.remote_image_timeout_s,
                 param=param,
             )
         else:
-            raise InvalidRequest("image_url must be a data: URL", param=param)
-        checked = await asyncio.to_thread(check_image, data, self.limits, param=param)
+            raise InvalidRequest(f"{kind}_url must be a data: URL", param=param)
+        if kind == "video":
+            return check_video(data, limits, param=param)
+        checked = await asyncio.to_thread(check_image, data, limits, param=param)
         return checked.data
 
     async def generate(self, request: GenerationRequest, *, route: str) -> AsyncIterator[GenerationChunk]:

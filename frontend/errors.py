@@ -32,6 +32,10 @@ class ImageTooLarge(FrontendError):
     """One image exceeds the per-image byte or pixel cap."""
 
 
+class VideoTooLarge(FrontendError):
+    """One video exceeds the per-video byte cap."""
+
+
 class Unauthorized(FrontendError):
     """API keys are configured and the request carries none or a wrong one."""
 
@@ -82,6 +86,7 @@ ERROR_TABLE: dict[type[FrontendError], ErrorSpec] = {
     InvalidRequest: ErrorSpec(400, "invalid_request_error", "invalid_request", None, "Invalid request"),
     PayloadTooLarge: ErrorSpec(413, "invalid_request_error", "payload_too_large", None, "Request too large"),
     ImageTooLarge: ErrorSpec(413, "invalid_request_error", "image_too_large", None, "Image too large"),
+    VideoTooLarge: ErrorSpec(413, "invalid_request_error", "video_too_large", None, "Video too large"),
     Unauthorized: ErrorSpec(401, "authentication_error", "invalid_api_key", None, "Not authorized"),
     ModelNotFound: ErrorSpec(404, "invalid_request_error", "model_not_found", None, "Unknown model"),
     UpstreamInvalidArgument: ErrorSpec(

@@ -24,13 +24,14 @@ class GenerationParams(BaseModel):
 
 
 class GenerationRequest(BaseModel):
-    """Turns in the Triton `messages` JSON shape; image parts index into `images`."""
+    """Turns in the Triton `messages` JSON shape; image parts index into `images`, video parts into `videos`."""
 
     model_config = ConfigDict(frozen=True)
 
     request_id: str
     messages: list[dict[str, Any]]
     images: list[bytes] = []
+    videos: list[bytes] = []
     params: GenerationParams
 
 
@@ -41,3 +42,4 @@ class GenerationChunk(BaseModel):
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    visual_tokens: int = 0  # of the prompt tokens, those standing for images and video frames

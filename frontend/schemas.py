@@ -32,7 +32,19 @@ class ImagePart(_Lenient):
     image_url: ImageURL
 
 
-UserPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+class VideoURL(_Lenient):
+    url: str = Field(min_length=1, description="A `data:video/...;base64,` URL (MP4, MOV, WebM, Matroska, AVI), "
+                                               "or http(s) when enabled")
+
+
+class VideoPart(_Lenient):
+    """The shape vLLM's OpenAI server takes for video models."""
+
+    type: Literal["video_url"]
+    video_url: VideoURL
+
+
+UserPart = Annotated[TextPart | ImagePart | VideoPart, Field(discriminator="type")]
 
 
 class SystemMessage(_Lenient):

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(10 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(16_777_216, gt=0)
     max_images_per_request: int = Field(4, ge=0)
+    # Checked here without decoding (the byte cap, the container); every other video limit is the model's.
+    # The body cap applies first: a video's data: URL is 4/3 of its size.
+    max_video_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    max_videos_per_request: int = Field(2, ge=0)
     max_tokens_limit: int = Field(2048, ge=1)
     # The model's max_prompt_tokens: text that cannot fit it is refused before it is sent
     # (wire_contract/text_budget.py). Set it to the served config's value (the overlays do).

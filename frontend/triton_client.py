@@ -66,7 +66,7 @@ def to_triton_inputs(request: GenerationRequest) -> list[grpcclient.InferInput]:
     """The request as the contract's tensors (wire_contract.WireRequest builds them)."""
     params = request.params
     wire = WireRequest(
-        messages=request.messages, images=request.images, max_tokens=params.max_tokens,
+        messages=request.messages, images=request.images, videos=request.videos, max_tokens=params.max_tokens,
         temperature=params.temperature, top_p=params.top_p, seed=params.seed, stop=params.stop, stream=params.stream,
     )
     return [
@@ -82,6 +82,7 @@ def chunk_from_result(result: grpcclient.InferResult) -> GenerationChunk:
         finish_reason=response.finish_reason if response.finish_reason in FINISH_REASONS else None,
         prompt_tokens=response.prompt_tokens,
         completion_tokens=response.completion_tokens,
+        visual_tokens=response.visual_tokens,
     )
 
 

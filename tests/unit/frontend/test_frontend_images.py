@@ -3,7 +3,8 @@ import base64
 import pytest
 
 from frontend.errors import ImageTooLarge, InvalidRequest
-from frontend.images import ImageLimits, check_image, decode_data_url
+from frontend.images import ImageLimits, check_image
+from frontend.media import decode_data_url
 
 from frontend_samples import data_url, jpeg_bytes, png_bytes
 

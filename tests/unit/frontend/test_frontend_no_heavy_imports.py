@@ -9,7 +9,7 @@ import pytest
 pytestmark = pytest.mark.unit
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-HEAVY = ("torch", "torchvision", "transformers", "backend_python")
+HEAVY = ("torch", "torchvision", "transformers", "backend_python", "av")  # av: the model decodes videos
 
 # A fresh interpreter imports every module of the package and builds the app, then names each
 # heavy top-level package that anything on the way loaded (a submodule counts for its package).

@@ -7,7 +7,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from frontend.errors import ImageTooLarge, InvalidRequest
-from frontend.images import ImageLimits, fetch_remote
+from frontend.images import ImageLimits
+from frontend.media import fetch_remote
 from frontend_samples import png_bytes
 
 pytestmark = pytest.mark.unit
