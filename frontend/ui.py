@@ -1,5 +1,5 @@
 """The Gradio chat UI. It builds OpenAI requests and runs them through the same ChatService as `/v1`,
-so image caps, limits and error mapping are identical; API keys guard it through Gradio's login."""
+so image and video caps, limits and error mapping are identical; API keys guard it through Gradio's login."""
 
 from __future__ import annotations
 
@@ -30,17 +30,22 @@ ChatMessages = list[dict[str, Any]]
 # A browser re-renders the whole answer's markdown on every update: one update per token makes long
 # answers quadratic and starves the page. Tokens that arrive within this interval are sent together.
 UI_UPDATE_INTERVAL_S = 0.05
+# What the prompt box takes: any image Gradio knows, and the video containers browsers play.
+UPLOAD_TYPES = ["image", ".mp4", ".webm", ".mov"]
 
 
-def _data_url(path: str) -> str:
+def _part(path: str) -> dict[str, Any]:
+    """An attached file as an OpenAI content part: a video_url for a video, an image_url otherwise."""
     mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
-    return f"data:{mime};base64,{base64.b64encode(Path(path).read_bytes()).decode('ascii')}"
+    kind = "video" if mime.startswith("video/") else "image"
+    url = f"data:{mime};base64,{base64.b64encode(Path(path).read_bytes()).decode('ascii')}"
+    return {"type": f"{kind}_url", f"{kind}_url": {"url": url}}
 
 
 def build_request(
     turns: list[Turn], *, model: str, system_prompt: str, max_tokens: int, temperature: float, top_p: float
 ) -> ChatCompletionRequest:
-    """The conversation as an OpenAI request with images inlined as data: URLs."""
+    """The conversation as an OpenAI request with images and videos inlined as data: URLs."""
     messages: list[dict[str, Any]] = []
     if system_prompt.strip():
         messages.append({"role": "system", "content": system_prompt.strip()})
@@ -48,9 +53,7 @@ def build_request(
         if turn["role"] == "assistant":
             messages.append({"role": "assistant", "content": turn["text"]})
             continue
-        parts: list[dict[str, Any]] = [
-            {"type": "image_url", "image_url": {"url": _data_url(path)}} for path in turn["images"]
-        ]
+        parts: list[dict[str, Any]] = [_part(path) for path in turn["files"]]
         if turn["text"]:
             parts.append({"type": "text", "text": turn["text"]})
         messages.append({"role": "user", "content": parts})
@@ -76,9 +79,10 @@ def format_stats(ttft_s: float | None, elapsed_s: float, last: GenerationChunk |
     ttft = f"{ttft_s:.2f} s" if ttft_s is not None else "n/a"
     used = last.prompt_tokens + last.completion_tokens
     head = "Stopped. " if stopped else ""
+    visual = f" · Visual tokens: **{last.visual_tokens}** (images and video)" if last.visual_tokens else ""
     return (
         f"{head}Time to first token: **{ttft}** · Speed: **{rate:.1f} tokens/s** · "
-        f"Tokens used: **{used}** ({last.prompt_tokens} prompt + {last.completion_tokens} generated)"
+        f"Tokens used: **{used}** ({last.prompt_tokens} prompt + {last.completion_tokens} generated){visual}"
     )
 
 
@@ -148,7 +152,7 @@ def build_ui(service: ChatService) -> gr.Blocks:
         files = [f for f in files if f]
         if not text and not files:
             return gr.update(), turns, chat, gr.update()
-        turns = [*turns, {"role": "user", "text": text, "images": files}]
+        turns = [*turns, {"role": "user", "text": text, "files": files}]
         content: list[Any] = [{"path": path} for path in files]
         if text:
             content.append(text)
@@ -230,15 +234,16 @@ def build_ui(service: ChatService) -> gr.Blocks:
         return [], [], "", None
 
     with gr.Blocks(title="Qwen3-VL chat", analytics_enabled=False) as demo:
-        gr.Markdown("## Qwen3-VL chat\nAsk about one or more images; answers stream as they are generated.")
+        gr.Markdown("## Qwen3-VL chat\nAsk about images and videos (MP4, WebM, MOV); answers stream as they are "
+                    "generated.")
         turns_state = gr.State([])
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
                 chatbot = gr.Chatbot(label="Conversation", height=540, elem_id="chatbot", buttons=["copy"])
                 stats = gr.Markdown("", elem_id="stats", min_height=28)
                 prompt = gr.MultimodalTextbox(
-                    placeholder="Type a message, attach images with the clip…",
-                    file_types=["image"],
+                    placeholder="Type a message, attach images or a video with the clip…",
+                    file_types=UPLOAD_TYPES,
                     file_count="multiple",
                     sources=["upload"],
                     show_label=False,

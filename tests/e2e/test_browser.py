@@ -21,6 +21,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 from stack.frontend import FrontendServer
 from stack.ports import free_port
 from stack.triton import TritonServer
+from tests.samples import videos
 
 pytestmark = pytest.mark.e2e
 
@@ -185,3 +186,23 @@ def test_triton_down_is_reported_in_the_chat_and_recovery_needs_no_reload(stack,
     _send(page, "And now?")
     expect(page.locator("#stats")).to_contain_text("Time to first token", timeout=60_000)
     assert "unavailable" not in _last_answer(page)
+
+
+def test_a_video_with_an_image_plays_in_the_history_and_gets_a_streamed_answer_with_its_visual_tokens(page, tmp_path):
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(videos.clip(3.0, fps=10, size=(320, 240)))
+    page.set_input_files("#prompt input[type=file]", [str(clip), str(_scene(tmp_path / "scene.png"))])
+    expect(page.locator("#prompt img")).to_have_count(1)
+    page.fill("#prompt textarea", "Does the picture appear in the video?")
+    page.press("#prompt textarea", "Enter")
+    video = page.locator(f"{USER} video")
+    expect(video).to_have_count(1)
+    expect(page.locator(f"{USER} img")).to_have_count(1)
+    # The browser decoded the clip's header from what the UI serves: it can play it.
+    page.wait_for_function("document.querySelector('#chatbot [data-testid=\"user\"] video').readyState >= 1")
+    assert video.evaluate("v => v.duration") == pytest.approx(3.0, abs=0.2)
+    expect(page.locator("#stats")).to_contain_text("Time to first token", timeout=60_000)
+    expect(page.locator("#stats")).to_contain_text(re.compile(r"\d+\.\d tokens/s"))
+    # 3 s at 2 frames a second: three pairs of frames at the CPU config's size, and the picture's tokens.
+    expect(page.locator("#stats")).to_contain_text(re.compile(r"Visual tokens: \d{3}"))
+    assert _last_answer(page).strip()
