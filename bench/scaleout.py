@@ -460,7 +460,8 @@ def main() -> None:
               else f"CPU only ({os.cpu_count()} cores shared by every process: replicas, frontends, clients)")
     device += f", {args.frontends} frontend process(es)"
     print(f"# python -m bench.scaleout {' '.join(sys.argv[1:])}\n# commit {commit}; {device}; "
-          f"{time.strftime('%Y-%m-%d')}", flush=True)
+          f"{time.strftime('%Y-%m-%d')}; load average {os.getloadavg()[0]:.1f} (others' processes show there)",
+          flush=True)
     report: dict = {"device": device, "commit": commit, "tokens": args.tokens, "ttft_p95_limit_s": TTFT_LIMIT_S,
                     "replicas": args.gpus, "shared_gpu": args.shared_gpu, "frontends": args.frontends,
                     "parameters": parameters}
@@ -476,6 +477,7 @@ def main() -> None:
         report[f"ratio_{args.gpus}_to_1"] = capacities[str(args.gpus)] / capacities["1"]
     save(report)
     print_report(report)
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     if "scale_event" in report:
         try:
             plot(report, OUT / "scaleout-event.png")
