@@ -9,8 +9,10 @@ random weights on local disk (same shapes, same cost). Its parts:
   references, and the engine's greedy tokens against transformers' generate in float32 (prompts
   in chunks, then from the prefix cache, then one decoding while others are prefilled);
 - engine: the engine alone with the GPU config: one stream and bursts of 64 and 128 streams of
-  512 tokens, a 32,768-token prompt alone and beside 64 decoding streams, a 131,072-token
-  prompt, three turns of a chat about a 1024x1024 image, and the KV cache's capacity;
+  512 tokens, a 10-second 448x448 video (30 fps) at the config's sampling alone and 16 of them at
+  once (first tokens counted from the request's arrival: decoding the video included), a
+  32,768-token prompt alone and beside 64 decoding streams, a 131,072-token prompt, three turns
+  of a chat about a 1024x1024 image, and the KV cache's capacity;
 - ab: the bursts of this tree and of another checkout (--slot-tree, e.g. the slot engine's),
   alternating in fresh processes;
 - triton: N concurrent streaming gRPC clients through Triton (one 448x448 image and a question,
@@ -185,16 +187,19 @@ class _Sink:
         return first - self.sent
 
 
-def _request(text: str, images: list[bytes], tokens: int, history: list[dict] = (), ignore_eos: bool = True):
-    """A user turn asking ``text`` about ``images`` (after ``history``, whose turns may name them instead)."""
+def _request(text: str, images: list[bytes], tokens: int, history: list[dict] = (), ignore_eos: bool = True,
+             videos: list[bytes] = ()):
+    """A user turn asking ``text`` about ``images`` and ``videos`` (after ``history``, whose turns may name
+    the images instead)."""
     from backend_python.request import ChatMessage, GenerationRequest, SamplingParams
 
     named = any(p.get("type") == "image" for m in history for p in m["content"])
     parts = [] if named else [{"type": "image", "image": i} for i in range(len(images))]
+    parts += [{"type": "video", "video": i} for i in range(len(videos))]
     parts.append({"type": "text", "text": text})
     turns = tuple(ChatMessage(m["role"], tuple(m["content"])) for m in history)
     return GenerationRequest(messages=(*turns, ChatMessage("user", tuple(parts))), images=tuple(images),
-                             sampling=SamplingParams(max_tokens=tokens, ignore_eos=ignore_eos))
+                             videos=tuple(videos), sampling=SamplingParams(max_tokens=tokens, ignore_eos=ignore_eos))
 
 
 def _submit(engine, prompts, requests, at_once: bool = True, timeout: float = 600) -> list[_Sink]:
@@ -209,6 +214,47 @@ def _submit(engine, prompts, requests, at_once: bool = True, timeout: float = 60
         if not s.done.wait(timeout) or s.error:
             raise RuntimeError(f"a request failed or timed out: {s.error}")
     return sinks
+
+
+def _arrive(engine, prompts, requests, timeout: float = 600) -> list[_Sink]:
+    """Hand requests over as Triton's execute does: prompts built on the prompt workers, each submitted
+    once built; the first token is timed from their arrival, so decoding images and videos counts."""
+    sinks = [_Sink() for _ in requests]
+    arrival = time.monotonic()
+    for r, p, s in zip(requests, prompts.build_many(requests), sinks):
+        if isinstance(p, Exception):
+            raise p
+        s.sent = arrival
+        engine.submit(r, p, s)
+    for s in sinks:
+        if not s.done.wait(timeout) or s.error:
+            raise RuntimeError(f"a request failed or timed out: {s.error}")
+    return sinks
+
+
+def video_rows(engine, prompts, tokens: int = 512) -> dict:
+    """A 10-second 448x448 clip at 30 fps, sampled as the config says (the GPU config: the checkpoint's
+    own, 2 frames a second): its visual tokens, its first token alone, and 16 clips at once. Every
+    request has a clip of its own colour, so that none is served from the prefix cache."""
+    from tests.samples.videos import clip
+
+    clips = [clip(10.0, fps=30, size=(448, 448), colour=(30 + 11 * i, 220 - 9 * i, 60 + 7 * i)) for i in range(20)]
+    ask = lambda data: _request(PROMPTS[5], [], tokens, videos=[data])  # noqa: E731
+    _arrive(engine, prompts, [ask(clips[0])])  # warm-up: the vision blocks see a video's shapes
+    prompt = prompts.build(ask(clips[0]))
+    built = []
+    for data in clips[1:4]:
+        started = time.monotonic()
+        prompts.build(ask(data))
+        built.append(time.monotonic() - started)
+    alone = [_arrive(engine, prompts, [ask(data)])[0] for data in clips[1:4]]
+    rows = {"video_1": {
+        "streams": 1, "visual tokens": prompt.visual_tokens, "prompt tokens": prompt.length,
+        "clip MB": round(len(clips[1]) / 1e6, 2), "prompt build ms": round(1000 * statistics.median(built)),
+        "TTFT p50 ms": round(1000 * percentile([s.ttft for s in alone], 50)),
+        "tok/s": round(tokens / statistics.median(s.times[-1] - s.sent for s in alone))}}
+    rows["video_16"] = _burst_row(_arrive(engine, prompts, [ask(data) for data in clips[4:20]]))
+    return rows
 
 
 def _burst_row(sinks: list[_Sink]) -> dict:
@@ -358,6 +404,8 @@ def engine_rows(model_path: str, images: list[bytes], compile: bool = True) -> d
         row["host ms/step"] = round(1000 * (done["launch"] + done["stream"]) / max(done["decode_steps"], 1), 2)
         result[f"burst_{streams}x512"] = row
         log(f"engine alone, {streams} x 512: {row}")
+    result.update(video_rows(engine, prompts))
+    log(f"engine alone, a 10-second 448x448 video: {result['video_1']}; 16 at once: {result['video_16']}")
     # Long context: random text of a given length (random token ids, decoded and re-encoded).
     rng = random.Random(0)
     vocabulary = loaded.processor.tokenizer
@@ -823,6 +871,11 @@ def print_report(report: dict) -> None:
         print(f"engine alone: started in {engine['engine_start_s']:.1f} s; capacity {engine['capacity']}")
         print(table([{"load": k.removeprefix("burst_"), **{c: str(v) for c, v in row.items()}}
                      for k, row in engine.items() if k.startswith("burst_")]))
+        if "video_1" in engine:
+            print("a 10-second 448x448 video (30 fps) and a question, 512 tokens; first tokens from the arrival "
+                  "(the video's decoding and processing included):")
+            print(table([{c: str(v) for c, v in engine["video_1"].items()}]))
+            print(table([{c: str(v) for c, v in engine["video_16"].items()}]))
         print("32,768-token prompt alone:", engine["long_32k"], "; beside 64 decoding streams:",
               engine["long_32k_beside_64"])
         print("131,072-token prompt:", engine["long_128k"])
