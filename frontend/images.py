@@ -9,6 +9,7 @@ from typing import ClassVar
 from PIL import Image, UnidentifiedImageError
 
 from frontend.errors import FrontendError, ImageTooLarge, InvalidRequest
+from frontend.media import check_size
 from wire_contract.media_types import sniff
 
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"})
@@ -32,10 +33,7 @@ class CheckedImage:
 
 def check_image(data: bytes, limits: ImageLimits, *, param: str) -> CheckedImage:
     """Reject oversized, corrupt or non-image data; decoding happens only after the pixel check."""
-    if len(data) > limits.max_bytes:
-        raise ImageTooLarge(f"image is {len(data)} bytes; the limit is {limits.max_bytes}", param=param)
-    if not data:
-        raise InvalidRequest("image is empty", param=param)
+    check_size(data, limits, param=param)
     try:
         with Image.open(io.BytesIO(data)) as header:
             width, height = header.size

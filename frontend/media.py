@@ -24,6 +24,14 @@ class MediaLimits(Protocol):
     max_bytes: int
 
 
+def check_size(data: bytes, limits: MediaLimits, *, param: str) -> None:
+    """Not empty and within the kind's byte cap: the first check of the bytes, whichever way they came."""
+    if len(data) > limits.max_bytes:
+        raise limits.too_large(f"{limits.kind} is {len(data)} bytes; the limit is {limits.max_bytes}", param=param)
+    if not data:
+        raise InvalidRequest(f"{limits.kind} is empty", param=param)
+
+
 def decode_data_url(url: str, limits: MediaLimits, *, param: str) -> bytes:
     """Bytes of a base64 `data:` URL; the size cap is checked before decoding."""
     kind = limits.kind

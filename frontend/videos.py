@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from frontend.errors import FrontendError, InvalidRequest, VideoTooLarge
+from frontend.media import check_size
 from wire_contract.media_types import VIDEO_FORMATS, sniff
 
 
@@ -19,10 +20,7 @@ class VideoLimits:
 
 def check_video(data: bytes, limits: VideoLimits, *, param: str) -> bytes:
     """The bytes if they are a video container the model reads, else a clear error."""
-    if len(data) > limits.max_bytes:
-        raise VideoTooLarge(f"video is {len(data)} bytes; the limit is {limits.max_bytes}", param=param)
-    if not data:
-        raise InvalidRequest("video is empty", param=param)
+    check_size(data, limits, param=param)
     kind = sniff(data)
     if kind is not None and kind.kind == "image":
         raise InvalidRequest(f"video is an image ({kind.format}), not a video: send it as an image_url part",
