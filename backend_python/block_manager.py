@@ -10,6 +10,7 @@ handed out again, least recently used first: freeing only makes a block evictabl
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -31,14 +32,16 @@ def block_hashes(tokens: Sequence[int], visuals: Sequence[VisualSpan], block_siz
     if len(hashes) >= full:
         return hashes[:full]
     ids = np.asarray(tokens[len(hashes) * block_size: full * block_size], dtype=np.int64)
+    ends = [span.end for span in visuals]  # spans are in prompt order: a long video has hundreds
     for index in range(len(hashes), full):
         start = index * block_size
         h = hashlib.blake2b(hashes[-1] if hashes else b"", digest_size=16)
         offset = start - (full * block_size - len(ids))
         h.update(ids[offset: offset + block_size].tobytes())
-        for span in visuals:
-            if span.start < start + block_size and span.end > start:
-                h.update(span.digest)
+        for span in visuals[bisect.bisect_right(ends, start):]:
+            if span.start >= start + block_size:
+                break
+            h.update(span.digest)
         hashes.append(h.digest())
     return hashes
 
