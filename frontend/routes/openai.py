@@ -38,7 +38,7 @@ _ERRORS = {
         (400, "Invalid request, or the model rejected it (message from Triton)"),
         (401, "Missing or invalid API key"),
         (404, "Unknown model"),
-        (413, "Request body or an image too large"),
+        (413, "Request body, an image or a video too large"),
         (429, "Triton's queue is full; see Retry-After"),
         (503, "Triton unreachable or the model not ready"),
         (504, "Deadline exceeded"),
