@@ -52,7 +52,7 @@ class Prompt:
     pixel_values_videos: torch.Tensor | None = None  # (patches, C*T*P*P)
     video_grid_thw: torch.Tensor | None = None  # (videos, 3)
 
-    @property
+    @functools.cached_property
     def length(self) -> int:
         return int(self.input_ids.shape[0])
 
