@@ -32,7 +32,8 @@ class Limits:
     # processor resizes it: frames x max_video_frame_pixels x 3 bytes is what a request may hold.
     max_sampled_frames: int = 256
     max_video_frame_pixels: int = 1920 * 1080
-    # Tokens standing for images and video frames, counted from headers before any video is decoded.
+    # Tokens standing for images and video frames, counted from headers before any video is decoded
+    # (max_prompt_tokens, when lower, applies here too).
     max_visual_tokens: int = 2048
 
 
@@ -125,8 +126,6 @@ class EngineConfig:
             raise ValueError("max_prompt_tokens must leave room for an answer within max_model_len")
         if not 0.0 < self.gpu_memory_utilization <= 1.0 or self.kv_cache_budget_gib < 0:
             raise ValueError("gpu_memory_utilization must be in (0, 1] and kv_cache_budget_gib >= 0")
-        if self.limits.max_visual_tokens > self.limits.max_prompt_tokens:
-            raise ValueError("max_visual_tokens must not exceed max_prompt_tokens")
         if self.video_fps < 0 or self.video_min_frames == 1 or min(self.video_min_frames, self.video_max_frames) < 0:
             raise ValueError("video_fps must be >= 0 and video_min_frames 0 (the processor's) or at least 2: a "
                              "video's frames go to the encoder in pairs")

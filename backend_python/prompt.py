@@ -107,7 +107,8 @@ class PromptBuilder:
             "do_sample_frames": False, "cap_pixels_per_frame": True}
         # The reference layout of a video is "<t seconds><|vision_start|>frames<|vision_end|>" per temporal
         # patch: the processor expands a bare video token into that, so the chat template's own markers
-        # around it are dropped (transformers 5.23 keeps them, which no Qwen3-VL saw in training).
+        # around it are dropped (transformers 5.23 leaves them around the expansion; the processor
+        # Qwen3-VL was released with replaced them with it, as vLLM does).
         self._video_token = processor.video_token
         self._video_part = processor.vision_start_token + processor.video_token + processor.vision_end_token
 
@@ -195,10 +196,10 @@ class PromptBuilder:
         patches += sum(self._sampler.get_num_of_video_patches(len(metadata.frames_indices), header.height,
                                                               header.width, self._videos_kwargs)
                        for header, metadata in zip(headers, sampled))
-        tokens = patches // self._merge ** 2
-        if tokens > limits.max_visual_tokens:
+        tokens, most = patches // self._merge ** 2, min(limits.max_visual_tokens, limits.max_prompt_tokens)
+        if tokens > most:
             raise LimitExceeded(f"invalid request: the images and videos take {tokens} visual tokens, at most "
-                                f"{limits.max_visual_tokens} per request")
+                                f"{most} per request")
 
     def _spans(self, kinds: torch.Tensor, grid: torch.Tensor | None, video_grid: torch.Tensor | None,
                digests: dict[str, list[bytes]]) -> tuple[VisualSpan, ...]:

@@ -132,8 +132,7 @@ class GenerationChunk:
     completion_tokens: int
     finish_reason: str = ""
     token_ids: list[int] = field(default_factory=list)
-
-    visual_tokens: int = 0
+    visual_tokens: int = 0  # of the prompt tokens, those standing for images and video frames
 
     def to_tensors(self) -> dict[str, np.ndarray]:
         return WireResponse(self.text, self.finish_reason, self.prompt_tokens, self.completion_tokens,

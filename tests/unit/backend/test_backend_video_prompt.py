@@ -61,7 +61,7 @@ def test_a_video_prompt_equals_the_processor_sampling_every_decoded_frame_itself
     assert torch.equal(prompt.pixel_values_videos, expected["pixel_values_videos"])
 
 
-def test_each_pair_of_frames_follows_its_timestamp_as_qwen3_vl_was_trained(model):
+def test_each_pair_of_frames_follows_its_timestamp_without_the_templates_outer_markers(model):
     prompt = builder(model).build(ask_about(videos.clip(3.0, fps=10)))
     text = model.processor.tokenizer.decode(prompt.input_ids)
     chunk = r"<\|vision_start\|>(?:<\|video_pad\|>)+<\|vision_end\|>"
