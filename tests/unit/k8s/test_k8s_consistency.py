@@ -428,9 +428,16 @@ def test_scale_up_is_immediate_and_scale_down_is_stabilized(rendered, build: str
     assert spec["pollingInterval"] <= 30
 
 
+# The frontend's limits and the model parameters of the config Triton loads that they must equal.
+FRONTEND_LIMITS = {"max_prompt_tokens": "max_prompt_tokens", "max_tokens_limit": "max_new_tokens",
+                   "max_images_per_request": "max_images", "max_videos_per_request": "max_videos"}
+
+
 @pytest.mark.parametrize("build", OVERLAYS)
-def test_frontend_refuses_text_by_the_prompt_limit_of_the_config_triton_loads(rendered, build: str) -> None:
-    """A lower frontend limit would refuse prompts the model serves; a higher one lets doomed text through."""
+@pytest.mark.parametrize("setting", FRONTEND_LIMITS)
+def test_frontend_limits_are_those_of_the_config_triton_loads(rendered, build: str, setting: str) -> None:
+    """A lower frontend limit would refuse requests the model serves; a higher one lets doomed ones through
+    (and, for text, the frontend bounds the characters it accepts by the prompt limit)."""
     from frontend.settings import Settings
 
     objects = rendered[build]
@@ -439,9 +446,10 @@ def test_frontend_refuses_text_by_the_prompt_limit_of_the_config_triton_loads(re
     model_dir = REPO / "model_repository" / "qwen3_vl"
     config = model_dir / "configs" / f"{resolved_env(triton)['TRITON_MODEL_CONFIG']}.pbtxt"
     config = config if config.is_file() else model_dir / "config.pbtxt"  # Triton's fallback
-    limit = re.search(r'\{ key: "max_prompt_tokens", value: \{ string_value: "(\d+)" \} \}', config.read_text())
-    frontend_limit = resolved_env(frontend).get("FRONTEND_MAX_PROMPT_TOKENS", Settings.model_fields["max_prompt_tokens"].default)
-    assert int(frontend_limit) == int(limit[1]), config.name
+    parameter = FRONTEND_LIMITS[setting]
+    limit = re.search(r'\{ key: "%s", value: \{ string_value: "(\d+)" \} \}' % parameter, config.read_text())
+    frontend_limit = resolved_env(frontend).get(f"FRONTEND_{setting.upper()}", Settings.model_fields[setting].default)
+    assert int(frontend_limit) == int(limit[1]), f"{config.name}: {parameter}"
 
 
 def test_frontend_command_starts_the_app_factory_on_its_container_port(rendered) -> None:
