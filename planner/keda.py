@@ -47,9 +47,11 @@ class KedaAutoscaler:
         self.last_active = -math.inf
         self.metric_log: dict[str, float] = {}
 
-    def _value(self, trigger: Trigger, view: ClusterView) -> float | None:
+    def _value(self, trigger: Trigger, view: ClusterView, now: float) -> float | None:
         """Scaler result. An empty result counts as 0 with ignoreNullValues true (KEDA's default) and
         as a failure with false, like Prometheus being down: the fallback then engages."""
+        if trigger.schedule is not None:
+            return trigger.cron_replicas(now)
         value = view.query(trigger.signal)
         if value is None or (math.isnan(value) and not trigger.ignore_null_values):
             self.failures[trigger.name] += 1
@@ -82,12 +84,12 @@ class KedaAutoscaler:
         for trigger in self.so.triggers:
             if trigger.type == "cpu":
                 continue
-            value = self._value(trigger, view)
+            value = self._value(trigger, view, now)
             if value is None:
                 any_fallback |= self._in_fallback(trigger)
                 continue
             self.metric_log[trigger.name] = value
-            if value > trigger.activation_threshold:
+            if value > trigger.activation_threshold if trigger.schedule is None else trigger.schedule.active(now):
                 active = True
         if active:
             self.last_active = now
@@ -108,7 +110,7 @@ class KedaAutoscaler:
     def _tolerance(self, ratio: float) -> float:
         return self.hpa.tolerance_up() if ratio > 1 else self.hpa.tolerance_down()
 
-    def proposals(self, view: ClusterView) -> list[int | None]:
+    def proposals(self, view: ClusterView, now: float = 0.0) -> list[int | None]:
         current = view.spec_replicas()
         out: list[int | None] = []
         for trigger in self.so.triggers:
@@ -118,7 +120,7 @@ class KedaAutoscaler:
                 ratio = (sum(ready_values) / len(ready_values) / target) if ready_values else 1.0
                 out.append(replicas_for_pod_metrics(current, ready_values, missing, unready, target, self._tolerance(ratio)))
                 continue
-            value = self._value(trigger, view)
+            value = self._value(trigger, view, now)
             if value is None:
                 if self._in_fallback(trigger):
                     value = self._fallback_replicas(current) * target
@@ -140,5 +142,5 @@ class KedaAutoscaler:
         current = view.spec_replicas()
         if current == 0:
             return None
-        desired = self.hpa.reconcile(now, current, self.proposals(view))
+        desired = self.hpa.reconcile(now, current, self.proposals(view, now))
         return ScaleDecision(desired, "hpa") if desired != current else None

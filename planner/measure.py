@@ -158,9 +158,11 @@ def read_metrics(url: str) -> dict[str, float]:
     return out
 
 
-def _param(config: dict, key: str, default: float) -> float:
-    value = (config.get("parameters") or {}).get(key, {}).get("string_value")
-    return float(value) if value is not None else default
+def _engine(config: dict):
+    """The engine settings the served model config gives (with the engine's defaults)."""
+    from backend_python.config import EngineConfig
+
+    return EngineConfig.from_parameters(config.get("parameters") or {}, environ={"MODEL_PATH": "unused"})
 
 
 def cpu_seconds(pid: int) -> float:
@@ -284,9 +286,10 @@ def measure_profile(client: Client, metrics_url: str, name: str, *, pid: int | N
                     startup_seconds: float | None = None, image_pull_seconds: float = 0.0,
                     decode_tokens: int = 48) -> PodProfile:
     config = client.config()
-    slots = int(_param(config, "slots", 1))
-    prefills_per_step = int(_param(config, "prefills_per_step", 0))
-    policy = (config.get("dynamic_batching") or {}).get("default_queue_policy") or {}
+    engine = _engine(config)
+    slots = engine.max_num_seqs
+    batching = config.get("dynamic_batching") or {}
+    policy = batching.get("default_queue_policy") or {}
     client.wait([client.send(prompt_text(8), 4)])  # warm-up
     base, per_token, overhead, prefill_points = measure_prefill(client, metrics_url)
     batches = sorted({b for b in (1, 2, 4, slots) if b <= slots})
@@ -321,13 +324,16 @@ def measure_profile(client: Client, metrics_url: str, name: str, *, pid: int | N
             "prefill_base_seconds": round(base, 6),
             "prefill_seconds_per_token": round(per_token, 8),
             "decode_step_seconds": [[b, round(s, 6)] for b, s in steps],
-            "prefills_per_step": prefills_per_step,
+            "max_num_batched_tokens": engine.max_num_batched_tokens,
+            "prompt_workers": engine.prompt_workers,
             "request_overhead_seconds": round(overhead, 6),
         },
         "triton": {
             "max_batch_size": int(config.get("max_batch_size", 1)),
             "max_queue_size": int(policy.get("max_queue_size", 0)),
             "queue_timeout_seconds": int(policy.get("default_timeout_microseconds", 0)) / 1e6,
+            "preferred_batch_sizes": [int(v) for v in batching.get("preferred_batch_size", [])],
+            "max_queue_delay_seconds": int(batching.get("max_queue_delay_microseconds", 0)) / 1e6,
         },
         "cold_start": {
             "image_pull_seconds": image_pull_seconds,

@@ -1,7 +1,9 @@
 """A pod profile: what one Triton pod can do, as measured by the benchmark.
 
 The JSON format (documented in planner/README.md) is what `planner.measure` and
-`make bench` write and what the simulator reads.
+`python -m bench.profile` write and what the simulator reads. Fields added since the first
+profiles are optional, and their defaults are that first model's behaviour (a prefill pauses
+decoding, `execute` costs nothing, no KV or token budget), so older profiles keep their meaning.
 """
 
 from __future__ import annotations
@@ -22,13 +24,23 @@ class ProfileError(ValueError):
 
 @dataclass(frozen=True)
 class ColdStart:
+    """Pod created -> first token. `compile_seconds` is what a start adds when the node has neither
+    the compile cache nor the compile artifacts (k8s/README.md, "Compile artifacts")."""
+
     image_pull_seconds: float
     model_load_seconds: float
     warmup_seconds: float
+    node_provision_seconds: float = 0.0
+    compile_seconds: float = 0.0
 
     @property
     def total_seconds(self) -> float:
-        return self.image_pull_seconds + self.model_load_seconds + self.warmup_seconds
+        return self.node_provision_seconds + self.image_pull_seconds + self.model_load_seconds + self.warmup_seconds
+
+    @property
+    def metrics_after_seconds(self) -> float:
+        """Triton exports metrics once its process runs: after the node and the image."""
+        return self.node_provision_seconds + self.image_pull_seconds
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,21 @@ class PodProfile:
     cpu_busy_cores: float = 1.0
     gpu_busy_utilization_percent: float = 100.0
     measured: dict = field(default_factory=dict)
+    # The paged engine behind Triton (0: no limit, no cost, a prefill pauses decoding, as the first profiles had it).
+    kv_cache_tokens: int = 0
+    max_num_batched_tokens: int = 0
+    decode_seconds_per_cached_token: float = 0.0
+    prefill_seconds_per_prompt: float = 0.0
+    prefill_seconds_per_token_squared: float = 0.0
+    decode_steps_per_prefill: int = 0
+    prefill_decode_seconds: float = 0.0
+    prefill_decode_seconds_per_sequence: float = 0.0
+    execute_seconds_per_request: float = 0.0
+    execute_engine_share: float = 0.0
+    prompt_workers: int = 1
+    response_seconds_per_stream_squared: float = 0.0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -76,6 +103,15 @@ class PodProfile:
             raise ProfileError("gpus_per_pod must be >= 0")
         if self.cpu_request_cores <= 0:
             raise ProfileError("cpu.request_cores must be > 0")
+        paged = (self.kv_cache_tokens, self.max_num_batched_tokens, self.decode_seconds_per_cached_token,
+                 self.prefill_seconds_per_prompt, self.prefill_seconds_per_token_squared,
+                 self.prefill_decode_seconds, self.prefill_decode_seconds_per_sequence, self.decode_steps_per_prefill, self.execute_seconds_per_request)
+        if any(v < 0 for v in paged):
+            raise ProfileError("engine limits and costs must be >= 0 (0: no limit / no cost)")
+        if self.prompt_workers < 1:
+            raise ProfileError("prompt_workers must be >= 1")
+        if not 0 <= self.execute_engine_share <= 1:
+            raise ProfileError("execute_engine_share must be in [0, 1]")
 
     def step_table(self) -> list[float]:
         """Decode step time for 0..slots sequences, interpolated between measured batch sizes."""
@@ -85,14 +121,14 @@ class PodProfile:
         table = np.interp(n, xs, ys)
         return [float(v) for v in table]
 
-    def capacity_rps(self, prompt_tokens: float, max_tokens: float) -> float:
-        """Sustainable requests/s of one pod with every slot busy: the decode steps of a full
-        engine are shared with the prefills that keep it full."""
-        step = self.step_table()[self.slots]
-        prefill = self.prefill_base_seconds / self.max_batch_size + self.prefill_seconds_per_token * prompt_tokens
-        decode_steps = max(max_tokens - 1.0, 0.0)
-        per_request = decode_steps * step / self.slots + prefill
-        return 1.0 / per_request if per_request > 0 else math.inf
+    def decode_step(self, running: int, cached_tokens: float) -> float:
+        """One decode step of `running` sequences holding `cached_tokens` in the KV cache."""
+        return self.step_table()[min(running, self.slots)] + self.decode_seconds_per_cached_token * cached_tokens
+
+    def prefill_seconds(self, tokens: float) -> float:
+        """One prompt's prefill pass alone on an idle engine."""
+        return (self.prefill_base_seconds + self.prefill_seconds_per_prompt + self.prefill_seconds_per_token * tokens
+                + self.prefill_seconds_per_token_squared * tokens * tokens)
 
     def to_json(self) -> dict:
         return {
@@ -102,16 +138,30 @@ class PodProfile:
             "gpus_per_pod": self.gpus_per_pod,
             "engine": {
                 "slots": self.slots,
-                "prefill_base_seconds": self.prefill_base_seconds,
-                "prefill_seconds_per_token": self.prefill_seconds_per_token,
+                "kv_cache_tokens": self.kv_cache_tokens,
+                "max_num_batched_tokens": self.max_num_batched_tokens,
                 "decode_step_seconds": [[b, s] for b, s in self.decode_step_seconds],
+                "decode_seconds_per_cached_token": self.decode_seconds_per_cached_token,
+                "prefill_base_seconds": self.prefill_base_seconds,
+                "prefill_seconds_per_prompt": self.prefill_seconds_per_prompt,
+                "prefill_seconds_per_token": self.prefill_seconds_per_token,
+                "prefill_seconds_per_token_squared": self.prefill_seconds_per_token_squared,
                 "prefills_per_step": self.prefills_per_step,
+                "decode_steps_per_prefill": self.decode_steps_per_prefill,
+                "prefill_decode_seconds": self.prefill_decode_seconds,
+                "prefill_decode_seconds_per_sequence": self.prefill_decode_seconds_per_sequence,
+                "execute_seconds_per_request": self.execute_seconds_per_request,
+                "execute_engine_share": self.execute_engine_share,
+                "prompt_workers": self.prompt_workers,
                 "request_overhead_seconds": self.request_overhead_seconds,
+                "response_seconds_per_stream_squared": self.response_seconds_per_stream_squared,
             },
             "triton": {
                 "max_batch_size": self.max_batch_size,
                 "max_queue_size": self.max_queue_size,
                 "queue_timeout_seconds": self.queue_timeout_seconds,
+                "preferred_batch_sizes": list(self.preferred_batch_sizes),
+                "max_queue_delay_seconds": self.max_queue_delay_seconds,
             },
             "cold_start": asdict(self.cold_start),
             "cpu": {
@@ -145,6 +195,12 @@ def _number(doc: dict, path: str, default: float | None = None) -> float:
     return float(value)
 
 
+def _sizes(value) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and v >= 1 for v in value):
+        raise ProfileError(f"triton.preferred_batch_sizes must be a list of sizes >= 1, got {value!r}")
+    return tuple(value)
+
+
 def profile_from_json(doc: dict) -> PodProfile:
     if not isinstance(doc, dict):
         raise ProfileError("a profile is a JSON object")
@@ -168,11 +224,27 @@ def profile_from_json(doc: dict) -> PodProfile:
         prefills_per_step=int(_number(doc, "engine.prefills_per_step", 0)),
         request_overhead_seconds=_number(doc, "engine.request_overhead_seconds", 0.0),
         queue_timeout_seconds=_number(doc, "triton.queue_timeout_seconds", 0.0),
+        preferred_batch_sizes=_sizes(doc.get("triton", {}).get("preferred_batch_sizes", [])),
+        max_queue_delay_seconds=_number(doc, "triton.max_queue_delay_seconds", 0.0),
         cold_start=ColdStart(
             image_pull_seconds=_number(doc, "cold_start.image_pull_seconds"),
             model_load_seconds=_number(doc, "cold_start.model_load_seconds"),
             warmup_seconds=_number(doc, "cold_start.warmup_seconds"),
+            node_provision_seconds=_number(doc, "cold_start.node_provision_seconds", 0.0),
+            compile_seconds=_number(doc, "cold_start.compile_seconds", 0.0),
         ),
+        kv_cache_tokens=int(_number(doc, "engine.kv_cache_tokens", 0)),
+        max_num_batched_tokens=int(_number(doc, "engine.max_num_batched_tokens", 0)),
+        decode_seconds_per_cached_token=_number(doc, "engine.decode_seconds_per_cached_token", 0.0),
+        prefill_seconds_per_prompt=_number(doc, "engine.prefill_seconds_per_prompt", 0.0),
+        prefill_seconds_per_token_squared=_number(doc, "engine.prefill_seconds_per_token_squared", 0.0),
+        decode_steps_per_prefill=int(_number(doc, "engine.decode_steps_per_prefill", 0)),
+        prefill_decode_seconds=_number(doc, "engine.prefill_decode_seconds", 0.0),
+        prefill_decode_seconds_per_sequence=_number(doc, "engine.prefill_decode_seconds_per_sequence", 0.0),
+        execute_seconds_per_request=_number(doc, "engine.execute_seconds_per_request", 0.0),
+        execute_engine_share=_number(doc, "engine.execute_engine_share", 0.0),
+        prompt_workers=int(_number(doc, "engine.prompt_workers", 1)),
+        response_seconds_per_stream_squared=_number(doc, "engine.response_seconds_per_stream_squared", 0.0),
         cpu_request_cores=_number(doc, "cpu.request_cores", 1.0),
         cpu_idle_cores=_number(doc, "cpu.idle_cores", 0.05),
         cpu_busy_cores=_number(doc, "cpu.busy_cores", 1.0),

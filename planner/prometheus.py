@@ -79,6 +79,7 @@ class RuleValues:
     """The namespace-level recording rules KEDA queries, as of one evaluation."""
 
     queue_time: float = math.nan
+    triton_queue_time: float = math.nan
     pending: float = math.nan
     waiting: float = math.nan
     occupancy: float = math.nan
@@ -119,14 +120,18 @@ class Prometheus:
     def evaluate(self, t: float) -> None:
         """`triton:queue_time_per_request_seconds:avg1m` = rate(queue_us)/rate(success)/1e6 per pod
         (0 for a pod that served nothing in the window), averaged per namespace;
+        `qwen3vl:queue_time_per_request_seconds:avg1m` adds the model's own wait per request
+        (rate(qwen3vl_queue_seconds_sum)/rate(_count), 0 without requests) and the namespace rule
+        weights each pod by its rate(success);
         `triton:pending_requests` summed; `triton:gpu_utilization:avg` averaged;
         `qwen3vl:batch_size:avg1m` = rate(batch_size_sum)/rate(batch_size_count) per pod (pods with
         no decode step drop out), summed (or averaged when the query says avg);
-        `qwen3vl:requests_waiting` (Triton's queue and the batch inside execute) and `qwen3vl:occupancy`
-        (running over slots) summed; `qwen3vl:gpu_utilization_while_waiting` sums the GPU utilization of
+        `qwen3vl:requests_waiting` (Triton's queue and those handed to the model, not running) and
+        `qwen3vl:occupancy` (sequences over max_num_seqs or KV cache in use, the fuller) summed; `qwen3vl:gpu_utilization_while_waiting` sums the GPU utilization of
         the pods whose every sample of the last 30 s had a request waiting."""
         start = t - self.rate_window
         queue_times: list[float] = []
+        weighted: list[tuple[float, float]] = []
         pending: list[float] = []
         waiting: list[float] = []
         occupancy: list[float] = []
@@ -139,7 +144,7 @@ class Prometheus:
                 continue
             pending.append(p)
             waiting.append(s.latest("waiting", t))
-            occupancy.append(s.latest("running", t) / s.latest("slots", t))
+            occupancy.append(s.latest("occupancy", t))
             g = s.latest("gpu_util", t)
             if g is not None:
                 gpu.append(g)
@@ -148,13 +153,20 @@ class Prometheus:
             q = extrapolated_rate(s.window("queue_us", start, t), start, t)
             n = extrapolated_rate(s.window("success", start, t), start, t)
             if q is not None and n is not None:
-                queue_times.append(q / n / 1e6 if n > 0 else 0.0)
+                triton = q / n / 1e6 if n > 0 else 0.0
+                queue_times.append(triton)
+                wait = extrapolated_rate(s.window("model_wait_sum", start, t), start, t)
+                count = extrapolated_rate(s.window("model_wait_count", start, t), start, t)
+                model = wait / count if wait is not None and count else 0.0
+                weighted.append((triton + model, n))
             seq = extrapolated_rate(s.window("seq_steps", start, t), start, t)
             steps = extrapolated_rate(s.window("steps", start, t), start, t)
             if seq is not None and steps:
                 batch.append(seq / steps)
+        served = sum(n for _, n in weighted)
         self.rules = RuleValues(
-            queue_time=_mean(queue_times),
+            queue_time=sum(q * n for q, n in weighted) / served if served > 0 else (0.0 if weighted else math.nan),
+            triton_queue_time=_mean(queue_times),
             pending=float(sum(pending)) if pending else math.nan,
             waiting=float(sum(waiting)) if waiting else math.nan,
             occupancy=float(sum(occupancy)) if occupancy else math.nan,

@@ -31,7 +31,8 @@ class Summary:
     gpu_hours: float
     peak_replicas: int
     mean_replicas: float
-    time_to_capacity: float | None
+    time_to_capacity: float
+    ramp_within_slo: float | None = None  # while the trace's rate rises
 
     def meets(self, share: float) -> bool:
         return self.within_slo >= share
@@ -54,32 +55,39 @@ def _pct(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) if len(values) else math.nan
 
 
-def time_to_capacity(result: SimResult) -> float | None:
-    """Longest time, over the trace's bursts, from the burst's start until the ready pods could
-    carry the burst's rate (pods x the profile's capacity at the trace's mean request size)."""
+def time_to_capacity(result: SimResult, capacity: float) -> float:
+    """The longest stretch during which the offered rate (per minute) exceeded what the ready pods
+    could carry within the objective (ready pods x `capacity`): how long the policy took, at worst,
+    to catch up with the traffic. 0 if it never fell behind."""
     trace = result.trace
-    if not trace.bursts or not len(trace.arrivals):
-        return None
-    cap = result.profile.capacity_rps(float(np.mean(trace.prompt_tokens)), float(np.mean(trace.max_tokens)))
+    if not len(trace.arrivals):
+        return 0.0
+    starts, offered = trace.rate(BIN_SECONDS)
     t = np.asarray(result.timeline.t)
     ready = np.asarray(result.timeline.ready)
-    worst = 0.0
-    for burst in trace.bursts:
-        need = burst.rps / cap
-        inside = (t >= burst.start) & (t < burst.end)
-        hit = np.nonzero(inside & (ready >= need))[0]
-        took = math.inf if not len(hit) else float(t[hit[0]] - burst.start)
-        if ready[np.searchsorted(t, burst.start, side="right") - 1] >= need:
-            took = 0.0
-        worst = max(worst, took)
-    return worst
+    # the fewest ready pods during each minute
+    at = np.clip(np.searchsorted(t, starts, side="right") - 1, 0, len(t) - 1)
+    until = np.clip(np.searchsorted(t, starts + BIN_SECONDS, side="left"), 0, len(t))
+    fewest = np.array([ready[a:max(u, a + 1)].min() for a, u in zip(at, until)])
+    behind = offered > fewest * capacity
+    worst = run = 0
+    for b in behind:
+        run = run + 1 if b else 0
+        worst = max(worst, run)
+    return worst * BIN_SECONDS
 
 
-def summarize(result: SimResult, slo_ttft: float) -> Summary:
+def summarize(result: SimResult, slo_ttft: float, capacity: float) -> Summary:
     status = result.status
     ok = status == DONE
     n = len(status)
-    within = int(np.count_nonzero(ok & (result.ttft <= slo_ttft)))
+    good = ok & (result.ttft <= slo_ttft)
+    within = int(np.count_nonzero(good))
+    ramp = None
+    if result.trace.ramp is not None:
+        a, b = result.trace.ramp
+        rising = (result.arrival >= a) & (result.arrival < b)
+        ramp = float(np.count_nonzero(good & rising) / max(np.count_nonzero(rising), 1))
     hours = result.trace.duration / 3600.0
     gpu_hours = result.gpu_hours()
     per_pod = result.profile.gpus_per_pod or 1
@@ -99,11 +107,12 @@ def summarize(result: SimResult, slo_ttft: float) -> Summary:
         gpu_hours=gpu_hours,
         peak_replicas=int(max(result.timeline.pods)) if result.timeline.pods else 0,
         mean_replicas=gpu_hours / per_pod / hours if hours else 0.0,
-        time_to_capacity=time_to_capacity(result),
+        time_to_capacity=time_to_capacity(result, capacity),
+        ramp_within_slo=ramp,
     )
 
 
-def digest(result: SimResult, slo_ttft: float) -> Digest:
+def digest(result: SimResult, slo_ttft: float, capacity: float) -> Digest:
     edges = np.arange(0.0, result.trace.duration + BIN_SECONDS, BIN_SECONDS)
     idx = np.clip(np.searchsorted(edges, result.arrival, side="right") - 1, 0, len(edges) - 2)
     offered = np.bincount(idx, minlength=len(edges) - 1) / BIN_SECONDS
@@ -118,7 +127,7 @@ def digest(result: SimResult, slo_ttft: float) -> Digest:
         if hi > lo:
             p95[b] = np.quantile(ttft[order[lo:hi]], 0.95, method="inverted_cdf")
     return Digest(
-        summary=summarize(result, slo_ttft),
+        summary=summarize(result, slo_ttft, capacity),
         t=np.asarray(result.timeline.t),
         pods=np.asarray(result.timeline.pods),
         ready=np.asarray(result.timeline.ready),
@@ -139,23 +148,26 @@ def _fmt(v: float, digits: int = 2) -> str:
 
 
 COLUMNS = (
-    "policy", "within SLO", "rejected", "TTFT p50/p95/p99 s", "latency p50/p95/p99 s",
-    "GPU-hours", "replicas peak/mean", "burst→capacity s",
+    "policy", "within SLO", "while rising", "rejected", "TTFT p50/p95/p99 s", "GPU-hours", "of static peak",
+    "replicas peak/mean", "time to capacity s",
 )  # fmt: skip
 
 
-def table(summaries: list[Summary]) -> str:
-    """A Markdown table: readable in a terminal and pasteable into the README."""
+def table(summaries: list[Summary], static_peak_gpu_hours: float | None = None) -> str:
+    """A Markdown table: readable in a terminal and pasteable into a report. "while rising": within
+    the objective among the requests that arrived while the trace's rate rose (its morning)."""
     rows = [COLUMNS, tuple("---" for _ in COLUMNS)]
     for s in summaries:
+        share = f"{100 * s.gpu_hours / static_peak_gpu_hours:.0f} %" if static_peak_gpu_hours else "n/a"
         rows.append(
             (
                 s.policy,
                 f"{100 * s.within_slo:.2f} %",
+                "n/a" if s.ramp_within_slo is None else f"{100 * s.ramp_within_slo:.2f} %",
                 f"{s.rejected + s.unfinished}",
                 f"{_fmt(s.ttft_p50)} / {_fmt(s.ttft_p95)} / {_fmt(s.ttft_p99)}",
-                f"{_fmt(s.latency_p50, 1)} / {_fmt(s.latency_p95, 1)} / {_fmt(s.latency_p99, 1)}",
                 f"{s.gpu_hours:.1f}",
+                share,
                 f"{s.peak_replicas} / {s.mean_replicas:.2f}",
                 _fmt(s.time_to_capacity, 0),
             )

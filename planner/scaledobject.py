@@ -12,10 +12,9 @@ import yaml
 
 from planner.hpa import Behavior
 
-# Recording rules KEDA may query (docs/contracts.md) and the simulated signal behind each. The
-# simulator has no wait inside the model: the queue time it records is Triton's, for either rule.
+# Recording rules KEDA may query (docs/contracts.md) and the simulated signal behind each.
 SIGNALS = {
-    "triton:queue_time_per_request_seconds:avg1m:namespace": "queue_time",
+    "triton:queue_time_per_request_seconds:avg1m:namespace": "triton_queue_time",
     "qwen3vl:queue_time_per_request_seconds:avg1m:namespace": "queue_time",
     "triton:pending_requests:namespace": "pending",
     "qwen3vl:requests_waiting:namespace": "waiting",
@@ -32,6 +31,32 @@ class ScaledObjectError(ValueError):
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """A daily window of KEDA's cron scaler, in seconds of the day (the simulation starts at 00:00)."""
+
+    start: float
+    end: float
+    replicas: int
+
+    def active(self, now: float) -> bool:
+        t = now % 86400.0
+        if self.start <= self.end:
+            return self.start <= t < self.end
+        return t >= self.start or t < self.end
+
+
+def _daily(expr: str, where: str) -> float:
+    """'M H * * *' -> seconds of the day; the simulator models daily schedules only."""
+    fields = str(expr).split()
+    if len(fields) != 5 or fields[2:] != ["*", "*", "*"] or not (fields[0].isdigit() and fields[1].isdigit()):
+        raise ScaledObjectError(f"{where}: only daily cron schedules 'M H * * *' are modelled, got {expr!r}")
+    minute, hour = int(fields[0]), int(fields[1])
+    if minute > 59 or hour > 23:
+        raise ScaledObjectError(f"{where}: not a time of day: {expr!r}")
+    return hour * 3600.0 + minute * 60.0
+
+
+@dataclass(frozen=True)
 class Trigger:
     name: str
     type: str
@@ -44,6 +69,12 @@ class Trigger:
     ignore_null_values: bool = True
     metadata: tuple[tuple[str, str], ...] = ()
     raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    schedule: Schedule | None = None  # a cron trigger's daily window
+
+    def cron_replicas(self, now: float) -> float:
+        """KEDA's cron scaler: desiredReplicas inside its window, 1 outside (AverageValue, target 1)."""
+        assert self.schedule is not None
+        return float(self.schedule.replicas if self.schedule.active(now) else 1)
 
 
 @dataclass(frozen=True)
@@ -142,7 +173,16 @@ def parse_trigger(index: int, doc: dict) -> Trigger:
         if metric_type != "Utilization":
             raise ScaledObjectError(f"{where}: only cpu metricType Utilization is modelled, got {metric_type!r}")
         return Trigger(name, kind, "cpu", "Utilization", _float(meta.get("value"), f"{where}.metadata.value"))
-    raise ScaledObjectError(f"{where}: trigger type {kind!r} is not modelled (prometheus and cpu are)")
+    if kind == "cron":
+        try:
+            replicas = int(meta["desiredReplicas"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ScaledObjectError(f"{where}: cron trigger needs an integer metadata.desiredReplicas") from exc
+        schedule = Schedule(_daily(meta.get("start"), f"{where}.metadata.start"),
+                            _daily(meta.get("end"), f"{where}.metadata.end"), replicas)
+        return Trigger(name, kind, "cron", "AverageValue", 1.0, metadata=tuple((str(k), str(v)) for k, v in meta.items()),
+                       raw=doc, schedule=schedule)
+    raise ScaledObjectError(f"{where}: trigger type {kind!r} is not modelled (prometheus, cron and cpu are)")
 
 
 def parse_scaled_object(doc: dict, source: str = "") -> ScaledObjectSpec:

@@ -1,43 +1,30 @@
-"""`--search`: thresholds and min/max for the ScaledObject that meet the objective with the
-fewest GPU-hours on a trace, found by simulating a grid around the values as built."""
+"""`--search`: the thresholds, bounds and scale-down pace that meet the objective with the fewest
+GPU-hours on a trace, found by simulating a grid around the ScaledObject as built.
+
+The queue-time target is not searched: it is a quarter of the time-to-first-token objective
+(monitoring/objective.py), which the alerts and the dashboard share."""
 
 from __future__ import annotations
 
-import copy
-import math
-import os
-import re
+import json
 from dataclasses import dataclass, replace
 from itertools import product
 from pathlib import Path
 
 import yaml
 
-from planner.policies import pod_capacity, run_policies
+from planner.hpa import Behavior
+from planner.policies import run_policies
 from planner.profile import PodProfile
 from planner.report import Summary
-from planner.scaledobject import ScaledObjectSpec, Trigger
+from planner.scaledobject import ScaledObjectSpec, build_overlay, pick_scaled_object
 from planner.sim import Policy, SimConfig
 from planner.traffic import Trace
 
-QUEUE_TIME_GRID = (0.25, 0.5, 1.0)
-PENDING_GRID = (2.0, 4.0, 8.0)
-OCCUPANCY_GRID = (0.5, 0.7, 0.85)
-
-
-def occupancy_trigger(so: ScaledObjectSpec, slots: int, share: float) -> Trigger:
-    """Busy slots per pod (AverageValue of the summed per-pod batch size): a signal that grows
-    with the load before any queue forms. Connection settings are copied from a trigger as built."""
-    template = next((t for t in so.triggers if t.type == "prometheus"), None)
-    namespace = re.search(r'namespace="([^"]+)"', template.query if template else "")
-    selector = f'{{namespace="{namespace.group(1)}"}}' if namespace else ""
-    query = f"sum(qwen3vl:batch_size:avg1m{selector})"
-    threshold = round(share * slots, 1)
-    raw = copy.deepcopy(template.raw) if template is not None else {"type": "prometheus", "metadata": {}}
-    raw.update({"name": "busy-slots", "metricType": "AverageValue"})
-    raw["metadata"] = {**raw.get("metadata", {}), "query": query, "threshold": f"{threshold:g}", "activationThreshold": "1"}
-    return Trigger("busy-slots", "prometheus", "batch_size", "AverageValue", threshold, 1.0, query,
-                   tuple((k, str(v)) for k, v in raw["metadata"].items()), raw)
+OCCUPANCY_GRID = (0.5, 0.6, 0.7, 0.8)
+WAITING_GRID = (4.0, 8.0)
+MIN_REPLICAS_GRID = (1, 2)
+SCALE_DOWN_WINDOW_GRID = (300, 600)
 
 
 @dataclass(frozen=True)
@@ -46,35 +33,34 @@ class Candidate:
     summary: Summary
 
 
-def _with_thresholds(so: ScaledObjectSpec, thresholds: dict[str, float], drop: set[str]) -> ScaledObjectSpec:
-    triggers = tuple(
-        replace(t, threshold=thresholds.get(t.signal, t.threshold)) for t in so.triggers if t.signal not in drop
-    )
+def _thresholds(so: ScaledObjectSpec, values: dict[str, float], drop: set[str]) -> ScaledObjectSpec:
+    triggers = tuple(replace(t, threshold=values.get(t.signal, t.threshold)) for t in so.triggers if t.signal not in drop)
     return replace(so, triggers=triggers)
 
 
-def _grid(so: ScaledObjectSpec, slots: int) -> list[ScaledObjectSpec]:
-    """Queue thresholds x what to do with the GPU trigger: keep it, drop it, or replace it by
-    busy slots per pod at a few shares of the slots."""
+def _scale_down_window(so: ScaledObjectSpec, seconds: int) -> ScaledObjectSpec:
+    down = replace(so.behavior.scale_down, stabilization_window_seconds=seconds)
+    return replace(so, behavior=Behavior(scale_up=so.behavior.scale_up, scale_down=down))
+
+
+def _stage1(so: ScaledObjectSpec) -> list[ScaledObjectSpec]:
+    """Occupancy and waiting-requests targets, with the GPU trigger kept or dropped."""
     signals = {t.signal for t in so.triggers}
-    q_values = QUEUE_TIME_GRID if "queue_time" in signals else (None,)
-    p_values = PENDING_GRID if "pending" in signals else (None,)
+    occupancy = OCCUPANCY_GRID if "occupancy" in signals else (None,)
+    waiting = WAITING_GRID if "waiting" in signals else (None,)
+    gpu = [t.signal for t in so.triggers if t.signal.startswith("gpu_utilization")]
     out = []
-    for q, p in product(q_values, p_values):
-        thresholds = {k: v for k, v in (("queue_time", q), ("pending", p)) if v is not None}
-        kept = _with_thresholds(so, thresholds, set())
-        out.append(kept)
-        queue_only = tuple(t for t in kept.triggers if t.signal != "gpu_utilization")
-        if queue_only and len(queue_only) < len(kept.triggers):
-            out.append(replace(kept, triggers=queue_only))
-        for share in OCCUPANCY_GRID:
-            out.append(replace(kept, triggers=queue_only + (occupancy_trigger(so, slots, share),)))
+    for occ, wait in product(occupancy, waiting):
+        values = {k: v for k, v in (("occupancy", occ), ("waiting", wait)) if v is not None}
+        out.append(_thresholds(so, values, set()))
+        if gpu:
+            out.append(_thresholds(so, values, set(gpu)))
     return out
 
 
-def _evaluate(specs, trace, profile, config, seed, slo_ttft, workers) -> list[Candidate]:
+def _evaluate(specs, trace, profile, config, seed, slo_ttft, capacity, workers) -> list[Candidate]:
     policies = [Policy(f"candidate {i}", scaled_object=s) for i, s in enumerate(specs)]
-    digests = run_policies(trace, profile, policies, config, seed, slo_ttft, workers)
+    digests = run_policies(trace, profile, policies, config, seed, slo_ttft, capacity, workers)
     return [Candidate(s, d.summary) for s, d in zip(specs, digests)]
 
 
@@ -82,67 +68,82 @@ def _best(candidates: list[Candidate], share: float) -> Candidate | None:
     feasible = [c for c in candidates if c.summary.meets(share)]
     if not feasible:
         return None
-    return min(feasible, key=lambda c: (round(c.summary.gpu_hours, 3), -c.summary.within_slo))
+    return min(feasible, key=lambda c: (round(c.summary.gpu_hours, 2), -c.summary.within_slo))
 
 
-def search(
-    so: ScaledObjectSpec,
-    profile: PodProfile,
-    trace: Trace,
-    config: SimConfig,
-    seed: int,
-    slo_ttft: float,
-    share: float,
-    workers: int,
-) -> tuple[Candidate | None, list[Candidate]]:
-    """Stage 1: queue thresholds and the GPU trigger kept, dropped or replaced, min/max as built.
-    Stage 2: minReplicaCount 0..3 and maxReplicaCount around the peak need, thresholds fixed."""
-    stage1 = _evaluate(_grid(so, profile.slots), trace, profile, config, seed, slo_ttft, workers)
+def search(so: ScaledObjectSpec, profile: PodProfile, trace: Trace, config: SimConfig, seed: int, slo_ttft: float,
+           share: float, capacity: float, workers: int) -> tuple[Candidate | None, list[Candidate]]:
+    """Stage 1: the targets (`_stage1`), bounds and behavior as built. Stage 2: around the best,
+    minReplicaCount and the scale-down stabilization window."""
+    stage1 = _evaluate(_stage1(so), trace, profile, config, seed, slo_ttft, capacity, workers)
     best = _best(stage1, share) or max(stage1, key=lambda c: c.summary.within_slo)
-    need = math.ceil(trace.peak_rps() / pod_capacity(profile, trace))
-    max_options = sorted({so.max_replica_count, need + 1, need + 2, max(need * 3 // 2, need + 3)})
-    specs = [
-        replace(best.so, min_replica_count=lo, max_replica_count=hi)
-        for lo, hi in product((0, 1, 2, 3), max_options)
-        if hi >= max(lo, 1) and (lo, hi) != (best.so.min_replica_count, best.so.max_replica_count)
-    ]
-    stage2 = _evaluate(specs, trace, profile, config, seed, slo_ttft, workers)
+    specs = []
+    for low, window in product(MIN_REPLICAS_GRID, SCALE_DOWN_WINDOW_GRID):
+        spec = _scale_down_window(replace(best.so, min_replica_count=low), window)
+        if spec != best.so:
+            specs.append(spec)
+    stage2 = _evaluate(specs, trace, profile, config, seed, slo_ttft, capacity, workers)
     everything = stage1 + stage2
     return _best(everything, share), everything
 
 
-def scaledobject_snippet(so: ScaledObjectSpec) -> str:
-    """The ScaledObject fields to set, as a strategic-merge patch (triggers are replaced whole)."""
-    triggers = []
-    for t in so.triggers:
-        doc = copy.deepcopy(t.raw) or {"type": t.type, "name": t.name, "metricType": t.metric_type,
-                                       "metadata": dict(t.metadata)}
-        doc.setdefault("metadata", {})["threshold"] = f"{t.threshold:g}"
-        triggers.append(doc)
-    doc = {
-        "apiVersion": "keda.sh/v1alpha1",
-        "kind": "ScaledObject",
-        "metadata": {"name": so.name},
-        "spec": {"minReplicaCount": so.min_replica_count, "maxReplicaCount": so.max_replica_count, "triggers": triggers},
+def choice(so: ScaledObjectSpec) -> dict:
+    """What the search decides, as plain data (committed beside the report; a test holds the shipped
+    overlay to it)."""
+    return {
+        "minReplicaCount": so.min_replica_count,
+        "maxReplicaCount": so.max_replica_count,
+        "scaleDownStabilizationWindowSeconds": so.behavior.scale_down.stabilization_window_seconds,
+        "triggers": {t.name: t.threshold for t in so.triggers},
     }
-    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def json_patch(so: ScaledObjectSpec, built: ScaledObjectSpec) -> list[dict]:
+    """JSON-patch operations that turn the ScaledObject as built into `so`: thresholds, bounds, the
+    scale-down window, dropped triggers. Only values change: queries, addresses and authentication
+    stay the overlay's own."""
+    ops: list[dict] = []
+    kept = {t.name: t for t in so.triggers}
+    for index, trigger in reversed(list(enumerate(built.triggers))):
+        if trigger.name not in kept:
+            ops.append({"op": "remove", "path": f"/spec/triggers/{index}"})
+    for index, trigger in enumerate(built.triggers):
+        new = kept.get(trigger.name)
+        if new is not None and new.threshold != trigger.threshold:
+            ops.append({"op": "replace", "path": f"/spec/triggers/{index}/metadata/threshold",
+                        "value": f"{new.threshold:g}"})
+    if so.min_replica_count != built.min_replica_count:
+        ops.append({"op": "replace", "path": "/spec/minReplicaCount", "value": so.min_replica_count})
+    if so.max_replica_count != built.max_replica_count:
+        ops.append({"op": "replace", "path": "/spec/maxReplicaCount", "value": so.max_replica_count})
+    window = so.behavior.scale_down.stabilization_window_seconds
+    if window != built.behavior.scale_down.stabilization_window_seconds:
+        ops.append({"op": "replace", "path": "/spec/advanced/horizontalPodAutoscalerConfig/behavior/scaleDown/"
+                                             "stabilizationWindowSeconds", "value": window})
+    return ops
 
 
 def write_overlay(so: ScaledObjectSpec, source_overlay: str | Path, folder: str | Path) -> Path:
-    """A kustomize overlay: the source overlay plus the proposed values, so that the proposal can
-    be built, diffed and simulated like any other overlay."""
+    """A kustomize overlay: the source overlay plus the proposal as a JSON patch, so that the proposal
+    can be built, diffed and simulated like any other overlay."""
+    import os
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "scaledobject-patch.yaml").write_text(scaledobject_snippet(so))
+    built = pick_scaled_object(build_overlay(source_overlay), str(source_overlay), so.name)
+    (folder / "scaledobject-patch.yaml").write_text(
+        "# Written by `python -m planner --search`: the proposed values (planner/README.md).\n"
+        + yaml.safe_dump(json_patch(so, built), sort_keys=False))
     base = os.path.relpath(Path(source_overlay).resolve(), folder.resolve())
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
         "resources": [base],
-        "patches": [{"path": "scaledobject-patch.yaml", "target": {"kind": "ScaledObject", "name": so.name}}],
+        "patches": [{"path": "scaledobject-patch.yaml",
+                     "target": {"group": "keda.sh", "kind": "ScaledObject", "name": so.name}}],
     }
     (folder / "kustomization.yaml").write_text(
         "# Written by `python -m planner --search`: the proposed ScaledObject values on top of the overlay.\n"
-        + yaml.safe_dump(kustomization, sort_keys=False)
-    )
+        + yaml.safe_dump(kustomization, sort_keys=False))
+    (folder / "choice.json").write_text(json.dumps(choice(so), indent=2) + "\n")
     return folder

@@ -1,8 +1,9 @@
 """Event-driven simulation of a Triton Deployment under a traffic trace and a scaling policy.
 
-Arrivals are spread at random over the ready pods (kube-proxy picks an endpoint per
-connection); the control plane runs on its own clocks: Prometheus scrapes and rule
-evaluations, KEDA's pollingInterval, the HPA's 15 s sync, pod start-up and readiness.
+Each request goes to the least occupied ready pod, as the frontend routes (frontend/routing.py:
+its own streams on each pod over the pod's max_num_seqs, ties at random); the control plane
+runs on its own clocks: Prometheus scrapes and rule evaluations, KEDA's pollingInterval, the
+HPA's 15 s sync, pod start-up and readiness.
 """
 
 from __future__ import annotations
@@ -152,6 +153,7 @@ class Simulation:
         period = self.cfg.readiness_period
         ready_at = now if warm else now + math.ceil(cold / period - 1e-9) * period
         pod = Pod(self.next_id, now, ready_at, self.profile, self.table, self.req)
+        pod.settle(now)
         self.next_id += 1
         self.pods.append(pod)
         if warm:
@@ -176,6 +178,22 @@ class Simulation:
                     self.ready.remove(pod)
                 pod.drain(now, self.cfg.termination_grace_seconds)
 
+    @staticmethod
+    def _route(i: int, t: float, ready: list[Pod], tie: float) -> None:
+        """The least occupied ready pod: its requests in flight (queued, waiting or running) over
+        its max_num_seqs; ties at random."""
+        best = math.inf
+        tied: list[Pod] = []
+        for pod in ready:
+            pod.settle(t)
+            occupancy = pod.inflight / pod.slots
+            if occupancy < best:
+                best = occupancy
+                tied = [pod]
+            elif occupancy == best:
+                tied.append(pod)
+        tied[int(tie * len(tied))].arrive(i, t)
+
     def _scrape(self, now: float) -> None:
         targets = {}
         gpu_pct = self.profile.gpu_busy_utilization_percent
@@ -196,10 +214,11 @@ class Simulation:
             targets[p.id] = {
                 "success": p.success,
                 "queue_us": p.queue_us,
+                "model_wait_sum": p.model_wait_sum,
+                "model_wait_count": p.model_wait_count,
                 "pending": p.pending(),
-                "waiting": p.pending() + len(p.held or ()),
-                "running": len(p.active),
-                "slots": p.slots,
+                "waiting": p.pending() + p.waiting(),
+                "occupancy": p.occupancy(),
                 "gpu_util": gpu_pct * frac,
                 "steps": p.steps,
                 "seq_steps": p.seq_steps,
@@ -266,30 +285,25 @@ class Simulation:
         req = self.req
         arrivals = req.arrival
         n = len(arrivals)
-        pick = self.rng.random(n).tolist()
+        ties = self.rng.random(n).tolist()
         status = req.status
         events = self._events
         end = self.trace.duration
         i = 0
-        while events and events[0][0] <= end:
-            tc, _, kind, payload = heapq.heappop(events)
+        while True:
+            tc = events[0][0] if events and events[0][0] <= end else math.inf
             ready = self.ready
-            nr = len(ready)
             while i < n and arrivals[i] < tc:
-                if nr:
-                    ready[int(pick[i] * nr)].arrive(i, arrivals[i])
+                t = arrivals[i]
+                if ready:
+                    self._route(i, t, ready, ties[i])
                 else:
                     status[i] = NO_ENDPOINT
                 i += 1
+            if tc == math.inf:
+                break
+            tc, _, kind, payload = heapq.heappop(events)
             self._control(tc, kind, payload)
-        ready = self.ready
-        nr = len(ready)
-        while i < n:
-            if nr:
-                ready[int(pick[i] * nr)].arrive(i, arrivals[i])
-            else:
-                status[i] = NO_ENDPOINT
-            i += 1
         for p in self.pods:
             if p.state != GONE:
                 p.advance(end + cfg.drain_after_end)

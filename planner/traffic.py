@@ -24,10 +24,10 @@ class RequestMix:
     prompt_sigma: float = 0.35
     prompt_min: int = 64
     prompt_max: int = 4096
-    max_tokens_median: float = 160.0
+    max_tokens_median: float = 512.0
     max_tokens_sigma: float = 0.5
-    max_tokens_min: int = 8
-    max_tokens_max: int = 512
+    max_tokens_min: int = 16
+    max_tokens_max: int = 2048
 
     def draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         prompt = np.exp(rng.normal(math.log(self.prompt_median), self.prompt_sigma, n))
@@ -58,6 +58,7 @@ class Trace:
     prompt_tokens: np.ndarray
     max_tokens: np.ndarray
     bursts: list[Burst] = field(default_factory=list)
+    ramp: tuple[float, float] | None = None  # where the rate rises (the morning, for daynight)
 
     def __post_init__(self) -> None:
         n = len(self.arrivals)
@@ -91,9 +92,10 @@ def _poisson(rng: np.random.Generator, rate_fn, peak: float, duration: float) ->
     return t[keep]
 
 
-def _finish(name: str, rng: np.random.Generator, arrivals: np.ndarray, duration: float, mix: RequestMix, bursts):
+def _finish(name: str, rng: np.random.Generator, arrivals: np.ndarray, duration: float, mix: RequestMix, bursts,
+            ramp: tuple[float, float] | None = None):
     prompt, out = mix.draw(rng, len(arrivals))
-    return Trace(name, duration, arrivals, prompt, out, list(bursts))
+    return Trace(name, duration, arrivals, prompt, out, list(bursts), ramp)
 
 
 def daynight(
@@ -109,7 +111,8 @@ def daynight(
         return trough_rps + (peak_rps - trough_rps) * (1 - np.cos(phase)) / 2
 
     rng = np.random.default_rng(seed)
-    return _finish("daynight", rng, _poisson(rng, rate, peak_rps, duration), duration, mix, [])
+    return _finish("daynight", rng, _poisson(rng, rate, peak_rps, duration), duration, mix, [],
+                   (4 * 3600.0, min(16 * 3600.0, duration)))
 
 
 def bursts(
@@ -158,6 +161,58 @@ def step(
     return _finish("step", rng, arrivals, duration, mix, [Burst(t1, t2, high_rps)])
 
 
+def flash(
+    seed: int,
+    peak_rps: float = 30.0,
+    factor: float = 10.0,
+    rise_seconds: float = 60.0,
+    before_minutes: float = 30.0,
+    high_minutes: float = 20.0,
+    after_minutes: float = 30.0,
+    mix: RequestMix = RequestMix(),
+) -> Trace:
+    """A flash crowd: the rate goes up `factor` times within `rise_seconds`, stays, and falls back."""
+    base = peak_rps / factor
+    t1 = before_minutes * 60.0
+    t2 = t1 + rise_seconds
+    t3 = t2 + high_minutes * 60.0
+    duration = t3 + rise_seconds + after_minutes * 60.0
+
+    def rate(t):
+        up = np.clip((t - t1) / rise_seconds, 0.0, 1.0) - np.clip((t - t3) / rise_seconds, 0.0, 1.0)
+        return base + (peak_rps - base) * up
+
+    rng = np.random.default_rng(seed)
+    return _finish("flash", rng, _poisson(rng, rate, peak_rps, duration), duration, mix, [Burst(t1, t3, peak_rps)],
+                   (t1, t3))
+
+
+def ramp(
+    seed: int,
+    peak_rps: float = 30.0,
+    base_rps: float | None = None,
+    up_minutes: float = 120.0,
+    high_minutes: float = 30.0,
+    down_minutes: float = 60.0,
+    mix: RequestMix = RequestMix(),
+) -> Trace:
+    """A slow ramp from a tenth of the peak (by default) up to it, a while at the peak, and back."""
+    base = peak_rps / 10.0 if base_rps is None else base_rps
+    t1 = 10 * 60.0
+    t2 = t1 + up_minutes * 60.0
+    t3 = t2 + high_minutes * 60.0
+    t4 = t3 + down_minutes * 60.0
+    duration = t4 + 10 * 60.0
+
+    def rate(t):
+        up = np.clip((t - t1) / (t2 - t1), 0.0, 1.0) - np.clip((t - t3) / (t4 - t3), 0.0, 1.0)
+        return base + (peak_rps - base) * up
+
+    rng = np.random.default_rng(seed)
+    return _finish("ramp", rng, _poisson(rng, rate, peak_rps, duration), duration, mix, [Burst(t1, t3, peak_rps)],
+                   (t1, t2))
+
+
 def constant(seed: int, rps: float, seconds: float, mix: RequestMix = RequestMix()) -> Trace:
     rng = np.random.default_rng(seed)
     arrivals = _poisson(rng, lambda t: np.full_like(t, rps), rps, seconds)
@@ -200,16 +255,28 @@ def write_csv(trace: Trace, path: str | Path) -> None:
             writer.writerow([f"{t:.6f}", int(p), int(m)])
 
 
-BUILT_IN = {"daynight": daynight, "burst": bursts, "step": step}
+BUILT_IN = {"daynight": daynight, "burst": bursts, "step": step, "flash": flash, "ramp": ramp}
+# Each shape at a given peak: the other rates keep the default shape's proportions.
+SHAPES = {
+    "daynight": lambda peak: {"peak_rps": peak, "trough_rps": peak / 12.0},
+    "burst": lambda peak: {"burst_rps": peak, "base_rps": peak * 2.0 / 15.0},
+    "step": lambda peak: {"high_rps": peak, "low_rps": peak / 6.0},
+    "flash": lambda peak: {"peak_rps": peak},
+    "ramp": lambda peak: {"peak_rps": peak},
+}
 
 
-def make_trace(spec: str, seed: int, mix: RequestMix = RequestMix(), hours: float | None = None) -> Trace:
-    """`daynight`, `burst`, `step`, or the path of a CSV file."""
+def make_trace(spec: str, seed: int, mix: RequestMix = RequestMix(), hours: float | None = None,
+               peak_rps: float | None = None) -> Trace:
+    """A built-in shape (at `peak_rps` requests/s at its highest, or its default rates), or the path
+    of a CSV file (as recorded)."""
     if spec in BUILT_IN:
-        kwargs = {"mix": mix}
-        if hours is not None and spec != "step":
+        kwargs: dict = {"mix": mix}
+        if hours is not None and spec in ("daynight", "burst"):
             kwargs["hours"] = hours
+        if peak_rps is not None:
+            kwargs.update(SHAPES[spec](peak_rps))
         return BUILT_IN[spec](seed, **kwargs)
     if spec.endswith(".csv"):
         return read_csv(spec)
-    raise TraceError(f"unknown trace {spec!r}: use daynight, burst, step or a .csv file")
+    raise TraceError(f"unknown trace {spec!r}: use {', '.join(BUILT_IN)} or a .csv file")

@@ -19,6 +19,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from planner.capacity import pod_capacity
 from planner.measure import Client, measure_profile, run_load
 from planner.pod import DONE
 from planner.profile import load_profile
@@ -62,7 +63,8 @@ def profile(client, triton, tmp_path_factory):
 @pytest.mark.parametrize("load", [0.3, 0.6, 1.5])
 def test_simulated_pod_matches_real_triton(load, profile, client, triton):
     prompt_tokens = profile.measured["prefill_points"][0][0]
-    rps = round(load * profile.capacity_rps(prompt_tokens, MAX_TOKENS), 2)
+    capacity = pod_capacity(profile, np.array([prompt_tokens]), np.array([MAX_TOKENS]), 2.0, 0.99, seconds=120)
+    rps = round(load * capacity, 2)
     real = run_load(client, triton.metrics_url, rps, SECONDS, WORDS, MAX_TOKENS, seed=11)
 
     t = arrivals(rps, 11)

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[3]
 OVERLAY = Path(__file__).parent / "data" / "overlay"
-GPU = ROOT / "planner/profiles/h100-qwen3-vl-4b.json"
+GPU = ROOT / "planner/profiles/h200-qwen3-vl-4b.json"
 
 
 def planner(*args):
@@ -31,8 +31,10 @@ def csv_trace(tmp_path_factory):
 def test_compare_prints_every_policy_and_writes_the_plot(tmp_path, csv_trace):
     run = planner("--overlay", OVERLAY, "--profile", GPU, "--trace", csv_trace, "--compare", "--out", tmp_path)
     assert run.returncode == 0, run.stderr
-    for policy in ("static at peak", "static at mean", "CPU HPA", "KEDA queue time", "KEDA GPU util", "KEDA overlay"):
+    for policy in ("static at peak", "static at mean", "queue only", "occupancy only", "issue 24 combination",
+                   "KEDA overlay (as built)"):
         assert policy in run.stdout
+    assert "of static peak" in run.stdout and "time to capacity" in run.stdout
     png = tmp_path / "ten-minutes-compare.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     assert (tmp_path / "ten-minutes-compare.json").exists()
@@ -48,15 +50,29 @@ def test_same_seed_same_table(tmp_path):
     assert (tmp_path / "a" / "burst-as-built.json").read_text() == (tmp_path / "b" / "burst-as-built.json").read_text()
 
 
+def test_a_schedule_learnt_from_history_is_written_as_cron_triggers(tmp_path, csv_trace):
+    folder = tmp_path / "scheduled"
+    run = planner("--overlay", OVERLAY, "--profile", GPU, "--trace", csv_trace, "--schedule-from", "ramp",
+                  "--peak-rps", "40", "--schedule-overlay", folder, "--out", tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    so, _ = load_overlay(folder)
+    cron = [t for t in so.triggers if t.type == "cron"]
+    assert cron and all(t.schedule.replicas > so.min_replica_count for t in cron)
+    assert "schedule (minimum replicas by time of day)" in run.stdout
+
+
 def test_search_writes_an_overlay_that_builds(tmp_path, csv_trace):
     folder = tmp_path / "proposed"
     run = planner("--overlay", OVERLAY, "--profile", GPU, "--trace", csv_trace, "--search", "--slo-share", "0.95",
                   "--propose-overlay", folder, "--out", tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "ScaledObject values to use" in run.stdout
+    assert "the proposal" in run.stdout
     so, _ = load_overlay(folder)
-    assert f"minReplicaCount: {so.min_replica_count}" in run.stdout
-    assert f"maxReplicaCount: {so.max_replica_count}" in run.stdout
+    assert f'"minReplicaCount": {so.min_replica_count}' in run.stdout
+    # only values change: the overlay's queries and Prometheus address stay its own
+    built, _ = load_overlay(OVERLAY)
+    assert {t.query for t in so.triggers} <= {t.query for t in built.triggers}
+    assert "serverAddress" not in (folder / "scaledobject-patch.yaml").read_text()
 
 
 @pytest.mark.parametrize(
