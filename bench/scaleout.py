@@ -57,6 +57,7 @@ SHARED_KV_GIB = "50"
 GPU_MODEL = Path("/tmp/qwen3-vl-4b-random")  # make bench-gpu's: the 4B architecture with random weights
 SAMPLE_S = 0.5  # how often the scale event reads the frontend's per-replica counters
 WINDOW_S = 5.0  # TTFT p95 over requests sent in windows this long
+READ_TIMEOUT_S = 600.0
 ROUTING_WINDOW_S = 2.0  # a replica's share of the requests routed in the last this many seconds
 
 
@@ -105,7 +106,7 @@ async def _chat(client: httpx.AsyncClient, url: str, body: bytes) -> tuple:
 
 async def _send(urls: list[str], items: list[tuple[int, float]], bodies: list[bytes]) -> list[tuple]:
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=600), limits=limits) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=READ_TIMEOUT_S), limits=limits) as client:
         async def at(i: int, when: float) -> tuple:
             await asyncio.sleep(max(0.0, when - time.monotonic()))
             return await _chat(client, urls[i % len(urls)], bodies[i % len(bodies)])
@@ -180,7 +181,8 @@ class Fleet:
     def serving(self) -> list[TritonServer]:
         return [r for r in self.replicas if r.running]
 
-    def run(self, rate: float, seconds: float, seed: int = 0, at: tuple[float, Callable[[], None]] | None = None) -> dict:
+    def run(self, rate: float, seconds: float, seed: int = 0,
+            at: tuple[float, Callable[[], None]] | None = None) -> dict:
         """Requests at Poisson arrival times for ``seconds``, every answer awaited; ``at`` = (s, f):
         call f that many seconds after the first send (the scale event starts replicas there)."""
         times = arrivals(rate, seconds, seed)
@@ -277,8 +279,7 @@ def scale_event(fleet: Fleet, rate: float, seconds: float, start_after: float) -
     recovered = ttft_recovered(run["requests"], after=started)
     event = {"rate": rate, "seconds": seconds, "started_s": started, "ready_s": ready,
              "share_taken_s": share_at, "ttft_recovered_s": recovered, "failed": run["errors"],
-             "first_error": run["first_error"], "row": run["row"], "served": run["served"],
-             "routed": routed,
+             "first_error": run["first_error"], "row": run["row"], "served": run["served"], "routed": routed,
              "replicas": addresses, "requests": run["requests"]}
     after = lambda t: "never" if t is None else f"{t - started:.1f} s"  # noqa: E731
     log(f"scale event: ready after {ready - started:.1f} s, its share after {after(share_at)}, "
@@ -302,11 +303,12 @@ def share_taken(routed: list[tuple[float, list[float]]], new: list[int], after: 
 
 
 def windows(requests: list[tuple], width: float = WINDOW_S) -> list[tuple[float, float]]:
-    """(window start, TTFT p95) over the requests sent in each window of ``width`` seconds; failed = inf."""
+    """(window start, TTFT p95) over the requests sent in each window of ``width`` seconds; a failed
+    request counts as the clients' read timeout."""
     end = max(sent for sent, _, _ in requests)
     out, t = [], 0.0
     while t <= end:
-        ttft = [x if ok and x is not None else float("inf") for sent, x, ok in requests if t <= sent < t + width]
+        ttft = [x if ok and x is not None else READ_TIMEOUT_S for sent, x, ok in requests if t <= sent < t + width]
         if ttft:
             out.append((t, percentile(ttft, 95)))
         t += width
@@ -372,13 +374,13 @@ def gpu_count() -> int:
 
 
 def gpu_model(model: str | None) -> str:
+    """--model, or make bench-gpu's random-weight 4B, built in a process of its own (this one keeps no
+    CUDA context on GPU 0 beside replica 1)."""
     if model:
         return model
-    if not (GPU_MODEL / "config.json").exists():
-        from backend_python.checkpoint import build
-
-        log("building the Qwen3-VL-4B architecture with random weights")
-        build(GPU_MODEL, "4b", device="cuda")
+    log(f"the Qwen3-VL-4B architecture with random weights at {GPU_MODEL}")
+    subprocess.run([sys.executable, "-m", "backend_python.checkpoint", "--out", str(GPU_MODEL), "--size", "4b",
+                    "--device", "cuda"], check=True)
     return str(GPU_MODEL)
 
 
@@ -399,24 +401,29 @@ def processes(args: argparse.Namespace, gpus: int, parameters: dict[str, str]) -
 
 def measure(args: argparse.Namespace, servers: list[TritonServer], frontends: list[FrontendServer],
             rates: list[float], report: dict) -> None:
-    """Capacity with replica 1, the scale event, capacity with all; into ``report`` as it goes."""
+    """The --parts in order (capacity with replica 1, the scale event, capacity with all), into ``report``
+    as they end. Without the scale event the other replicas start before the capacity with all."""
     started = time.monotonic()
     servers[0].start(timeout=1800)
     log(f"replica 1 ready after {time.monotonic() - started:.1f} s")
     for frontend in frontends:
         frontend.start()
     fleet = Fleet(servers, frontends, args.tokens, args.clients)
+    report["capacity"] = {}
     try:
         log("warm-up (untimed):")
         fleet.run(rates[0], max(5.0, args.rate_seconds / 4), seed=99)
-        one = capacity(fleet, rates, args.rate_seconds, args.refine)
-        report["capacity"] = {"1": one}
-        report["replica_capacity_req_s"] = one["capacity_req_s"]
-        save(report)
-        if args.gpus > 1:
-            report["scale_event"] = scale_event(fleet, 1.5 * (one["capacity_req_s"] or rates[0]),
-                                                args.event_seconds, args.event_start)
+        if "one" in args.parts:
+            report["capacity"]["1"] = capacity(fleet, rates, args.rate_seconds, args.refine)
+            report["replica_capacity_req_s"] = report["capacity"]["1"]["capacity_req_s"]
             save(report)
+        one = report.get("replica_capacity_req_s") or args.one_replica_capacity or rates[0]
+        if "event" in args.parts and args.gpus > 1:
+            report["scale_event"] = scale_event(fleet, 1.5 * one, args.event_seconds, args.event_start)
+            save(report)
+        if "all" in args.parts and args.gpus > 1:
+            with ThreadPoolExecutor(args.gpus) as pool:
+                list(pool.map(lambda s: s.start(timeout=1800), [s for s in servers if not s.running]))
             report["capacity"][str(args.gpus)] = capacity(fleet, [r * args.gpus for r in rates], args.rate_seconds,
                                                           args.refine)
     finally:
@@ -435,6 +442,12 @@ def main() -> None:
     parser.add_argument("--refine", type=int, default=2, help="halvings between the last rate held and the first not")
     parser.add_argument("--event-seconds", type=float, default=120, help="how long the scale event's load lasts")
     parser.add_argument("--event-start", type=float, default=20, help="when in it the new replicas start")
+    parser.add_argument("--parts", nargs="+", default=["one", "event", "all"], choices=["one", "event", "all"],
+                        help="capacity with replica 1, the scale event, capacity with all (a device call lasts "
+                             "at most 10 minutes: run them in two)")
+    parser.add_argument("--one-replica-capacity", type=float,
+                        help="req/s: replica 1's capacity from an earlier run, for the event and the ratio "
+                             "when --parts leaves out one")
     parser.add_argument("--frontends", type=int, default=1,
                         help="frontend processes, each routing over every replica; requests go to them in turn")
     parser.add_argument("--clients", type=int, default=max(1, min(8, (os.cpu_count() or 1) // 4)),
@@ -450,6 +463,8 @@ def main() -> None:
     gpus = 0 if args.cpu or not has_gpu() else gpu_count()
     if gpus and gpus < (1 if args.shared_gpu else args.gpus):
         parser.error(f"--gpus {args.gpus}: this machine has {gpus} GPU(s); --shared-gpu puts them all on GPU 0")
+    if "one" not in args.parts and not args.one_replica_capacity:
+        parser.error("without the part one, give --one-replica-capacity (scaleout.json's replica_capacity_req_s)")
     parameters = dict(args.param)
     if gpus and args.shared_gpu:
         parameters.setdefault("kv_cache_budget_gib", SHARED_KV_GIB)
@@ -464,7 +479,7 @@ def main() -> None:
           flush=True)
     report: dict = {"device": device, "commit": commit, "tokens": args.tokens, "ttft_p95_limit_s": TTFT_LIMIT_S,
                     "replicas": args.gpus, "shared_gpu": args.shared_gpu, "frontends": args.frontends,
-                    "parameters": parameters}
+                    "parameters": parameters, "one_replica_capacity_given": args.one_replica_capacity}
     servers, frontends = processes(args, gpus, parameters)
     try:
         measure(args, servers, frontends, rates, report)
@@ -473,8 +488,9 @@ def main() -> None:
             server.stop()
     capacities = {n: c["capacity_req_s"] for n, c in report["capacity"].items()}
     report["per_replica_capacity_req_s"] = {n: c / int(n) for n, c in capacities.items()}
-    if len(capacities) > 1 and capacities["1"]:
-        report[f"ratio_{args.gpus}_to_1"] = capacities[str(args.gpus)] / capacities["1"]
+    one = capacities.get("1") or args.one_replica_capacity
+    if str(args.gpus) in capacities and args.gpus > 1 and one:
+        report[f"ratio_{args.gpus}_to_1"] = capacities[str(args.gpus)] / one
     save(report)
     print_report(report)
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
