@@ -137,6 +137,11 @@ def cpu_seconds(server: ServerProcess) -> float:
     return total
 
 
+def successes(replica: TritonServer) -> float:
+    """Requests the replica answered, by its own count."""
+    return server_counters(replica.metrics_url)["nv_inference_request_success"]
+
+
 def routed_so_far(frontends: list[FrontendServer]) -> dict[str, float]:
     """Requests the frontends have sent to each replica: ended (any outcome) plus streaming now."""
     counts: dict[str, float] = {}
@@ -188,7 +193,7 @@ class Fleet:
         times = arrivals(rate, seconds, seed)
         servers = [*self.frontends, *self.replicas]
         cpu = {id(s): cpu_seconds(s) for s in servers if s.running}
-        success = {r.grpc_url: server_counters(r.metrics_url)["nv_inference_request_success"] for r in self.serving}
+        success = {r.grpc_url: successes(r) for r in self.serving}
         start = time.monotonic() + 0.5  # every process has its schedule before the first send
         shares = [[(i, start + t) for i, t in enumerate(times) if i % self.procs == p] for p in range(self.procs)]
         pending = self.pool.map_async(_client_worker, [(self.urls, s, self.tokens) for s in shares if s])
@@ -198,8 +203,7 @@ class Fleet:
         results = [r for chunk in pending.get() for r in chunk]
         time.sleep(0.5)  # Triton's counters of the last answers
         summary = _summary(results, 0, start)
-        served = {r.grpc_url: server_counters(r.metrics_url)["nv_inference_request_success"] - success.get(r.grpc_url, 0)
-                  for r in self.serving}
+        served = {r.grpc_url: successes(r) - success.get(r.grpc_url, 0) for r in self.serving}
         used = {id(s): cpu_seconds(s) - cpu.get(id(s), 0.0) for s in servers if s.running}
         tritons = sum(used.get(id(r), 0.0) for r in self.replicas)
         frontends = sum(used[id(f)] for f in self.frontends)
@@ -433,7 +437,8 @@ def measure(args: argparse.Namespace, servers: list[TritonServer], frontends: li
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpus", type=int, default=2, help="replicas: one per GPU (with --shared-gpu, all on GPU 0)")
-    parser.add_argument("--shared-gpu", action="store_true", help=f"every replica on GPU 0, KV cache {SHARED_KV_GIB} GiB each")
+    parser.add_argument("--shared-gpu", action="store_true",
+                        help=f"every replica on GPU 0, KV cache {SHARED_KV_GIB} GiB each")
     parser.add_argument("--model", default=os.environ.get("MODEL_PATH"))
     parser.add_argument("--tokens", type=int, default=512, help="max_tokens of every request")
     parser.add_argument("--rates", type=float, nargs="+", help="arrival rates per replica, increasing "
@@ -521,7 +526,8 @@ def print_report(report: dict) -> None:
     if event:
         since = lambda t: "never" if t is None else f"{t - event['started_s']:.1f} s"  # noqa: E731
         print(f"\nscale event at {event['rate']:g} req/s:")
-        print(table([{"new replicas ready": since(event["ready_s"]), "their share of routing": since(event["share_taken_s"]),
+        print(table([{"new replicas ready": since(event["ready_s"]),
+                      "their share of routing": since(event["share_taken_s"]),
                       f"TTFT p95 <= {report['ttft_p95_limit_s']:g} s again": since(event["ttft_recovered_s"]),
                       "failed requests": str(event["failed"]), "share %": event["row"]["share %"],
                       "TTFT p95 ms (whole run)": event["row"]["TTFT p95 ms"]}]))
