@@ -189,8 +189,10 @@ SRE_OVERVIEW_ROWS: tuple[RowSpec, ...] = (
             (
                 Query(f'sum by (replica) (rate(frontend_upstream_requests_total{{{NS}, outcome="ok"}}'
                       f"[$__rate_interval]))", "{{replica}}"),
+                # 0 per replica while nothing fails (no outcome other than ok exists yet), not no data.
                 Query(f'sum by (replica) (rate(frontend_upstream_requests_total{{{NS}, outcome!="ok"}}'
-                      f"[$__rate_interval]))", "failed {{replica}}"),
+                      f'[$__rate_interval])) or sum by (replica) (rate(frontend_upstream_requests_total{{{NS}}}'
+                      f"[$__rate_interval])) * 0", "failed {{replica}}"),
             ),
             unit="reqps",
         ),

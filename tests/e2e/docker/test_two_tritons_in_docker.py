@@ -52,8 +52,10 @@ def test_two_triton_containers_resolved_by_one_name_both_serve(triton, frontend,
         wait_for_triton(second)
         wait_until(lambda: ready_replicas(frontend) == 2, 30, "the frontend resolving the second replica")
         before = {"first": served(triton), "second": served(second)}
-        statuses = ask_together(frontend, 8)
-        assert statuses == [200] * 8, statuses
+        # Six at once fit two replicas of two sequences, one waiting and a queue of two each, however
+        # the router splits them (the overload tests of this stack refuse more on purpose).
+        statuses = ask_together(frontend, 6)
+        assert statuses == [200] * 6, statuses
         gained = {"first": served(triton) - before["first"], "second": served(second) - before["second"]}
         assert gained["first"] >= 2 and gained["second"] >= 2, f"requests served per replica: {gained}"
         exported = httpx.get(f"{frontend.urls[8080]}/metrics", timeout=5).text

@@ -47,7 +47,7 @@ BUSY_CLIENTS = 1  # per Triton: a sequence decodes, nothing waits
 OVERLOAD_CLIENTS = 12  # per Triton: six times its sequences, the rest wait (max_queue_size 32)
 BUSY_SECONDS = 20
 LOAD_SECONDS = 45  # longer than the 30 s the GPU rule wants the queue to stay non-empty
-MAX_TOKENS = 32
+MAX_TOKENS = 128  # an answer long enough that the requests queued behind it wait well past the target
 IDLE_WAIT_SECONDS = 60
 RETURN_WAIT_SECONDS = 150  # the queue-time rule averages over 1m: it empties a minute after the last request
 
