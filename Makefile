@@ -87,9 +87,13 @@ bench-scaleout: setup
 monitor: setup system-deps
 	$(PY) -m stack.prometheus
 
+# The scaling policies compared on the H200 pod (planner/README.md); the schedule is learnt from another day.
+PLAN := $(PY) -m planner --overlay k8s/overlays/gpu --profile planner/profiles/h200-qwen3-vl-4b.json --seed 1 --out docs/planner/h200 --compare
 plan: setup
-	$(PY) -m planner --overlay k8s/overlays/gpu --profile planner/profiles/h100-qwen3-vl-4b.json --trace daynight --seed 1 --out docs/planner/measured --compare
-	$(PY) -m planner --overlay k8s/overlays/gpu --profile planner/profiles/h100-qwen3-vl-4b.json --trace burst --seed 1 --out docs/planner/measured --compare
+	$(PLAN) --trace daynight --schedule-from daynight
+	$(PLAN) --trace burst
+	$(PLAN) --trace flash
+	$(PLAN) --trace ramp
 
 images: setup system-deps
 	docker/build.sh

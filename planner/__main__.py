@@ -173,8 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         best, everything = search(scheduled or so, profile, trace, config, args.seed, args.slo_ttft, args.slo_share,
                                   capacity, args.workers)
         print(f"searched {len(everything)} ScaledObjects in {time.monotonic() - started:.1f} s; objective: {objective}")
-        (out / f"{trace.name}-search.json").write_text(json.dumps(
-            [{"choice": choice(c.so), "summary": as_dict(c.summary)} for c in everything], indent=2) + "\n")
+        (out / f"{trace.name}-search.json").write_text(json.dumps({
+            "objective": {"ttft_seconds": args.slo_ttft, "share": args.slo_share},
+            "trace": trace.name, "seed": args.seed, "profile": profile.name, "overlay": str(args.overlay),
+            "proposal": choice(best.so) if best else None,
+            "candidates": [{"choice": choice(c.so), "summary": as_dict(c.summary)} for c in everything]},
+            indent=2) + "\n")
         if best is None:
             print("no candidate met the objective; the closest:")
             print(table([max(everything, key=lambda c: c.summary.within_slo).summary]))

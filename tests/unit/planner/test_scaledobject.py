@@ -1,11 +1,13 @@
 """The ScaledObject is read from a built overlay with the real kubectl kustomize."""
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
 from planner.scaledobject import ScaledObjectError, build_overlay, load_overlay, parse_scaled_object, pick_scaled_object
+from planner.search import choice
 
 pytestmark = pytest.mark.unit
 
@@ -70,11 +72,13 @@ def test_busy_slots_query_is_summed_or_averaged_as_written(query, signal):
     assert parse_scaled_object(doc).triggers[0].signal == signal
 
 
-def test_the_proposed_overlay_builds_on_top_of_the_gpu_overlay():
-    so, _ = load_overlay(ROOT / "planner/overlays/gpu-proposed")
-    built, _ = load_overlay(ROOT / "k8s/overlays/gpu")
-    assert so.behavior == built.behavior and so.fallback == built.fallback
-    assert "batch_size" in {t.signal for t in so.triggers}
+def test_the_gpu_overlay_ships_what_the_planner_chose():
+    """The thresholds, bounds and scale-down window of k8s/overlays/gpu are the proposal of
+    `python -m planner ... --trace daynight --search` on the H200 profile (docs/planner/README.md)."""
+    search = json.loads((ROOT / "docs/planner/h200/daynight-search.json").read_text())
+    so, _ = load_overlay(ROOT / "k8s/overlays/gpu")
+    assert search["profile"] == "h200-qwen3-vl-4b" and search["overlay"] == "k8s/overlays/gpu"
+    assert choice(so) == search["proposal"]
 
 
 @pytest.mark.parametrize("text,expected", [("false", False), ("False", False), ("0", False), ("true", True), ("t", True)])
@@ -92,3 +96,20 @@ def test_ignore_null_values_defaults_to_keda_default_and_rejects_nonsense():
     doc["spec"]["triggers"][0]["metadata"]["ignoreNullValues"] = "maybe"
     with pytest.raises(ScaledObjectError, match="ignoreNullValues"):
         parse_scaled_object(doc)
+
+
+def test_a_proposal_is_written_as_a_patch_kustomize_applies(tmp_path):
+    """Other targets, a trigger dropped, another scale-down window: the overlay written for the
+    proposal builds into exactly that ScaledObject, with the queries and addresses of the original."""
+    from dataclasses import replace as changed
+
+    from planner.search import _scale_down_window, _thresholds, write_overlay
+
+    built, _ = load_overlay(DATA / "overlay")
+    proposal = _scale_down_window(_thresholds(built, {"occupancy": 0.75, "waiting": 12.0}, {"queue_time"}), 300)
+    proposal = changed(proposal, min_replica_count=2)
+    folder = write_overlay(proposal, DATA / "overlay", tmp_path / "proposed")
+    read, _ = load_overlay(folder)
+    assert choice(read) == choice(proposal)
+    assert [t.query for t in read.triggers] == [t.query for t in built.triggers if t.signal != "queue_time"]
+    assert json.loads((folder / "choice.json").read_text()) == choice(proposal)
