@@ -82,7 +82,7 @@ def parser() -> argparse.ArgumentParser:
                             "prometheus:URL (the last --schedule-days of Triton's request rate)")
     sched.add_argument("--schedule-seed", type=int, help="seed of a generated history trace (default: --seed + 1)")
     sched.add_argument("--schedule-days", type=_positive, default=7.0)
-    sched.add_argument("--schedule-utilization", type=_positive, default=0.8,
+    sched.add_argument("--schedule-utilization", type=_positive, default=1.0,
                        help="the scheduled pods carry the history's rate at this share of their capacity")
     sched.add_argument("--schedule-overlay", metavar="DIR", help="write the schedule as an overlay (cron triggers)")
     sched.add_argument("--timezone", default="Etc/UTC", help="the cron triggers' timezone (the history's day starts at 00:00 there)")

@@ -65,7 +65,7 @@ def daily_rate(times: np.ndarray, rates: np.ndarray, bin_seconds: float = BIN_SE
 
 
 def plan(per_bin: np.ndarray, capacity: float, lead_seconds: float, min_replicas: int, max_replicas: int,
-         utilization: float = 0.8, bin_seconds: float = BIN_SECONDS) -> list[Schedule]:
+         utilization: float = 1.0, bin_seconds: float = BIN_SECONDS) -> list[Schedule]:
     """Windows of the day with more pods than `min_replicas`: in each bin, the pods that carry the
     highest rate of the bins up to `lead_seconds` later at `utilization` of their capacity (so a pod
     started for a bin is ready before it), consecutive bins with the same count merged."""

@@ -72,7 +72,8 @@ def test_search_writes_an_overlay_that_builds(tmp_path, csv_trace):
     # only values change: the overlay's queries and Prometheus address stay its own
     built, _ = load_overlay(OVERLAY)
     assert {t.query for t in so.triggers} <= {t.query for t in built.triggers}
-    assert "serverAddress" not in (folder / "scaledobject-patch.yaml").read_text()
+    patch = folder / "scaledobject-patch.yaml"
+    assert not patch.exists() or "serverAddress" not in patch.read_text()
 
 
 @pytest.mark.parametrize(

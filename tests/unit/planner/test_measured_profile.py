@@ -12,7 +12,7 @@ within 15 % of the measurement; all fifteen are (the worst, 24 req/s TTFT p95, -
 Seven numbers of the model are fitted to these same rows (bench.profile.FIT; everything else is
 read off the runs), so this is a consistency check of the committed profile, not an independent
 prediction. Fits that leave one row out predict it within the figures in docs/planner/README.md
-(2026-12-03).
+(2026-12-02).
 """
 
 import json
