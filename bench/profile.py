@@ -34,7 +34,8 @@ GPU_CONFIG = Path(__file__).resolve().parents[1] / "model_repository" / "qwen3_v
 IMAGE_PULL_SECONDS = 100.0
 NODE_PROVISION_SECONDS = 0.0
 FIT = ("prefill_seconds_per_prompt", "decode_steps_per_prefill", "prefill_decode_seconds",
-       "prefill_decode_seconds_per_sequence", "execute_engine_share", "triton_seconds_per_stream", "client_spread_seconds")
+       "prefill_decode_seconds_per_sequence", "execute_engine_share", "triton_seconds_per_stream",
+       "client_spread_seconds")
 
 
 def served_config(text: str) -> dict[str, int | float]:
@@ -98,7 +99,8 @@ def read_off(triton: dict, engine: dict) -> dict:
     growth = []
     for row, streams in [(r, float(r["clients"])) for r in off["runs"] if int(r["clients"]) >= 16] + \
                         [(r, float(r["streams (mean)"])) for r in off["paced"]]:
-        lag = (float(row["TTFT p50 ms"]) - float(row["server"]["queue ms"]) - float(row["server"]["engine TTFT ms"])) / 1000
+        server = row["server"]
+        lag = (float(row["TTFT p50 ms"]) - float(server["queue ms"]) - float(server["engine TTFT ms"])) / 1000
         if lag > 0:  # a saturated run's means and medians disagree (negative): no reading
             growth.append((lag - lone_lag) / streams**2)
     model_split = _ready_split(off["cold_start_model"])
@@ -114,9 +116,10 @@ def read_off(triton: dict, engine: dict) -> dict:
         "execute_seconds_per_request": execute,
         "request_overhead_seconds": lone_lag,
         "response_seconds_per_stream_squared": max(statistics.median(growth), 0.0) if growth else 0.0,
-        "cold_start": ColdStart(image_pull_seconds=IMAGE_PULL_SECONDS, model_load_seconds=round(off["cold_start_ready_s"], 1),
-                                warmup_seconds=round(off["cold_start_first_token_s"] - off["cold_start_ready_s"], 1),
-                                node_provision_seconds=NODE_PROVISION_SECONDS, compile_seconds=round(compile_seconds, 1)),
+        "cold_start": ColdStart(
+            image_pull_seconds=IMAGE_PULL_SECONDS, model_load_seconds=round(off["cold_start_ready_s"], 1),
+            warmup_seconds=round(off["cold_start_first_token_s"] - off["cold_start_ready_s"], 1),
+            node_provision_seconds=NODE_PROVISION_SECONDS, compile_seconds=round(compile_seconds, 1)),
     }
 
 

@@ -85,7 +85,8 @@ def parser() -> argparse.ArgumentParser:
     sched.add_argument("--schedule-utilization", type=_positive, default=1.0,
                        help="the scheduled pods carry the history's rate at this share of their capacity")
     sched.add_argument("--schedule-overlay", metavar="DIR", help="write the schedule as an overlay (cron triggers)")
-    sched.add_argument("--timezone", default="Etc/UTC", help="the cron triggers' timezone (the history's day starts at 00:00 there)")
+    sched.add_argument("--timezone", default="Etc/UTC",
+                       help="the cron triggers' timezone (the history's day starts at 00:00 there)")
     p.add_argument("--scrape-interval", type=_positive, help="Triton scrape interval (default: the overlay's ServiceMonitor)")
     p.add_argument("--eval-interval", type=_positive, help="recording rules' interval (default: the overlay's PrometheusRule)")
     p.add_argument("--prometheus-outage", type=_outage, action="append", default=[], metavar="START:END")

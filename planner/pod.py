@@ -1,10 +1,10 @@
 """One Triton pod: Triton's bounded queue and dynamic batcher, the model's `execute`, and the engine.
 
-- Triton hands the queue's head (up to `max_batch_size` requests) to `execute` once the previous
-  call has returned.
-- `execute` builds the batch's prompts one after the other (`execute_seconds_per_request` each:
-  the image decoded, the processor, the chat template; serial under the stub's GIL) and hands each
-  to the engine as soon as it and those before it are built. A hand-over blocks while the engine
+- Once `execute` has returned, Triton's batcher hands it the largest preferred batch the queue
+  fills, or whatever the queue holds once its oldest request has waited `max_queue_delay`.
+- `execute` builds the batch's prompts `prompt_workers` at a time (`execute_seconds_per_request`
+  each: the image decoded, the processor, the chat template; serial under the stub's GIL) and hands
+  each to the engine as soon as it and those before it are built. A hand-over blocks while the engine
   already holds requests waiting and has no room (sequences or KV cache) for one more, so the rest
   wait in Triton's queue (the backpressure of docs/contracts.md).
 - The engine prefills, at the next decode-step boundary, every waiting prompt that fits one step's
@@ -44,7 +44,6 @@ class Requests:
         self.done = [math.nan] * n
         self.queue_time = [math.nan] * n  # Triton's queue
         self.reached = [math.nan] * n  # when `execute` took it
-        self.model_wait = [math.nan] * n  # reaching the model -> starting in the engine
         self.status = [PENDING] * n
         self.start = [0.0] * n  # the engine's progress when the sequence joined the decoding ones
         self.pod = [-1] * n  # the pod the router chose
@@ -52,14 +51,14 @@ class Requests:
 
 class Pod:
     __slots__ = (
-        "id", "created", "ready_at", "state", "ended", "kill_at", "metrics_from", "req", "p",
-        "queue", "exec_items", "exec_built", "exec_next", "exec_pos", "ewait", "ewait_tokens", "episode", "ep_end", "ep_target",
-        "ep_tokens",
+        "id", "created", "ready_at", "state", "ended", "kill_at", "metrics_from", "req",
+        "queue", "exec_items", "exec_built", "exec_next", "exec_pos",
+        "ewait", "ewait_tokens", "episode", "ep_end", "ep_target", "ep_tokens",
         "running", "prog", "t_prog", "clock", "next_t", "rate", "sum_prompt", "sum_start", "inflight",
-        "success", "failure", "batches", "passes", "queue_us", "model_wait_sum", "model_wait_count", "steps", "seq_steps",
-        "busy_acc", "busy_since", "last_busy", "last_scrape",
-        "slots", "batch", "preferred", "fill", "delay", "form_at", "qmax", "timeout", "budget", "kv", "max_prompts", "table", "k_tok", "m", "m_step", "m_seq", "h", "share", "workers", "lag",
-        "p_pass", "p_prompt", "p_tok", "p_sq",
+        "success", "failure", "batches", "passes", "queue_us", "model_wait_sum", "model_wait_count",
+        "steps", "seq_steps", "busy_acc", "busy_since", "last_busy", "last_scrape",
+        "slots", "batch", "preferred", "fill", "delay", "form_at", "qmax", "timeout", "budget", "kv", "max_prompts",
+        "table", "k_tok", "m", "m_step", "m_seq", "h", "share", "workers", "lag", "p_pass", "p_prompt", "p_tok", "p_sq",
     )  # fmt: skip
 
     def __init__(self, pod_id: int, created: float, ready_at: float, profile: PodProfile, table: list[float],
@@ -72,7 +71,6 @@ class Pod:
         self.kill_at = INF
         self.metrics_from = created + profile.cold_start.metrics_after_seconds if metrics_from is None else metrics_from
         self.req = req
-        self.p = profile
         self.queue: deque[int] = deque()
         self.exec_items: list[int] = []
         self.exec_built = 0  # prompts of the batch built
@@ -286,8 +284,7 @@ class Pod:
             admitted.append(j)
             tokens += n
             squares += float(n) * n
-            w = now - req.reached[j]
-            req.model_wait[j] = w
+            w = now - req.reached[j]  # qwen3vl_queue_seconds: reaching the model to running
             self.model_wait_sum += w
             self.model_wait_count += 1
         if not admitted:

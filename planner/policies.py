@@ -35,7 +35,8 @@ def comparison(so: ScaledObjectSpec, peak_pods: int, mean_pods: int, scheduled: 
                ) -> list[Policy]:
     """Static at peak and at mean, the queue signals alone, occupancy alone, issue 24's combination,
     the ScaledObject as built, and (given) the same with a schedule of minimum replicas."""
-    policies = [Policy("static at peak", static_replicas=peak_pods), Policy("static at mean", static_replicas=mean_pods)]
+    policies = [Policy("static at peak", static_replicas=peak_pods),
+                Policy("static at mean", static_replicas=mean_pods)]
     for name, thresholds in (
         ("queue only", {k: ISSUE_24[k] for k in ("queue_time", "waiting")}),
         ("occupancy only", {"occupancy": ISSUE_24["occupancy"]}),

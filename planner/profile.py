@@ -9,7 +9,6 @@ decoding, `execute` costs nothing, no KV or token budget), so older profiles kee
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -105,7 +104,8 @@ class PodProfile:
             raise ProfileError("cpu.request_cores must be > 0")
         paged = (self.kv_cache_tokens, self.max_num_batched_tokens, self.decode_seconds_per_cached_token,
                  self.prefill_seconds_per_prompt, self.prefill_seconds_per_token_squared,
-                 self.prefill_decode_seconds, self.prefill_decode_seconds_per_sequence, self.decode_steps_per_prefill, self.execute_seconds_per_request)
+                 self.prefill_decode_seconds, self.prefill_decode_seconds_per_sequence, self.decode_steps_per_prefill,
+                 self.execute_seconds_per_request)
         if any(v < 0 for v in paged):
             raise ProfileError("engine limits and costs must be >= 0 (0: no limit / no cost)")
         if self.prompt_workers < 1:

@@ -127,7 +127,8 @@ class Prometheus:
         `qwen3vl:batch_size:avg1m` = rate(batch_size_sum)/rate(batch_size_count) per pod (pods with
         no decode step drop out), summed (or averaged when the query says avg);
         `qwen3vl:requests_waiting` (Triton's queue and those handed to the model, not running) and
-        `qwen3vl:occupancy` (sequences over max_num_seqs or KV cache in use, the fuller) summed; `qwen3vl:gpu_utilization_while_waiting` sums the GPU utilization of
+        `qwen3vl:occupancy` (sequences over max_num_seqs or KV cache in use, the fuller) summed;
+        `qwen3vl:gpu_utilization_while_waiting` sums the GPU utilization of
         the pods whose every sample of the last 30 s had a request waiting."""
         start = t - self.rate_window
         queue_times: list[float] = []

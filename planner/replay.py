@@ -75,7 +75,8 @@ def _requests(n: int, tokens: int) -> Requests:
 def _row(like: Row, profile: PodProfile, pod: Pod, req: Requests) -> Row:
     status = np.asarray(req.status)
     if not np.all(status == DONE):
-        raise RuntimeError(f"{like.name}: {np.count_nonzero(status != DONE)} of {len(status)} requests did not complete")
+        missing = np.count_nonzero(status != DONE)
+        raise RuntimeError(f"{like.name}: {missing} of {len(status)} requests did not complete")
     overhead = profile.request_overhead_seconds
     sent = np.asarray(req.arrival)
     done = np.asarray(req.done) + overhead

@@ -134,7 +134,8 @@ def write_overlay(so: ScaledObjectSpec, source_overlay: str | Path, folder: str 
     built = pick_scaled_object(build_overlay(source_overlay), str(source_overlay), so.name)
     ops = json_patch(so, built)
     base = os.path.relpath(Path(source_overlay).resolve(), folder.resolve())
-    kustomization: dict = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": [base]}
+    kustomization: dict = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                           "resources": [base]}
     if ops:  # none when the overlay already holds the proposal
         (folder / "scaledobject-patch.yaml").write_text(
             "# Written by `python -m planner --search`: the proposed values (planner/README.md).\n"

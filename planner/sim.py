@@ -153,7 +153,6 @@ class Simulation:
         period = self.cfg.readiness_period
         ready_at = now if warm else now + math.ceil(cold / period - 1e-9) * period
         pod = Pod(self.next_id, now, ready_at, self.profile, self.table, self.req)
-        pod.settle(now)
         self.next_id += 1
         self.pods.append(pod)
         if warm:

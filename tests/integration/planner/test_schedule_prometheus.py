@@ -40,7 +40,8 @@ def prometheus_with_history(tmp_path_factory):
 def test_the_busy_hours_get_pods_a_cold_start_ahead(prometheus_with_history):
     server, now = prometheus_with_history
     times, rates = rate_from_prometheus(server.url, days=15 / 24, step=300, end=now)
-    assert max(rates) == pytest.approx(20.0, rel=0.05) and sorted(rates)[len(rates) // 2] == pytest.approx(2.0, rel=0.05)
+    assert max(rates) == pytest.approx(20.0, rel=0.05)
+    assert sorted(rates)[len(rates) // 2] == pytest.approx(2.0, rel=0.05)
     windows = plan(daily_rate(times, rates), capacity=5.0, lead_seconds=1800.0, min_replicas=1, max_replicas=8,
                    utilization=0.8)
     busy = [w for w in windows if w.replicas == 5]  # ceil(20 / (5 x 0.8))

@@ -80,8 +80,8 @@ def test_the_replayed_prompts_are_the_benchmarks():
     image_tokens = (448 // (vision["patch_size"] * vision["merge_size"])) ** 2
     counts = []
     for question in PROMPTS:
-        text = template.render(messages=[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
-                               add_generation_prompt=True)
+        parts = [{"type": "image"}, {"type": "text", "text": question}]
+        text = template.render(messages=[{"role": "user", "content": parts}], add_generation_prompt=True)
         counts.append(len(tokenizer.encode(text, add_special_tokens=False).ids) - 1 + image_tokens)
     assert image_tokens == 196
     assert tuple(counts) == BENCH_PROMPT_TOKENS
