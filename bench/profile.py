@@ -38,9 +38,9 @@ FIT = ("prefill_seconds_per_prompt", "decode_steps_per_prefill", "prefill_decode
        "client_spread_seconds")
 
 
-def served_config(text: str) -> dict[str, int | float]:
-    """What the simulator needs of the model config the benchmark served (configs/gpu.pbtxt), with the
-    engine's own defaults for what the config leaves out."""
+def served_config(text: str, overrides: dict[str, str] | None = None) -> dict[str, int | float]:
+    """What the simulator needs of the model config the benchmark served (configs/gpu.pbtxt and the
+    run's --param overrides), with the engine's own defaults for what the config leaves out."""
     from backend_python.config import EngineConfig
 
     def number(pattern: str) -> str:
@@ -49,7 +49,7 @@ def served_config(text: str) -> dict[str, int | float]:
             raise ValueError(f"{GPU_CONFIG.name}: no match for {pattern!r}")
         return found.group(1)
 
-    parameters = dict(re.findall(r'key: "(\w+)", value: \{ string_value: "([^"]*)" \}', text))
+    parameters = dict(re.findall(r'key: "(\w+)", value: \{ string_value: "([^"]*)" \}', text)) | (overrides or {})
     if "max_num_seqs" not in parameters:
         raise ValueError(f"{GPU_CONFIG.name}: no max_num_seqs parameter")
     engine = EngineConfig.from_parameters(parameters, environ={"MODEL_PATH": "unused"})
@@ -244,10 +244,7 @@ def comparison(profile: PodProfile, rows: list[Row], spread: float) -> list[dict
 
 def from_reports(triton: dict, engine: dict, name: str, sources: tuple[str, str],
                  exclude: tuple[str, ...] = ()) -> PodProfile:
-    served = served_config(GPU_CONFIG.read_text())
-    for key, value in triton.get("parameters", {}).items():  # the run's --param overrides
-        if key in served:
-            served[key] = int(value)
+    served = served_config(GPU_CONFIG.read_text(), triton.get("parameters"))
     fixed = read_off(triton, engine)
     rows = targets(measured_rows(triton["triton"]["off"]))
     params, loss = fit(fixed, served, [r for r in rows if r.name not in exclude])

@@ -133,10 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         so, pod = load_overlay(args.overlay, args.scaledobject)
         profile = _cold_start(load_profile(args.profile), args)
         mix = RequestMix(prompt_median=args.prompt_tokens, max_tokens_median=args.max_tokens)
-        sizes = make_trace(args.trace if args.trace.endswith(".csv") else "daynight", args.seed, mix, 1.0, 10.0)
+        recorded = args.trace.endswith(".csv")
+        # the pod's capacity for requests of the trace's sizes (a built-in trace's: those of an hour of
+        # its mix, the same draws whatever the shape); built-in traces are scaled to it
+        sizes = make_trace(args.trace, args.seed) if recorded else make_trace("daynight", args.seed, mix, 1.0, 10.0)
         capacity = pod_capacity(profile, sizes.prompt_tokens, sizes.max_tokens, args.slo_ttft, args.slo_share)
         peak_rps = args.peak_rps or args.peak_pods * capacity
-        trace = make_trace(args.trace, args.seed, mix, args.hours, None if args.trace.endswith(".csv") else peak_rps)
+        trace = sizes if recorded else make_trace(args.trace, args.seed, mix, args.hours, peak_rps)
     except (ScaledObjectError, ProfileError, TraceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -155,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         scheduled = with_schedule(so, windows)
+        clock = lambda seconds: f"{int(seconds // 3600):02d}:{int(seconds % 3600 // 60):02d}"  # noqa: E731
         print("schedule (minimum replicas by time of day): " + ", ".join(
-            f"{w.start / 3600:05.2f}h-{w.end / 3600:05.2f}h {w.replicas}" for w in windows))
+            f"{clock(w.start)}-{clock(w.end)} {w.replicas}" for w in windows))
         if args.schedule_overlay:
             print(f"wrote {write_schedule(windows, so.name, args.overlay, args.schedule_overlay, args.timezone)}")
     out = Path(args.out)
@@ -171,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     objective = f"TTFT <= {args.slo_ttft:g} s for {100 * args.slo_share:g} % of requests"
     if args.search:
-        best, everything = search(scheduled or so, profile, trace, config, args.seed, args.slo_ttft, args.slo_share,
+        best, everything = search(so, profile, trace, config, args.seed, args.slo_ttft, args.slo_share,
                                   capacity, args.workers)
         print(f"searched {len(everything)} ScaledObjects in {time.monotonic() - started:.1f} s; objective: {objective}")
         (out / f"{trace.name}-search.json").write_text(json.dumps({

@@ -38,8 +38,8 @@ TOLERANCE = 0.15
 def test_the_profile_is_what_bench_profile_reads_off_the_committed_runs():
     """Everything but the seven fitted numbers comes from the runs and the served config as committed."""
     fitted = PROFILE.measured["fitted"]
-    rebuilt = build(read_off(TRITON, ENGINE), served_config(GPU_CONFIG.read_text()), fitted, PROFILE.name,
-                    PROFILE.provenance, PROFILE.measured)
+    served = served_config(GPU_CONFIG.read_text(), TRITON.get("parameters"))
+    rebuilt = build(read_off(TRITON, ENGINE), served, fitted, PROFILE.name, PROFILE.provenance, PROFILE.measured)
     assert rebuilt == PROFILE
 
 
