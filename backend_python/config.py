@@ -67,6 +67,10 @@ class EngineConfig:
     enable_prefix_caching: bool = True  # reuse the KV blocks of a prompt's longest cached prefix
     prompt_workers: int = 4  # threads that decode images and tokenize a batch of requests
     cuda_graphs: bool = True  # captured decode steps on CUDA devices
+    # With cuda_graphs: prefills of up to this many tokens in all run their layers' matrix work as
+    # captured graphs, padded to a bucket (prefill_graphs.py; 0: off). On a CPU the padded path runs
+    # without graphs.
+    prefill_graph_tokens: int = 0
     compile_decode: bool = False  # torch.compile the element-wise work of the decoder layers and vision blocks (CUDA only)
     exact_attention: bool = True  # decode attention reads each sequence's own length (CUDA only)
     # With compile_decode: a folder of compile artifacts (compile_artifacts.py). A start loads the one
@@ -124,6 +128,8 @@ class EngineConfig:
                              f"max_num_seqs ({self.max_num_seqs}) sequences")
         if self.limits.max_prompt_tokens + 1 > self.max_model_len:
             raise ValueError("max_prompt_tokens must leave room for an answer within max_model_len")
+        if self.prefill_graph_tokens < 0:
+            raise ValueError("prefill_graph_tokens must be >= 0 (0: no prefill graphs)")
         if not 0.0 < self.gpu_memory_utilization <= 1.0 or self.kv_cache_budget_gib < 0:
             raise ValueError("gpu_memory_utilization must be in (0, 1] and kv_cache_budget_gib >= 0")
         if self.video_fps < 0 or self.video_min_frames == 1 or min(self.video_min_frames, self.video_max_frames) < 0:

@@ -152,6 +152,7 @@ class Decoder:
             ))
         self.scale = self.head_dim ** -0.5
         self._project, self._feed_forward = _project, _feed_forward
+        self.prefill_graphs = None  # prefill_graphs.PrefillGraphs, once the KV cache is in place
         self.compiled = compile
         # Each row reads its own cached length through its block table (a GPU kernel); otherwise the
         # step gathers ``span`` cached tokens per row for SDPA.
@@ -219,18 +220,27 @@ class Decoder:
         cos, sin = self.language.rotary_emb(embeds[None], positions[:, None])
         cos, sin = cos.view(tokens, 1, 1, -1), sin.view(tokens, 1, 1, -1)
         longest = max(b - a for a, b in zip(bounds, bounds[1:]))
-        # One token per row, as in a decode step (see ``_project``).
-        hidden = embeds.view(tokens, 1, width)
+        graphs = self.prefill_graphs if self.prefill_graphs and self.prefill_graphs.bucket(tokens) else None
+        if graphs is not None:
+            hidden = graphs.load(embeds, cos, sin, written)
+        else:  # one token per row, as in a decode step (see ``_project``)
+            hidden = embeds.view(tokens, 1, width)
         for layer, (norm_w, qkv_w, q_norm_w, k_norm_w, o_w, post_w, gate_up_w, down_w) in enumerate(self.layers):
-            q, k, v = self._project(hidden, norm_w, qkv_w, q_norm_w, k_norm_w, cos, sin, self.eps,
-                                    self.heads, self.kv_heads, self.head_dim)
-            q, k, v = q.squeeze(2), k.squeeze(2), v.squeeze(2)
-            self.cache.write(layer, k, v, written)
+            if graphs is not None:
+                q, k, v = graphs.project(layer, tokens)
+            else:
+                q, k, v = self._project(hidden, norm_w, qkv_w, q_norm_w, k_norm_w, cos, sin, self.eps,
+                                        self.heads, self.kv_heads, self.head_dim)
+                q, k, v = q.squeeze(2), k.squeeze(2), v.squeeze(2)
+                self.cache.write(layer, k, v, written)
             if context is not None:
                 k, v = self.cache.read(layer, context.index)
             attended = packed_attention(q, k, v, bounds, segments, longest, causal=True, context=context)
-            hidden = self._feed_forward(hidden, attended.reshape(tokens, 1, -1), o_w, post_w, gate_up_w, down_w,
-                                        self.eps)
+            if graphs is not None:
+                hidden = graphs.feed_forward(layer, attended)
+            else:
+                hidden = self._feed_forward(hidden, attended.reshape(tokens, 1, -1), o_w, post_w, gate_up_w,
+                                            down_w, self.eps)
             if layer < len(deepstack):
                 hidden.view(-1, width).index_add_(0, visual, deepstack[layer].to(hidden.dtype))
             if between is not None:

@@ -211,7 +211,7 @@ class Engine:
         self.metrics.prompt_tokens(tokens)
         self.metrics.prefill_size(len(plan.prefill))
         self.stats.add(prefills=1, prefill_chunks=len(plan.prefill), prompt_tokens=tokens,
-                       prefill=time.perf_counter() - started)
+                       graphed_prefills=self.runner.graphed(tokens), prefill=time.perf_counter() - started)
 
     def _decode(self, skip: tuple[Sequence, ...] = (), capture: bool = True) -> bool:
         """Launch one decode step of every decoding sequence (not those of ``skip``); with ``capture``

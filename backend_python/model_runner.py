@@ -24,6 +24,7 @@ from .config import EngineConfig
 from .decode import Context, Decoder
 from .kv_cache import PagedKVCache
 from .loader import LoadedModel
+from .prefill_graphs import PrefillGraphs
 from .sampling import select
 from .scheduler import Chunk, DecodeRows
 from .sequence import Sequence
@@ -31,7 +32,7 @@ from .vision import VisionEncoder
 
 log = logging.getLogger(__name__)
 
-GRAPH_RESERVE_BYTES = 1 << 30  # captured decode graphs and their pool, beyond the profiled peak
+GRAPH_RESERVE_BYTES = 1 << 30  # captured decode graphs and their pool (as much again for the prefill's)
 
 
 @dataclass(eq=False)
@@ -128,6 +129,13 @@ class ModelRunner:
         self._bind(PagedKVCache(self.layers, num_blocks + 1, self.config.block_size, self.kv_heads, self.head_dim,
                                 self.dtype, self.device, self.max_seqs + 1, self.config.max_model_len))
         self.cache.tables[self.dummy_slot] = num_blocks  # the block no sequence is given
+        if self.config.prefill_graph_tokens and self.config.cuda_graphs:
+            cuda = self.device.type == "cuda"
+            tokens = min(self.config.prefill_graph_tokens, self.config.max_num_batched_tokens)
+            self.decoder.prefill_graphs = PrefillGraphs(self.decoder, tokens, num_blocks * self.config.block_size,
+                                                        capture=cuda)
+            with torch.inference_mode(), self._timed("prefill graphs"):
+                self.decoder.prefill_graphs.capture_all()
         if artifacts is not None and not reused:
             artifacts.save(self.decoder.kernels)
         return num_blocks
@@ -151,7 +159,8 @@ class ModelRunner:
             # processes) stays where it is; the engine may use its share of what is left.
             outside = total - free - torch.cuda.memory_reserved(self.device)
             usable = min(self.config.gpu_memory_utilization * total, capped) - outside
-            budget = int(usable - torch.cuda.max_memory_allocated(self.device) - GRAPH_RESERVE_BYTES)
+            reserve = GRAPH_RESERVE_BYTES * (2 if self.config.prefill_graph_tokens and self.config.cuda_graphs else 1)
+            budget = int(usable - torch.cuda.max_memory_allocated(self.device) - reserve)
             log.info("KV cache budget: %.2f GiB of %.1f GiB (peak of weights and activations %.2f GiB, "
                      "outside torch %.2f GiB)", budget / 2**30, total / 2**30,
                      torch.cuda.max_memory_allocated(self.device) / 2**30, outside / 2**30)
@@ -250,6 +259,11 @@ class ModelRunner:
         tokens = self._select(logits, done)
         self._last_tokens.index_copy_(0, self._upload(torch.tensor([s.slot for s in done])), tokens)
         return Launched.of(done, tokens, decode=False)
+
+    def graphed(self, tokens: int) -> bool:
+        """Whether a prefill of ``tokens`` tokens in all runs through the prefill's graphs."""
+        graphs = self.decoder.prefill_graphs
+        return graphs is not None and graphs.bucket(tokens) is not None
 
     def can_launch(self, rows: DecodeRows) -> bool:
         """Whether this decode step has a captured graph (or needs none)."""

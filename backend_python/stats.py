@@ -18,6 +18,7 @@ class EngineStats:
     decode_steps_in_prefill: int = 0  # launched between a prefill's layers (decode_during_prefill)
     prefills: int = 0
     prefill_chunks: int = 0  # prompt chunks over all prefills (one prefill packs several)
+    graphed_prefills: int = 0  # prefills padded to a bucket of captured graphs (prefill_graph_tokens)
     prompt_tokens: int = 0  # prefilled
     cached_tokens: int = 0  # taken from the prefix cache instead
     preemptions: int = 0

@@ -329,7 +329,8 @@ def float32_agreement(model_path: str, images: list[bytes], tokens: int = 48) ->
     return {"float32_agreement_tokens": agreement(chunked), "float32_cached_agreement_tokens": agreement(cached),
             "float32_staggered_agreement_tokens": agreement(first + rest), "float32_reference_len": tokens,
             "float32_chunks": done["prefill_chunks"], "float32_cached_tokens": done["cached_tokens"],
-            "float32_steps_during_prefill": done["decode_steps_in_prefill"]}
+            "float32_steps_during_prefill": done["decode_steps_in_prefill"],
+            "float32_graphed_prefills": f'{done["graphed_prefills"]} of {done["prefills"]}'}
 
 
 def shared_slice(model_path: str, images: list[bytes], cap_gib: float = 20.0) -> dict:

@@ -248,3 +248,26 @@ def test_the_prefix_cache_keys_blocks_by_the_videos_content(engine, video_prompt
     before = engine.stats.snapshot()
     run(engine, video_prompts, [blue])
     assert engine.stats.since(before)["cached_tokens"] <= video_prompts.build(blue).visuals[0].start
+
+
+def test_prefills_padded_to_a_graph_bucket_give_the_answers_of_unpadded_ones(config, model, prompts):
+    """The path a GPU replays as captured graphs (prefill_graphs.py), run directly here: each prefill of up
+    to 40 tokens padded to a bucket (16, 32 or 40 tokens), the padding's keys and values sent to the spare
+    block; larger prefills (the long prompt's first chunks) stay unpadded. A padding row written into a
+    running sequence's blocks would change its answer."""
+    work = [request("Tell me a story.", max_tokens=40, ignore_eos=True), request(**LONG),
+            *(request(**s) for s in SHORT)]
+    answers, done = {}, {}
+    for tokens in (0, 40):
+        engine = Engine(model, dataclasses.replace(config, max_num_batched_tokens=64, prefill_graph_tokens=tokens,
+                                                   enable_prefix_caching=False)).start()
+        try:
+            before = engine.stats.snapshot()
+            answers[tokens] = [s.text for s in run(engine, prompts, work)]
+            done[tokens] = engine.stats.since(before)
+            assert engine.stats.kv_blocks_used == 0
+        finally:
+            engine.stop()
+    assert answers[40] == answers[0]
+    assert done[0]["graphed_prefills"] == 0
+    assert 0 < done[40]["graphed_prefills"] < done[40]["prefills"]
