@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .prefill_graphs import LayerGraphs
+
 log = logging.getLogger(__name__)
 
 
@@ -152,7 +154,8 @@ class Decoder:
             ))
         self.scale = self.head_dim ** -0.5
         self._project, self._feed_forward = _project, _feed_forward
-        self.prefill_graphs = None  # prefill_graphs.PrefillGraphs, once the KV cache is in place
+        self.prefill_graphs: LayerGraphs | None = None  # see graph_prefills
+        self._pad_position = 0
         self.compiled = compile
         # Each row reads its own cached length through its block table (a GPU kernel); otherwise the
         # step gathers ``span`` cached tokens per row for SDPA.
@@ -222,12 +225,18 @@ class Decoder:
         longest = max(b - a for a, b in zip(bounds, bounds[1:]))
         graphs = self.prefill_graphs if self.prefill_graphs and self.prefill_graphs.bucket(tokens) else None
         if graphs is not None:
-            hidden = graphs.load(embeds, cos, sin, written)
+            rows = graphs.start(tokens)
+            for key, value in (("hidden", embeds.view(tokens, 1, width)), ("cos", cos), ("sin", sin)):
+                graphs[key][:tokens].copy_(value)
+            graphs["written"][tokens:rows].fill_(self._pad_position)
+            graphs["written"][:tokens].copy_(written)
+            hidden = graphs["hidden"][:tokens]
         else:  # one token per row, as in a decode step (see ``_project``)
             hidden = embeds.view(tokens, 1, width)
         for layer, (norm_w, qkv_w, q_norm_w, k_norm_w, o_w, post_w, gate_up_w, down_w) in enumerate(self.layers):
             if graphs is not None:
-                q, k, v = graphs.project(layer, tokens)
+                graphs.run(layer, 0)
+                q, k, v = graphs["q"][:tokens], graphs["k"][:tokens], graphs["v"][:tokens]
             else:
                 q, k, v = self._project(hidden, norm_w, qkv_w, q_norm_w, k_norm_w, cos, sin, self.eps,
                                         self.heads, self.kv_heads, self.head_dim)
@@ -237,7 +246,8 @@ class Decoder:
                 k, v = self.cache.read(layer, context.index)
             attended = packed_attention(q, k, v, bounds, segments, longest, causal=True, context=context)
             if graphs is not None:
-                hidden = graphs.feed_forward(layer, attended)
+                graphs["attended"][:tokens].copy_(attended.view(tokens, 1, -1))
+                graphs.run(layer, 1)
             else:
                 hidden = self._feed_forward(hidden, attended.reshape(tokens, 1, -1), o_w, post_w, gate_up_w,
                                             down_w, self.eps)
@@ -246,6 +256,37 @@ class Decoder:
             if between is not None:
                 between()
         return None if last is None else self._logits(hidden[last])
+
+    def graph_prefills(self, max_tokens: int, pad_position: int, capture: bool) -> LayerGraphs:
+        """Prefills of up to ``max_tokens`` tokens go through captured graphs from now on (see
+        prefill_graphs.py); their padding rows write to flat cache position ``pad_position``."""
+        weight = self.layers[0][1]
+        d, dtype = self.head_dim, weight.dtype
+        self._pad_position = pad_position
+        self.prefill_graphs = LayerGraphs(
+            "decoder", len(self.layers), self._graph_before, self._graph_after, max_tokens, 16,
+            {"hidden": ((1, weight.shape[1]), dtype), "attended": ((1, self.heads * d), dtype),
+             "q": ((self.heads, d), dtype), "k": ((self.kv_heads, d), dtype), "v": ((self.kv_heads, d), dtype),
+             "cos": ((1, 1, d), dtype), "sin": ((1, 1, d), dtype), "written": ((), torch.long)},
+            weight.device, capture)
+        self.prefill_graphs["written"].fill_(pad_position)
+        return self.prefill_graphs
+
+    def _graph_before(self, layer: int, rows: int) -> None:
+        g = self.prefill_graphs
+        norm_w, qkv_w, q_norm_w, k_norm_w = self.layers[layer][:4]
+        q, k, v = self._project(g["hidden"][:rows], norm_w, qkv_w, q_norm_w, k_norm_w, g["cos"][:rows],
+                                g["sin"][:rows], self.eps, self.heads, self.kv_heads, self.head_dim)
+        q, k, v = q.squeeze(2), k.squeeze(2), v.squeeze(2)
+        self.cache.write(layer, k, v, g["written"][:rows])
+        for key, value in (("q", q), ("k", k), ("v", v)):
+            g[key][:rows].copy_(value)
+
+    def _graph_after(self, layer: int, rows: int) -> None:
+        g = self.prefill_graphs
+        o_w, post_w, gate_up_w, down_w = self.layers[layer][4:]
+        g["hidden"][:rows].copy_(self._feed_forward(g["hidden"][:rows], g["attended"][:rows], o_w, post_w, gate_up_w,
+                                                    down_w, self.eps))
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The next token's logits, from each row's last position."""

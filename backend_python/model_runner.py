@@ -24,7 +24,6 @@ from .config import EngineConfig
 from .decode import Context, Decoder
 from .kv_cache import PagedKVCache
 from .loader import LoadedModel
-from .prefill_graphs import PrefillGraphs
 from .sampling import select
 from .scheduler import Chunk, DecodeRows
 from .sequence import Sequence
@@ -82,6 +81,7 @@ class ModelRunner:
                                exact_attention=config.exact_attention and cuda)
         self.vision = VisionEncoder(self.model.model.visual, compile=config.compile_decode and cuda)
         self._image_token = self.model.config.image_token_id
+        self._merge = self.model.config.vision_config.spatial_merge_size
         self._embed = self.model.model.get_input_embeddings()
         # SDPA reads a span of cached tokens rounded up (a captured graph serves many steps); the exact
         # kernel reads each row's length, so one graph per batch size serves every step.
@@ -132,10 +132,11 @@ class ModelRunner:
         if self.config.prefill_graph_tokens and self.config.cuda_graphs:
             cuda = self.device.type == "cuda"
             tokens = min(self.config.prefill_graph_tokens, self.config.max_num_batched_tokens)
-            self.decoder.prefill_graphs = PrefillGraphs(self.decoder, tokens, num_blocks * self.config.block_size,
-                                                        capture=cuda)
+            decoder = self.decoder.graph_prefills(tokens, num_blocks * self.config.block_size, capture=cuda)
+            # An image token stands for merge x merge patches.
+            vision = self.vision.graph_blocks(tokens * self._merge ** 2, capture=cuda)
             with torch.inference_mode(), self._timed("prefill graphs"):
-                self.decoder.prefill_graphs.capture_all()
+                vision.capture_all(decoder.capture_all())
         if artifacts is not None and not reused:
             artifacts.save(self.decoder.kernels)
         return num_blocks

@@ -1,21 +1,23 @@
-"""The prefill's matrix work as captured CUDA graphs, one set per token-count bucket.
+"""A prefill's layer work as captured CUDA graphs, one set per bucket of row counts.
 
-A prefill of a few prompts is host-bound on a GPU: each decoder layer is two compiled
-regions (everything before attention, everything after it) whose guards, wrappers and
-kernel launches cost the host several times the device's work, so under an open loop of
-image requests the engine thread spends most of its time launching prefills. The regions
-between attentions do the same work for any prompt of a given length, so they are
-recorded once per bucket of token counts (padded up, as vLLM's piecewise graphs do) and
-replayed; attention, whose shape follows each chunk's context, runs eagerly between them.
+A prefill of a few prompts is host-bound on a GPU: each decoder layer and each vision block
+is two compiled regions (the work before attention and the work after it) whose guards,
+wrappers and kernel launches cost the host several times the device's work, so under an
+open loop of image requests the engine thread spends most of its time launching
+prefills. Those regions do the same work for any input of a given number of rows (tokens,
+image patches), so they are recorded once per bucket of row counts, the rows padded up (as
+vLLM's piecewise graphs do), and replayed; attention, whose shape follows each chunk's
+context and each image's size, runs as it comes between them.
 
-Rows past a prefill's tokens are padding: every operation in a region works on each
-token's row alone, so they cannot change a real row, and their keys and values go to the
-cache's spare block, which no sequence is given.
+Padding rows cannot change a real row: every operation in a region works on each row alone.
+The decoder's padding rows write their keys and values to the cache's spare block, which
+no sequence is given.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import torch
 
@@ -23,108 +25,67 @@ log = logging.getLogger(__name__)
 
 BUCKETS = (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 
+# A region: (layer, rows) -> None, reading and writing the buffers' first ``rows`` rows.
+Region = Callable[[int, int], None]
 
-class PrefillGraphs:
-    """Static buffers for prefills of up to ``max_tokens`` tokens, and each bucket's graphs: per layer,
-    one for the work before attention (which also writes the keys and values to the cache) and one
-    for the work after it. Without ``capture`` (a CPU) the regions run directly on the same padded
-    buffers, which keeps that path testable."""
 
-    def __init__(self, decoder, max_tokens: int, pad_position: int, capture: bool):
-        self.decoder = decoder
-        self.sizes = [b for b in BUCKETS if b < max_tokens] + [max_tokens]
-        weight = decoder.layers[0][1]
-        device, dtype = weight.device, weight.dtype
-        width, d = weight.shape[1], decoder.head_dim
-        top = self.sizes[-1]
-        self.pad_position = pad_position
-        self.hidden = torch.zeros((top, 1, width), dtype=dtype, device=device)
-        self.attended = torch.zeros((top, 1, decoder.heads * d), dtype=dtype, device=device)
-        self.q = torch.zeros((top, decoder.heads, d), dtype=dtype, device=device)
-        self.k = torch.zeros((top, decoder.kv_heads, d), dtype=dtype, device=device)
-        self.v = torch.zeros_like(self.k)
-        self.cos = torch.zeros((top, 1, 1, d), dtype=dtype, device=device)
-        self.sin = torch.zeros_like(self.cos)
-        self.written = torch.full((top,), pad_position, dtype=torch.long, device=device)
+class LayerGraphs:
+    """Static buffers of ``max_rows`` rows (``buffers``: name -> (row shape, dtype)), and per bucket of
+    rows up to it, each layer's ``before`` and ``after`` regions as graphs. Without ``capture`` (a CPU)
+    the regions run directly on the same padded buffers, which keeps that path testable."""
+
+    def __init__(self, name: str, layers: int, before: Region, after: Region, max_rows: int, min_rows: int,
+                 buffers: dict[str, tuple[tuple[int, ...], torch.dtype]], device: torch.device, capture: bool):
+        self.name, self.layers, self.regions = name, layers, (before, after)
+        self.sizes = [b for b in BUCKETS if min_rows <= b < max_rows] + [max_rows]
+        self.buffers = {key: torch.zeros((max_rows, *shape), dtype=dtype, device=device)
+                        for key, (shape, dtype) in buffers.items()}
         self._capture = capture
-        self._graphs: dict[int, list[tuple]] = {}
-        self._pool = None
-        self._size = top  # the bucket of the prefill being run
+        self._graphs: dict[int, list[tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph]]] = {}
+        self.rows = max_rows  # the bucket of the input being run
 
-    def bucket(self, tokens: int) -> int | None:
-        return next((s for s in self.sizes if s >= tokens), None)
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.buffers[key]
 
-    def capture_all(self) -> None:
-        """Record every bucket's graphs, largest first (the smaller reuse its memory pool)."""
+    def bucket(self, rows: int) -> int | None:
+        return next((s for s in self.sizes if s >= rows), None)
+
+    def capture_all(self, pool=None):
+        """Record every bucket's graphs, largest first (the smaller reuse its memory); returns the pool."""
         if not self._capture:
-            return
+            return pool
         stream = torch.cuda.Stream()
         for size in reversed(self.sizes):
-            self._size = size
+            self.rows = size
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):  # each region once first: compiled code settles its shapes
-                for layer in range(len(self.decoder.layers)):
-                    self._project(layer)
-                    self._feed_forward(layer)
+                for layer in range(self.layers):
+                    for region in self.regions:
+                        region(layer, size)
             torch.cuda.current_stream().wait_stream(stream)
             graphs = []
-            for layer in range(len(self.decoder.layers)):
+            for layer in range(self.layers):
                 pair = []
-                for region in (self._project, self._feed_forward):
+                for region in self.regions:
                     graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph, pool=self._pool):
-                        region(layer)
-                    self._pool = graph.pool()
+                    with torch.cuda.graph(graph, pool=pool):
+                        region(layer, size)
+                    pool = graph.pool()
                     pair.append(graph)
                 graphs.append(tuple(pair))
             self._graphs[size] = graphs
-        self.written.fill_(self.pad_position)
-        log.info("captured the prefill's layers for %s tokens", self.sizes)
+        log.info("captured the %s's layers for %s rows", self.name, self.sizes)
+        return pool
 
-    def load(self, embeds: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, written: torch.Tensor) -> torch.Tensor:
-        """Put a prefill's inputs in the buffers of its bucket; return its hidden states (a view)."""
-        tokens = embeds.shape[0]
-        self._size = self.bucket(tokens)
-        self.hidden[:tokens, 0].copy_(embeds)
-        self.cos[:tokens].copy_(cos)
-        self.sin[:tokens].copy_(sin)
-        self.written[tokens:self._size].fill_(self.pad_position)
-        self.written[:tokens].copy_(written)
-        return self.hidden[:tokens]
+    def start(self, rows: int) -> int:
+        """An input of ``rows`` rows is about to be loaded; returns its bucket."""
+        self.rows = self.bucket(rows)
+        return self.rows
 
-    def project(self, layer: int, tokens: int):
-        """q, k and v of the prefill's tokens (views); their keys and values are in the cache."""
-        self._run(layer, 0)
-        return self.q[:tokens], self.k[:tokens], self.v[:tokens]
-
-    def feed_forward(self, layer: int, attended: torch.Tensor) -> torch.Tensor:
-        tokens = attended.shape[0]
-        self.attended[:tokens].copy_(attended.view(tokens, 1, -1))
-        self._run(layer, 1)
-        return self.hidden[:tokens]
-
-    def _run(self, layer: int, part: int) -> None:
-        graphs = self._graphs.get(self._size)
+    def run(self, layer: int, part: int) -> None:
+        """Region ``part`` (0: before attention, 1: after) of ``layer`` on the current bucket."""
+        graphs = self._graphs.get(self.rows)
         if graphs is not None:
             graphs[layer][part].replay()
         else:
-            (self._project, self._feed_forward)[part](layer)
-
-    # The regions, on the current bucket's rows of the buffers.
-
-    def _project(self, layer: int) -> None:
-        n, dec = self._size, self.decoder
-        norm_w, qkv_w, q_norm_w, k_norm_w = dec.layers[layer][:4]
-        q, k, v = dec._project(self.hidden[:n], norm_w, qkv_w, q_norm_w, k_norm_w, self.cos[:n], self.sin[:n],
-                               dec.eps, dec.heads, dec.kv_heads, dec.head_dim)
-        k, v = k.squeeze(2), v.squeeze(2)
-        dec.cache.write(layer, k, v, self.written[:n])
-        self.q[:n].copy_(q.squeeze(2))
-        self.k[:n].copy_(k)
-        self.v[:n].copy_(v)
-
-    def _feed_forward(self, layer: int) -> None:
-        n, dec = self._size, self.decoder
-        o_w, post_w, gate_up_w, down_w = dec.layers[layer][4:]
-        self.hidden[:n].copy_(dec._feed_forward(self.hidden[:n], self.attended[:n], o_w, post_w, gate_up_w, down_w,
-                                                dec.eps))
+            self.regions[part](layer, self.rows)

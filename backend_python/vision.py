@@ -24,6 +24,7 @@ from transformers.vision_utils import (
 )
 
 from .decode import packed_attention, rotary
+from .prefill_graphs import LayerGraphs
 
 
 def _before_attention(hidden, norm_w, norm_b, qkv_w, qkv_b, cos, sin, eps: float, heads: int):
@@ -62,9 +63,38 @@ class VisionEncoder:
             raise ValueError("the patch embedding must be a convolution whose stride equals its kernel")
         self.patch_w, self.patch_b = proj.weight.view(proj.out_channels, -1), proj.bias
         self._before, self._after = _before_attention, _after_attention
+        self.graphs: LayerGraphs | None = None  # see graph_blocks
         if compile:
             self._before = torch.compile(_before_attention, dynamic=True)
             self._after = torch.compile(_after_attention, dynamic=True)
+
+    def graph_blocks(self, max_patches: int, capture: bool) -> LayerGraphs:
+        """Images of up to ``max_patches`` patches in all go through captured graphs from now on (see
+        prefill_graphs.py)."""
+        qkv_w = self.blocks[0][2]
+        width, d = qkv_w.shape[1], qkv_w.shape[0] // 3 // self.heads
+        dtype = self.dtype
+        # The smallest image the processor makes has 256 patches (65,536 pixels).
+        self.graphs = LayerGraphs(
+            "vision encoder", len(self.blocks), self._graph_before, self._graph_after, max_patches, 256,
+            {"hidden": ((width,), dtype), "attended": ((self.heads * d,), dtype), "q": ((self.heads, d), dtype),
+             "k": ((self.heads, d), dtype), "v": ((self.heads, d), dtype), "cos": ((1, d), torch.float32),
+             "sin": ((1, d), torch.float32)}, qkv_w.device, capture)
+        return self.graphs
+
+    def _graph_before(self, block: int, rows: int) -> None:
+        g = self.graphs
+        n1_w, n1_b, qkv_w, qkv_b = self.blocks[block][:4]
+        q, k, v = self._before(g["hidden"][:rows], n1_w, n1_b, qkv_w, qkv_b, g["cos"][:rows], g["sin"][:rows],
+                               self.eps, self.heads)
+        for key, value in (("q", q), ("k", k), ("v", v)):
+            g[key][:rows].copy_(value)
+
+    def _graph_after(self, block: int, rows: int) -> None:
+        g = self.graphs
+        proj_w, proj_b, n2_w, n2_b, fc1_w, fc1_b, fc2_w, fc2_b = self.blocks[block][4:]
+        g["hidden"][:rows].copy_(self._after(g["hidden"][:rows], g["attended"][:rows], proj_w, proj_b, n2_w, n2_b,
+                                             fc1_w, fc1_b, fc2_w, fc2_b, self.eps, self.act))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -100,14 +130,28 @@ class VisionEncoder:
         hidden = hidden + table.to(hidden.dtype)
         cos, sin = visual.rotary_pos_emb(hidden, layout["positions"])
         cos, sin = cos[:, None].float(), sin[:, None].float()
-        deepstack = []
+        deepstack, patches = [], hidden.shape[0]
+        graphs = self.graphs if self.graphs and self.graphs.bucket(patches) else None
+        if graphs is not None:
+            graphs.start(patches)
+            for key, value in (("hidden", hidden), ("cos", cos), ("sin", sin)):
+                graphs[key][:patches].copy_(value)
+            hidden = graphs["hidden"][:patches]
         for index, (n1_w, n1_b, qkv_w, qkv_b, proj_w, proj_b, n2_w, n2_b, fc1_w, fc1_b, fc2_w, fc2_b) \
                 in enumerate(self.blocks):
-            q, k, v = self._before(hidden, n1_w, n1_b, qkv_w, qkv_b, cos, sin, self.eps, self.heads)
+            if graphs is not None:
+                graphs.run(index, 0)
+                q, k, v = graphs["q"][:patches], graphs["k"][:patches], graphs["v"][:patches]
+            else:
+                q, k, v = self._before(hidden, n1_w, n1_b, qkv_w, qkv_b, cos, sin, self.eps, self.heads)
             attended = packed_attention(q, k, v, layout["bounds"], layout["segments"], layout["longest"],
                                         causal=False)
-            hidden = self._after(hidden, attended.flatten(1), proj_w, proj_b, n2_w, n2_b, fc1_w, fc1_b, fc2_w,
-                                 fc2_b, self.eps, self.act)
+            if graphs is not None:
+                graphs["attended"][:patches].copy_(attended.flatten(1))
+                graphs.run(index, 1)
+            else:
+                hidden = self._after(hidden, attended.flatten(1), proj_w, proj_b, n2_w, n2_b, fc1_w, fc1_b, fc2_w,
+                                     fc2_b, self.eps, self.act)
             if index in self.deepstack:
                 deepstack.append(self.deepstack[index](hidden))
             if between is not None:

@@ -51,6 +51,24 @@ def test_features_equal_the_checkpoints_vision_model_for_images_of_different_siz
         torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("max_patches", [512, 1024])
+def test_images_padded_to_a_graph_bucket_get_the_checkpoints_features(loaded, max_patches):
+    """The blocks' path a GPU replays as captured graphs (prefill_graphs.py), run directly here: the
+    batch's patches (844) padded up to a bucket (1024), or more than the largest bucket (512): as they come."""
+    pixels, grid = pixels_and_grid(loaded, SIZES)
+    assert 512 < pixels.shape[0] <= 1024
+    visual = loaded[1].model.model.visual
+    encoder = VisionEncoder(visual)
+    graphs = encoder.graph_blocks(max_patches, capture=False)
+    with torch.inference_mode():
+        graphs["hidden"].fill_(float("nan"))  # whatever a larger batch left in the padding rows
+        expected = visual(pixels, grid_thw=grid)
+        features, deepstack = encoder(pixels, encoder.layout(grid))
+    torch.testing.assert_close(features, expected.pooler_output)
+    for got, want in zip(deepstack, expected.deepstack_features):
+        torch.testing.assert_close(got, want)
+
+
 def test_an_image_does_not_change_the_features_of_the_others_in_its_batch(loaded):
     pixels, grid = pixels_and_grid(loaded, SIZES)
     changed = pixels.clone()
