@@ -133,10 +133,15 @@ class ModelRunner:
             cuda = self.device.type == "cuda"
             tokens = min(self.config.prefill_graph_tokens, self.config.max_num_batched_tokens)
             decoder = self.decoder.graph_prefills(tokens, num_blocks * self.config.block_size, capture=cuda)
-            # An image token stands for merge x merge patches.
-            vision = self.vision.graph_blocks(tokens * self._merge ** 2, capture=cuda)
-            with torch.inference_mode(), self._timed("prefill graphs"):
-                vision.capture_all(decoder.capture_all())
+            # An image token stands for merge x merge patches; an image is encoded whole when a chunk first
+            # reaches it, so its patches are not bounded by the step's token budget.
+            vision = self.vision.graph_blocks(self.config.prefill_graph_tokens * self._merge ** 2, capture=cuda)
+            try:
+                with torch.inference_mode(), self._timed("prefill graphs"):
+                    vision.capture_all(decoder.capture_all())
+            except Exception:
+                log.exception("capturing the prefill's graphs failed: prefills run without them")
+                self.decoder.prefill_graphs = self.vision.graphs = None
         if artifacts is not None and not reused:
             artifacts.save(self.decoder.kernels)
         return num_blocks
