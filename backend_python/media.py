@@ -7,13 +7,13 @@ the container's packets). Videos are read with PyAV (FFmpeg's libraries).
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import av
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -116,7 +116,7 @@ def probe_video(data: bytes, limits: Limits, index: int = 0) -> VideoHeader:
                 frames += packet.size > 0
                 if frames > most:
                     _check_seconds(frames / fps, limits, where)
-    except av.FFmpegError as exc:
+    except _av().FFmpegError as exc:
         raise InvalidVideo(f"invalid video: {where} is truncated or corrupt ({exc.strerror or exc})") from None
     if frames < 2:
         raise InvalidVideo(f"invalid video: {where} has {frames} frame(s), at least 2 are needed "
@@ -140,7 +140,7 @@ def decode_video(data: bytes, header: VideoHeader, indices: Sequence[int], index
                     frames.append(picture.to_ndarray(format="rgb24", width=header.width, height=header.height))
                 if len(frames) == len(wanted):
                     break
-    except av.FFmpegError as exc:
+    except _av().FFmpegError as exc:
         raise InvalidVideo(f"invalid video: {where} is truncated or corrupt ({exc.strerror or exc})") from None
     if len(frames) < len(wanted):
         raise InvalidVideo(f"invalid video: {where} is truncated or corrupt: frame {wanted[len(frames)]} of "
@@ -148,15 +148,23 @@ def decode_video(data: bytes, header: VideoHeader, indices: Sequence[int], index
     return np.stack(frames)
 
 
+@functools.cache
+def _av():
+    """PyAV, imported with the first video: a server that is only sent images never loads FFmpeg."""
+    import av
+
+    return av
+
+
 def _open(data: bytes, format: str):
     """Only the demuxer of the container the bytes name (FFmpeg's own probing would try them all)."""
-    return av.open(io.BytesIO(data), format=DEMUXERS[format])
+    return _av().open(io.BytesIO(data), format=DEMUXERS[format])
 
 
 def _header_seconds(container, stream) -> float:
     if stream.duration is not None and stream.time_base:
         return float(stream.duration * stream.time_base)
-    return container.duration / av.time_base if container.duration is not None else 0.0
+    return container.duration / _av().time_base if container.duration is not None else 0.0
 
 
 def _check_seconds(seconds: float, limits: Limits, where: str) -> None:
