@@ -2,8 +2,8 @@
 profile: the pod model of planner/pod.py fitted to what the GPU measured (planner/README.md, "The pod
 model", says what each number is).
 
-    python -m bench.profile docs/bench/h200-paged-triton-1f9b375.json \\
-        --engine docs/bench/h200-paged-engine-alone-1f9b375.json \\
+    python -m bench.profile docs/bench/h200-prefill-graphs-on-f91aca0.json \\
+        --engine docs/bench/h200-engine-f91aca0.json --cold-engine docs/bench/h200-engine-0d27c6f.json \\
         --name h200-qwen3-vl-4b --out planner/profiles/h200-qwen3-vl-4b.json
 
 Read off the runs: the engine's limits (the served config and the KV cache the model reported),
@@ -66,8 +66,9 @@ def _ready_split(line: str) -> dict[str, float]:
     return {name: float(s) for name, s in re.findall(r"(\w+) warm-up ([\d.]+) s", line)}
 
 
-def read_off(triton: dict, engine: dict) -> dict:
-    """Everything taken from the runs without simulating: the profile's fixed part."""
+def read_off(triton: dict, engine: dict, cold: dict | None = None) -> dict:
+    """Everything taken from the runs without simulating: the profile's fixed part. ``cold``: an engine
+    run whose start had empty compile caches, when ``engine``'s did not (for what compiling adds)."""
     off = triton["triton"]["off"]
     alone = engine["engine"]
     runs = {r["clients"]: r for r in off["runs"]}
@@ -104,7 +105,7 @@ def read_off(triton: dict, engine: dict) -> dict:
         if lag > 0:  # a saturated run's means and medians disagree (negative): no reading
             growth.append((lag - lone_lag) / streams**2)
     model_split = _ready_split(off["cold_start_model"])
-    cold_split = alone["engine_start_split"]
+    cold_split = (cold or engine)["engine"]["engine_start_split"]
     compile_seconds = (cold_split["decode"] - model_split["decode"]) + (cold_split["vision"] - model_split["vision"])
     return {
         "kv_cache_tokens": kv_tokens,
@@ -202,8 +203,9 @@ def _nelder_mead(f, x0: list[float], step: list[float], iterations: int) -> tupl
 
 
 # Starting points and steps of the search, in the order of FIT.
+# The last is where the engine with the prefill's graphs (f91aca0) fits: a cheap prefill holds few decode steps.
 STARTS = ([0.001, 25, 0.001, 1e-5, 0.15, 1.5e-5, 0.3], [0.004, 18, 0.002, 5e-6, 0.25, 1e-5, 0.2],
-          [0.0005, 30, 0.0005, 2e-5, 0.1, 2e-5, 0.4])
+          [0.0005, 30, 0.0005, 2e-5, 0.1, 2e-5, 0.4], [0.004, 6, 0.0001, 2e-5, 0.18, 2e-5, 0.06])
 STEPS = [0.001, 3, 0.001, 5e-6, 0.05, 4e-6, 0.05]
 
 
@@ -242,10 +244,10 @@ def comparison(profile: PodProfile, rows: list[Row], spread: float) -> list[dict
     return out
 
 
-def from_reports(triton: dict, engine: dict, name: str, sources: tuple[str, str],
-                 exclude: tuple[str, ...] = ()) -> PodProfile:
+def from_reports(triton: dict, engine: dict, name: str, sources: tuple[str, ...],
+                 exclude: tuple[str, ...] = (), cold: dict | None = None) -> PodProfile:
     served = served_config(GPU_CONFIG.read_text(), triton.get("parameters"))
-    fixed = read_off(triton, engine)
+    fixed = read_off(triton, engine, cold)
     rows = targets(measured_rows(triton["triton"]["off"]))
     params, loss = fit(fixed, served, [r for r in rows if r.name not in exclude])
     provenance = (
@@ -254,7 +256,8 @@ def from_reports(triton: dict, engine: dict, name: str, sources: tuple[str, str]
         f"{sources[1]} (the engine alone) on one {triton['gpu']}: Qwen3-VL-4B-Instruct's architecture, random "
         "weights, bfloat16, configs/gpu.pbtxt. Read off the runs: limits, decode steps alone and per cached "
         "token, lone prefill, long prompts, execute's host time, the response delay, the cold start with warm "
-        "compile caches (compile_seconds: what empty caches add, from the engine run's first start). Fitted "
+        "compile caches (compile_seconds: what empty caches add, from the first start of "
+        f"{sources[2] if len(sources) > 2 else 'the engine run'}). Fitted "
         "(replaying the run's workloads): " + ", ".join(FIT) + ". Assumed: the image pull (a ~10 GB CUDA "
         "image at ~100 MB/s), node provisioning (none: GPU nodes already in the pool), CPU use."
     )
@@ -272,11 +275,15 @@ def main() -> None:
     parser.add_argument("--engine", type=Path, required=True, help="bench.gpu --parts engine report (JSON)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--name", default="h200-qwen3-vl-4b")
+    parser.add_argument("--cold-engine", type=Path,
+                        help="an engine report whose start had empty compile caches (default: --engine's)")
     parser.add_argument("--exclude", action="append", default=[], metavar="ROW",
                         help="leave a row out of the fit (e.g. '16 req/s') to see how well it is predicted")
     args = parser.parse_args()
+    cold = json.loads(args.cold_engine.read_text()) if args.cold_engine else None
+    sources = (str(args.report), str(args.engine)) + ((str(args.cold_engine),) if args.cold_engine else ())
     profile = from_reports(json.loads(args.report.read_text()), json.loads(args.engine.read_text()), args.name,
-                           (str(args.report), str(args.engine)), tuple(args.exclude))
+                           sources, tuple(args.exclude), cold)
     args.out.write_text(json.dumps(profile.to_json(), indent=2) + "\n")
     for row in profile.measured["comparison"]:
         print(f"{row['row']:>12} {row['metric']:>9}: predicted {row['predicted']:9.3f} measured {row['measured']:9.3f} "

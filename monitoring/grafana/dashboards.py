@@ -37,12 +37,12 @@ PODS = 'namespace="$namespace", pod=~"$pod"'
 API_ROUTES = 'route=~"/v1/.*"'
 # From the time-to-first-token objective (monitoring/objective.yml, 2 s for 99 % of requests; a unit test
 # holds them to it): KEDA's queue-time target, the queue alert's threshold, the error budget, and the
-# occupancy and GPU targets of the gpu overlay's ScaledObject (occupancy: the planner's choice, 0.8;
+# occupancy and GPU targets of the gpu overlay's ScaledObject (occupancy: the planner's choice, 0.7;
 # gpu-shared keeps 0.6).
 QUEUE_TIME_TARGET_S = 0.5
 QUEUE_TIME_OBJECTIVE_S = 1.0
 TTFT_ERROR_BUDGET = 0.01
-OCCUPANCY_TARGET = 0.8
+OCCUPANCY_TARGET = 0.7
 BURN_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 
 

@@ -2,12 +2,12 @@
 pod model it describes reproduces those runs: the check that fails when the model, the profile or
 the simulator drifts from what the GPU measured.
 
-The runs: docs/bench/h200-paged-triton-1f9b375.json (through Triton, prefix cache off, one 448x448
-image and a question, 512-token answers) and docs/bench/h200-paged-engine-alone-1f9b375.json. Each
-loaded row is replayed through one simulated pod (planner/replay.py): the closed loops of 64 and
-128 clients (two rounds each) and the Poisson arrivals at 8, 16 and 24 requests/s for 15 s (24 is
-past the pod's capacity: its queue grows through the run). tok/s and TTFT p50/p95 must each be
-within 15 % of the measurement; all fifteen are (the worst, 24 req/s TTFT p95, -12.5 %).
+The runs: docs/bench/h200-prefill-graphs-on-f91aca0.json (through Triton, prefix cache off, one
+448x448 image and a question, 512-token answers) and docs/bench/h200-engine-f91aca0.json. Each
+loaded row is replayed through one simulated pod (planner/replay.py): the closed loop of 64 clients
+(two rounds) and the Poisson arrivals at 8, 16 and 24 requests/s for 15 s (24 is past the pod's
+capacity: its queue grows through the run). tok/s and TTFT p50/p95 must each be within 15 % of the
+measurement; all twelve are (the worst, 24 req/s TTFT p50, -14.2 %). That run has no 128-client row.
 
 Seven numbers of the model are fitted to these same rows (bench.profile.FIT; everything else is
 read off the runs), so this is a consistency check of the committed profile, not an independent
@@ -27,8 +27,11 @@ from planner.replay import BENCH_PROMPT_TOKENS, METRICS, measured_rows, replay
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[3]
-TRITON = json.loads((ROOT / "docs/bench/h200-paged-triton-1f9b375.json").read_text())
-ENGINE = json.loads((ROOT / "docs/bench/h200-paged-engine-alone-1f9b375.json").read_text())
+TRITON = json.loads((ROOT / "docs/bench/h200-prefill-graphs-on-f91aca0.json").read_text())
+ENGINE = json.loads((ROOT / "docs/bench/h200-engine-f91aca0.json").read_text())
+# The engine run above started with warm compile caches; this one (the engine before the prefill's
+# graphs, on a new machine) did not: what compiling adds to a start comes from it.
+COLD = json.loads((ROOT / "docs/bench/h200-engine-0d27c6f.json").read_text())
 PROFILE = load_profile(ROOT / "planner/profiles/h200-qwen3-vl-4b.json")
 SPREAD = PROFILE.measured["bench_client_spread_seconds"]
 ROWS = targets(measured_rows(TRITON["triton"]["off"]))
@@ -39,12 +42,12 @@ def test_the_profile_is_what_bench_profile_reads_off_the_committed_runs():
     """Everything but the seven fitted numbers comes from the runs and the served config as committed."""
     fitted = PROFILE.measured["fitted"]
     served = served_config(GPU_CONFIG.read_text(), TRITON.get("parameters"))
-    rebuilt = build(read_off(TRITON, ENGINE), served, fitted, PROFILE.name, PROFILE.provenance, PROFILE.measured)
+    rebuilt = build(read_off(TRITON, ENGINE, COLD), served, fitted, PROFILE.name, PROFILE.provenance, PROFILE.measured)
     assert rebuilt == PROFILE
 
 
-def test_the_loaded_rows_are_the_five_of_the_run():
-    assert [r.name for r in ROWS] == ["64 clients", "128 clients", "8 req/s", "16 req/s", "24 req/s"]
+def test_the_loaded_rows_are_the_four_of_the_run():
+    assert [r.name for r in ROWS] == ["64 clients", "8 req/s", "16 req/s", "24 req/s"]
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
@@ -61,7 +64,7 @@ def test_a_drifted_model_fails_the_check():
     faster = replace(PROFILE, decode_step_seconds=tuple((b, s * 0.75) for b, s in PROFILE.decode_step_seconds))
     off = [(r.name, m) for r in ROWS for m in METRICS
            if abs(replay(faster, r, SPREAD).metric(m) / r.metric(m) - 1) > TOLERANCE]
-    assert ("24 req/s", "tok/s") in off and ("8 req/s", "TTFT p95") in off and len(off) >= 4, off
+    assert ("24 req/s", "TTFT p50") in off and ("8 req/s", "TTFT p95") in off and len(off) >= 4, off
 
 
 def test_the_replayed_prompts_are_the_benchmarks():
