@@ -55,7 +55,11 @@ def test_unavailable_is_reported_clearly_and_recovery_needs_no_frontend_restart(
 
         recovered = _ask(impatient.url)
         assert recovered.status_code == 200, recovered.text
-        assert httpx.get(f"{impatient.url}/readyz").status_code == 200
+        # Readiness follows the replicas' probes (one a second): ready again within a few of them.
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{impatient.url}/readyz").status_code != 200:
+            assert time.monotonic() < deadline, httpx.get(f"{impatient.url}/readyz").text
+            time.sleep(0.2)
     finally:
         impatient.stop()
         patient.stop()
