@@ -82,6 +82,7 @@ class ModelRunner:
         self.vision = VisionEncoder(self.model.model.visual, compile=config.compile_decode and cuda)
         self._image_token = self.model.config.image_token_id
         self._merge = self.model.config.vision_config.spatial_merge_size
+        self._prefill_graphs = config.cuda_graphs and config.prefill_graph_tokens > 0
         self._embed = self.model.model.get_input_embeddings()
         # SDPA reads a span of cached tokens rounded up (a captured graph serves many steps); the exact
         # kernel reads each row's length, so one graph per batch size serves every step.
@@ -129,7 +130,7 @@ class ModelRunner:
         self._bind(PagedKVCache(self.layers, num_blocks + 1, self.config.block_size, self.kv_heads, self.head_dim,
                                 self.dtype, self.device, self.max_seqs + 1, self.config.max_model_len))
         self.cache.tables[self.dummy_slot] = num_blocks  # the block no sequence is given
-        if self.config.prefill_graph_tokens and self.config.cuda_graphs:
+        if self._prefill_graphs:
             cuda = self.device.type == "cuda"
             tokens = min(self.config.prefill_graph_tokens, self.config.max_num_batched_tokens)
             decoder = self.decoder.graph_prefills(tokens, num_blocks * self.config.block_size, capture=cuda)
@@ -165,7 +166,7 @@ class ModelRunner:
             # processes) stays where it is; the engine may use its share of what is left.
             outside = total - free - torch.cuda.memory_reserved(self.device)
             usable = min(self.config.gpu_memory_utilization * total, capped) - outside
-            reserve = GRAPH_RESERVE_BYTES * (2 if self.config.prefill_graph_tokens and self.config.cuda_graphs else 1)
+            reserve = GRAPH_RESERVE_BYTES * (2 if self._prefill_graphs else 1)
             budget = int(usable - torch.cuda.max_memory_allocated(self.device) - reserve)
             log.info("KV cache budget: %.2f GiB of %.1f GiB (peak of weights and activations %.2f GiB, "
                      "outside torch %.2f GiB)", budget / 2**30, total / 2**30,
