@@ -46,38 +46,30 @@ BEFORE = load_profile(ROOT / "planner/profiles/h200-qwen3-vl-4b-1f9b375.json")
 BEFORE_ROWS = targets(measured_rows(BEFORE_TRITON["triton"]["off"]))
 
 
-def test_the_profile_is_what_bench_profile_reads_off_the_committed_runs():
+FITS = {"f91aca0": (PROFILE, TRITON, ENGINE, COLD), "1f9b375": (BEFORE, BEFORE_TRITON, BEFORE_ENGINE, None)}
+CASES = [(fit, row) for fit, (_, triton, _, _) in FITS.items() for row in targets(measured_rows(triton["triton"]["off"]))]
+
+
+@pytest.mark.parametrize("fit", FITS)
+def test_the_profile_is_what_bench_profile_reads_off_the_committed_runs(fit):
     """Everything but the seven fitted numbers comes from the runs and the served config as committed."""
-    fitted = PROFILE.measured["fitted"]
-    served = served_config(GPU_CONFIG.read_text(), TRITON.get("parameters"))
-    rebuilt = build(read_off(TRITON, ENGINE, COLD), served, fitted, PROFILE.name, PROFILE.provenance, PROFILE.measured)
-    assert rebuilt == PROFILE
+    profile, triton, engine, cold = FITS[fit]
+    served = served_config(GPU_CONFIG.read_text(), triton.get("parameters"))
+    rebuilt = build(read_off(triton, engine, cold), served, profile.measured["fitted"], profile.name,
+                    profile.provenance, profile.measured)
+    assert rebuilt == profile
 
 
-def test_the_profile_of_the_engine_before_is_what_bench_profile_reads_off_its_runs():
-    served = served_config(GPU_CONFIG.read_text(), BEFORE_TRITON.get("parameters"))
-    rebuilt = build(read_off(BEFORE_TRITON, BEFORE_ENGINE), served, BEFORE.measured["fitted"], BEFORE.name,
-                    BEFORE.provenance, BEFORE.measured)
-    assert rebuilt == BEFORE
-
-
-def test_the_loaded_rows_are_the_four_of_the_run():
+def test_the_loaded_rows_are_those_of_the_runs():
     assert [r.name for r in ROWS] == ["64 clients", "8 req/s", "16 req/s", "24 req/s"]
+    assert [r.name for r in BEFORE_ROWS] == ["64 clients", "128 clients", "8 req/s", "16 req/s", "24 req/s"]
 
 
-@pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
-def test_the_pod_model_reproduces_the_h200_run(row):
-    sim = replay(PROFILE, row, SPREAD)
+@pytest.mark.parametrize("fit,row", CASES, ids=[f"{fit}-{row.name}" for fit, row in CASES])
+def test_the_pod_model_reproduces_the_h200_run(fit, row):
+    profile = FITS[fit][0]
+    sim = replay(profile, row, profile.measured["bench_client_spread_seconds"])
     report = {m: f"predicted {sim.metric(m):.3f}, measured {row.metric(m):.3f}" for m in METRICS}
-    for metric in METRICS:
-        assert sim.metric(metric) == pytest.approx(row.metric(metric), rel=TOLERANCE), (row.name, report)
-
-
-@pytest.mark.parametrize("row", BEFORE_ROWS, ids=[r.name for r in BEFORE_ROWS])
-def test_the_pod_model_reproduces_the_run_of_the_engine_before_the_prefill_graphs(row):
-    sim = replay(BEFORE, row, BEFORE.measured["bench_client_spread_seconds"])
-    report = {m: f"predicted {sim.metric(m):.3f}, measured {row.metric(m):.3f}" for m in METRICS}
-    assert row.name in ("64 clients", "128 clients", "8 req/s", "16 req/s", "24 req/s")
     for metric in METRICS:
         assert sim.metric(metric) == pytest.approx(row.metric(metric), rel=TOLERANCE), (row.name, report)
 
