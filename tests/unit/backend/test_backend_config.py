@@ -41,6 +41,11 @@ def test_a_step_budget_too_small_for_a_decode_step_is_refused():
                                      environ={"MODEL_PATH": "x"})
 
 
+def test_a_negative_prefill_graph_size_is_refused():
+    with pytest.raises(ValueError, match="prefill_graph_tokens must be >= 0"):
+        EngineConfig.from_parameters({"prefill_graph_tokens": "-1"}, environ={"MODEL_PATH": "x"})
+
+
 def test_no_model_is_a_clear_error():
     with pytest.raises(ValueError, match="MODEL_PATH"):
         EngineConfig.from_parameters({}, environ={})
