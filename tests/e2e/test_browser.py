@@ -160,6 +160,9 @@ def test_image_question_streams_an_answer_with_stats_then_stop_cancels_on_the_se
     # Regenerate replaces the stopped answer; Clear empties the conversation.
     _set_max_tokens(page, 8)
     page.click("#regenerate")
+    # The stopped answer's stats also name the time to first token: wait for the new answer's,
+    # or Clear races the regeneration still on its way and the conversation comes back.
+    expect(page.locator("#stats")).not_to_contain_text("Stopped")
     expect(page.locator("#stats")).to_contain_text("Time to first token", timeout=60_000)
     expect(page.locator(BOT)).to_have_count(2)
     page.click("#clear")
