@@ -18,11 +18,13 @@ queue metrics and queue policy see them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 
 import torch
 
@@ -143,6 +145,13 @@ class Engine:
                 self._blocked -= 1
             self._lock.notify_all()
         self._report_waiting()
+
+    @contextlib.contextmanager
+    def arriving_together(self) -> Iterator[None]:
+        """Sequences submitted inside start in the same step, as a burst that reaches the model at once
+        (a benchmark's bursts); ``submit`` still waits for room, letting steps run meanwhile."""
+        with self._lock:
+            yield
 
     def stop(self, timeout: float = 30.0) -> None:
         """Take no new sequences and let the admitted ones finish, waiting up to ``timeout`` seconds.

@@ -206,7 +206,7 @@ def _submit(engine, prompts, requests, at_once: bool = True, timeout: float = 60
     """Hand requests to the engine (all in one step when ``at_once``) and wait for every answer."""
     built = [prompts.build(r) for r in requests]
     sinks = [_Sink() for _ in requests]
-    with engine._lock if at_once else contextlib.nullcontext():
+    with engine.arriving_together() if at_once else contextlib.nullcontext():
         for r, p, s in zip(requests, built, sinks):
             s.sent = time.monotonic()
             engine.submit(r, p, s)
@@ -423,7 +423,7 @@ def engine_rows(model_path: str, images: list[bytes], compile: bool = True) -> d
     streams = [_request(PROMPTS[i % 8], [images[i % 8]], 400) for i in range(64)]
     built = [prompts.build(r) for r in streams]
     sinks = [_Sink() for _ in streams]
-    with engine._lock:
+    with engine.arriving_together():
         for r, p, s in zip(streams, built, sinks):
             engine.submit(r, p, s)
     while min(len(s.counts) for s in sinks) < 60:

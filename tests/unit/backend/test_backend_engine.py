@@ -96,7 +96,7 @@ def test_prompts_of_different_lengths_prefilled_together_get_their_answers_alone
     assert len({p.length for p in built}) == len(built)
     before = engine.stats.snapshot()
     sinks = [Sink() for _ in requests]
-    with engine._lock:  # the engine thread plans them all in its next step
+    with engine.arriving_together():  # the engine thread plans them all in its next step
         for r, p, s in zip(requests, built, sinks):
             engine.submit(r, p, s)
     assert all(s.done.wait(60) for s in sinks)
@@ -141,7 +141,7 @@ def test_running_sequences_decode_during_a_prefill_and_every_answer_is_the_one_i
             time.sleep(0.01)
         before = engine.stats.snapshot()
         sinks = [Sink() for _ in newcomers]
-        with engine._lock:  # one prefill for both
+        with engine.arriving_together():  # one prefill for both
             for r, sink in zip(newcomers, sinks):
                 engine.submit(r, prompts.build(r), sink)
         assert all(sink.done.wait(60) for sink in (cancelled, kept, *sinks))
