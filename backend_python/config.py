@@ -66,6 +66,9 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     enable_prefix_caching: bool = True  # reuse the KV blocks of a prompt's longest cached prefix
     prompt_workers: int = 4  # threads that decode images and tokenize a batch of requests
+    # Host memory for processed images and videos kept by content (visual_cache.py): a request that
+    # sends one again (every turn of a chat does) skips decoding and processing it. 0: off.
+    processor_cache_gib: float = 0.5
     cuda_graphs: bool = True  # captured decode steps on CUDA devices
     # With cuda_graphs: prefills of up to this many tokens in all run their layers' matrix work as
     # captured graphs, padded to a bucket (prefill_graphs.py; 0: off). On a CPU the padded path runs
@@ -128,6 +131,8 @@ class EngineConfig:
                              f"max_num_seqs ({self.max_num_seqs}) sequences")
         if self.limits.max_prompt_tokens + 1 > self.max_model_len:
             raise ValueError("max_prompt_tokens must leave room for an answer within max_model_len")
+        if self.processor_cache_gib < 0:
+            raise ValueError("processor_cache_gib must be >= 0 (0: no cache of processed images and videos)")
         if self.prefill_graph_tokens < 0:
             raise ValueError("prefill_graph_tokens must be >= 0 (0: no prefill graphs)")
         if not 0.0 < self.gpu_memory_utilization <= 1.0 or self.kv_cache_budget_gib < 0:

@@ -38,6 +38,7 @@ class EngineMetrics:
     def cached_prompt_tokens(self, n: int) -> None: ...
     def preempted(self, n: int) -> None: ...
     def videos(self, n: int, tokens: int) -> None: ...
+    def processor_cache(self, hits: int, misses: int, held_bytes: int) -> None: ...
     def finished(self, reason: str) -> None: ...
     def model_load(self, seconds: float) -> None: ...
 
@@ -95,6 +96,14 @@ class TritonMetrics(EngineMetrics):
             "videos": family("qwen3vl_videos_total", "Videos in requests the engine accepted", family.COUNTER),
             "video_tokens": family("qwen3vl_video_tokens_total",
                                    "Visual tokens of those videos (their frames' placeholder tokens)", family.COUNTER),
+            "processor_hits": family(
+                "qwen3vl_processor_cache_hits_total",
+                "Images and videos of requests whose processed pixels came from the processor cache", family.COUNTER),
+            "processor_misses": family(
+                "qwen3vl_processor_cache_misses_total",
+                "Images and videos of requests decoded and processed (not in the processor cache)", family.COUNTER),
+            "processor_bytes": family("qwen3vl_processor_cache_bytes",
+                                      "Host memory the processor cache holds", family.GAUGE),
             "finished": family(
                 "qwen3vl_requests_finished_total", "Finished requests by finish reason", family.COUNTER
             ),
@@ -117,6 +126,9 @@ class TritonMetrics(EngineMetrics):
         self._preempted = f["preempted"].Metric(labels=labels)
         self._videos = f["videos"].Metric(labels=labels)
         self._video_tokens = f["video_tokens"].Metric(labels=labels)
+        self._processor_hits = f["processor_hits"].Metric(labels=labels)
+        self._processor_misses = f["processor_misses"].Metric(labels=labels)
+        self._processor_bytes = f["processor_bytes"].Metric(labels=labels)
         self._finished = {r: f["finished"].Metric(labels={**labels, "reason": r}) for r in FINISH_REASONS}
         self._load = f["load"].Metric(labels=labels)
         self._lock = threading.Lock()
@@ -171,6 +183,11 @@ class TritonMetrics(EngineMetrics):
     def videos(self, n: int, tokens: int) -> None:
         self._count(self._videos, n)
         self._count(self._video_tokens, tokens)
+
+    def processor_cache(self, hits: int, misses: int, held_bytes: int) -> None:
+        self._count(self._processor_hits, hits)
+        self._count(self._processor_misses, misses)
+        self._set(self._processor_bytes, held_bytes)
 
     def finished(self, reason: str) -> None:
         self._count(self._finished[reason], 1)

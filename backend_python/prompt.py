@@ -15,9 +15,11 @@ import torch
 from transformers.video_utils import VideoMetadata
 
 from .config import EngineConfig
-from .errors import LimitExceeded
+from .errors import InvalidRequest, LimitExceeded
 from .media import VideoHeader, decode_image, decode_video, probe_video
+from .metrics import EngineMetrics
 from .request import GenerationRequest
+from .visual_cache import VisualCache
 
 IMAGE, VIDEO = 1, 2  # the processor's mm_token_type_ids
 
@@ -37,6 +39,24 @@ class VisualSpan:
     digest: bytes
     grid: tuple[int, int, int]
     video: bool = False
+
+
+@dataclass(frozen=True)
+class Processed:
+    """What the processor makes of one image or video: its pixel rows, its grid (1, 3) and, for a video,
+    the sampled frames' metadata, whose timestamps go into the prompt."""
+
+    pixels: torch.Tensor
+    grid: torch.Tensor
+    metadata: VideoMetadata | None = None
+
+    @property
+    def patches(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return self.pixels.numel() * self.pixels.element_size()
 
 
 @dataclass
@@ -82,7 +102,7 @@ class Prompt:
 
 class PromptBuilder:
     def __init__(self, processor: Any, config: EngineConfig, pixel_dtype: torch.dtype | None = None,
-                 rope_index: Callable | None = None):
+                 rope_index: Callable | None = None, metrics: EngineMetrics | None = None):
         """``pixel_dtype``: the vision encoder's, to which the engine would cast the pixels anyway (here,
         on this thread pool, with half the bytes left for the engine to copy). The pixels are not
         page-locked here: that is a CUDA call, and one from another thread while the engine captures
@@ -94,6 +114,8 @@ class PromptBuilder:
         self._pixel_dtype = pixel_dtype
         self._pool = ThreadPoolExecutor(config.prompt_workers, thread_name_prefix="qwen3vl-prompt")
         self._limits = config.limits
+        self._cache: VisualCache[Processed] = VisualCache(int(config.processor_cache_gib * 2**30))
+        self._metrics = metrics or EngineMetrics()
         self._image_size = _size(processor.image_processor.size, config.image_min_pixels, config.image_max_pixels)
         # The processor samples, sizes and time-stamps frames; sampling runs here, on the header's facts,
         # so that only the sampled frames are decoded. Its min/max frames are attributes, so a copy
@@ -129,12 +151,29 @@ class PromptBuilder:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def build(self, request: GenerationRequest) -> Prompt:
-        images = [decode_image(data, self._limits, i) for i, data in enumerate(request.images)]
-        headers = [probe_video(data, self._limits, i) for i, data in enumerate(request.videos)]
-        sampled = [self._sample(header) for header in headers]
-        self._check_visual_budget(images, headers, sampled)
-        frames = [decode_video(data, header, metadata.frames_indices, i)
-                  for i, (data, header, metadata) in enumerate(zip(request.videos, headers, sampled))]
+        keys = {"image": [("image", _digest(data)) for data in request.images],
+                "video": [("video", _digest(data)) for data in request.videos]}
+        done = {kind: [self._cache.get(key) for key in kind_keys] for kind, kind_keys in keys.items()}
+        # What the cache lacks is decoded (images) or probed and sampled (videos), then checked
+        # against the budget together with what it holds, before any video is decoded.
+        images = {i: decode_image(data, self._limits, i) for i, data in enumerate(request.images)
+                  if done["image"][i] is None}
+        headers = {i: probe_video(data, self._limits, i) for i, data in enumerate(request.videos)
+                   if done["video"][i] is None}
+        sampled = {i: self._sample(header) for i, header in headers.items()}
+        self._check_visual_budget(images, headers, sampled, [p for ps in done.values() for p in ps if p])
+        for i, image in images.items():
+            done["image"][i] = self._keep(keys["image"][i], self._processor.image_processor(
+                images=[image], size=self._image_size, return_tensors="pt"), "pixel_values", "image_grid_thw")
+        for i, header in headers.items():
+            frames = decode_video(request.videos[i], header, sampled[i].frames_indices, i)
+            done["video"][i] = self._keep(keys["video"][i], self._processor.video_processor(
+                videos=[frames], video_metadata=[sampled[i]], return_metadata=True, return_tensors="pt",
+                **self._videos_kwargs), "pixel_values_videos", "video_grid_thw")
+        if keys["image"] or keys["video"]:
+            misses = len(images) + len(headers)
+            self._metrics.processor_cache(len(request.images) + len(request.videos) - misses, misses,
+                                          self._cache.nbytes)
         # The chat template sees placeholders in the order the parts name them.
         order: dict[str, list[int]] = {"image": [], "video": []}
         messages = []
@@ -149,31 +188,48 @@ class PromptBuilder:
             messages.append({"role": message.role, "content": parts})
         text = self._processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         text = text.replace(self._video_part, self._video_token)
-        videos_kwargs = {**self._videos_kwargs, "video_metadata": [sampled[i] for i in order["video"]]}
-        inputs = self._processor(
-            text=[text], images=[images[i] for i in order["image"]] or None,
-            videos=[frames[i] for i in order["video"]] or None, return_tensors="pt",
-            images_kwargs={"size": self._image_size}, videos_kwargs=videos_kwargs)
-        length = int(inputs["input_ids"].shape[1])
+        used = {kind: [done[kind][i] for i in indices] for kind, indices in order.items()}
+        ids, kinds = self._tokenize(text, used["image"], used["video"])
+        length = int(ids.shape[0])
         if length > self._limits.max_prompt_tokens:
             raise LimitExceeded(
                 f"invalid request: the prompt has {length} tokens (images and videos included), "
                 f"at most {self._limits.max_prompt_tokens}"
             )
-        pixels, video_pixels = inputs.get("pixel_values"), inputs.get("pixel_values_videos")
-        if self._pixel_dtype is not None:
-            pixels = None if pixels is None else pixels.to(self._pixel_dtype)
-            video_pixels = None if video_pixels is None else video_pixels.to(self._pixel_dtype)
-        ids, kinds = inputs["input_ids"][0], inputs["mm_token_type_ids"][0]
-        grid, video_grid = inputs.get("image_grid_thw"), inputs.get("video_grid_thw")
+        pixels, grid = _stack(used["image"])
+        video_pixels, video_grid = _stack(used["video"])
         positions = None
         if self._rope_index is not None:
             positions = self._rope_index(ids[None], kinds[None], grid, video_grid)[0][:, 0]
-        digests = {kind: [_digest((request.images if kind == "image" else request.videos)[i]) for i in indices]
-                   for kind, indices in order.items()}
+        digests = {kind: [keys[kind][i][1] for i in indices] for kind, indices in order.items()}
         return Prompt(input_ids=ids, mm_token_type_ids=kinds, pixel_values=pixels, image_grid_thw=grid,
                       positions=positions, visuals=self._spans(kinds, grid, video_grid, digests),
                       pixel_values_videos=video_pixels, video_grid_thw=video_grid)
+
+    def _keep(self, key: tuple[str, bytes], outputs: Any, pixels: str, grid: str) -> Processed:
+        """One image's or video's processor outputs, in the encoder's dtype, into the cache."""
+        values = outputs[pixels] if self._pixel_dtype is None else outputs[pixels].to(self._pixel_dtype)
+        metadata = outputs.get("video_metadata")
+        processed = Processed(values, outputs[grid], None if metadata is None else metadata[0])
+        self._cache.put(key, processed)
+        return processed
+
+    def _tokenize(self, text: str, images: list[Processed], videos: list[Processed]) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the processor's ``__call__`` does with the text once it has processed the images and videos,
+        from the processed ones (cached or new): each placeholder expanded by the processor's own rule,
+        then tokenized, then each token's modality."""
+        processor = self._processor
+        if text.count(processor.image_token) != len(images) or text.count(self._video_token) != len(videos):
+            raise InvalidRequest("invalid request: a text part contains the model's image or video placeholder token")
+        image_inputs = {"image_grid_thw": torch.cat([p.grid for p in images]) if images else None}
+        video_inputs = {"video_grid_thw": torch.cat([p.grid for p in videos]) if videos else None,
+                        "video_metadata": [p.metadata for p in videos]}
+        [text], _ = processor.get_text_with_replacements(
+            [text], [processor.replace_image_token(image_inputs, i) for i in range(len(images))],
+            [processor.replace_video_token(video_inputs, i) for i in range(len(videos))])
+        ids = processor.tokenizer([text], return_tensors="pt", return_token_type_ids=False)["input_ids"][0]
+        kinds = torch.tensor(processor.create_mm_token_type_ids([ids.tolist()])[0], dtype=torch.long)
+        return ids, kinds
 
     def _sample(self, header: VideoHeader) -> VideoMetadata:
         """The frames the checkpoint's video processor would take, from the header's facts alone."""
@@ -182,20 +238,24 @@ class PromptBuilder:
         metadata.frames_indices = self._sampler.sample_frames(metadata, fps=self._fps).tolist()
         return metadata
 
-    def _check_visual_budget(self, images: list, headers: list[VideoHeader], sampled: list[VideoMetadata]) -> None:
+    def _check_visual_budget(self, images: dict[int, Any], headers: dict[int, VideoHeader],
+                             sampled: dict[int, VideoMetadata], cached: list[Processed]) -> None:
         """Refuse before any video is decoded: frames after sampling and visual tokens, as the processor
-        will count them from the sizes it is given."""
+        will count them from the sizes it is given (or counted them, for what the cache holds)."""
         limits = self._limits
-        frames = sum(len(metadata.frames_indices) for metadata in sampled)
+        frames = sum(len(metadata.frames_indices) for metadata in sampled.values())
+        frames += sum(len(p.metadata.frames_indices) for p in cached if p.metadata is not None)
         if frames > limits.max_sampled_frames:
             raise LimitExceeded(f"invalid request: the videos sample to {frames} frames, at most "
                                 f"{limits.max_sampled_frames} per request")
         image_kwargs = {"min_pixels": self._image_size["shortest_edge"], "max_pixels": self._image_size["longest_edge"]}
         patches = sum(self._processor.image_processor.get_number_of_image_patches(image.height, image.width,
-                                                                                  image_kwargs) for image in images)
-        patches += sum(self._sampler.get_num_of_video_patches(len(metadata.frames_indices), header.height,
+                                                                                  image_kwargs)
+                      for image in images.values())
+        patches += sum(self._sampler.get_num_of_video_patches(len(sampled[i].frames_indices), header.height,
                                                               header.width, self._videos_kwargs)
-                       for header, metadata in zip(headers, sampled))
+                       for i, header in headers.items())
+        patches += sum(p.patches for p in cached)
         tokens, most = patches // self._merge ** 2, min(limits.max_visual_tokens, limits.max_prompt_tokens)
         if tokens > most:
             raise LimitExceeded(f"invalid request: the images and videos take {tokens} visual tokens, at most "
@@ -228,6 +288,15 @@ def _size(defaults: Any, min_pixels: int, max_pixels: int) -> dict[str, int]:
     if max_pixels:
         size["longest_edge"] = max_pixels
     return size
+
+
+def _stack(processed: list[Processed]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The pixel rows and grids of images (or videos) in prompt order, as the processor batches them."""
+    if not processed:
+        return None, None
+    if len(processed) == 1:  # the cache's own tensors: nothing writes to a prompt's pixels
+        return processed[0].pixels, processed[0].grid
+    return torch.cat([p.pixels for p in processed]), torch.cat([p.grid for p in processed])
 
 
 def _digest(data: bytes) -> bytes:

@@ -247,6 +247,24 @@ SRE_OVERVIEW_ROWS: tuple[RowSpec, ...] = (
             ),
             width=6,
         ),
+        PanelSpec(
+            "Cache hits",
+            "Share of prompt tokens taken from the KV prefix cache instead of computed, and of images and "
+            "videos taken from the processor cache instead of decoded and processed. A chat's later turns "
+            "hit both; a fall under steady traffic means the caches are too small for it.",
+            (
+                Query(f"sum by (pod) (rate(qwen3vl_prompt_tokens_cached_total{{{PODS}}}[$__rate_interval])) / "
+                      f"(sum by (pod) (rate(qwen3vl_prompt_tokens_cached_total{{{PODS}}}[$__rate_interval])) + "
+                      f"sum by (pod) (rate(qwen3vl_prompt_tokens_total{{{PODS}}}[$__rate_interval])))",
+                      "prompt tokens {{pod}}"),
+                Query(f"sum by (pod) (rate(qwen3vl_processor_cache_hits_total{{{PODS}}}[$__rate_interval])) / "
+                      f"(sum by (pod) (rate(qwen3vl_processor_cache_hits_total{{{PODS}}}[$__rate_interval])) + "
+                      f"sum by (pod) (rate(qwen3vl_processor_cache_misses_total{{{PODS}}}[$__rate_interval])))",
+                      "images and videos {{pod}}"),
+            ),
+            unit="percentunit",
+            width=6,
+        ),
     )),
     RowSpec("Objective and scaling signals", (
         PanelSpec(

@@ -173,7 +173,7 @@ class TritonPythonModel:
         loaded = load(self.config)
         weights = time.monotonic() - started
         self.prompts = PromptBuilder(loaded.processor, self.config, pixel_dtype=loaded.dtype,
-                                     rope_index=loaded.model.model.get_rope_index)
+                                     rope_index=loaded.model.model.get_rope_index, metrics=self.metrics)
         self.outbox = Outbox()
         self.cancel_watch = CancelWatch()
         engine = Engine(loaded, self.config, self.metrics)

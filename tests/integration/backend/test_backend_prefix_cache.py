@@ -1,5 +1,6 @@
 """A chat through the real Triton: each turn resends the whole conversation, and the model prefills only
-what is new (its metrics say so), with the answers a server without the prefix cache gives."""
+what is new and processes the image once (its metrics say so), with the answers a server without the
+prefix cache and the processor cache gives."""
 
 from __future__ import annotations
 
@@ -15,9 +16,13 @@ BLOCK = 16  # the engine's default block size: the cache holds whole blocks
 QUESTIONS = ["Describe this picture.", "What colour is it mostly?", "Give it a short title."]
 
 
-def chat(server, image: bytes) -> list[tuple[str, int, float, float]]:
-    """Three turns; per turn the answer, its prompt tokens, and the prompt tokens prefilled and taken
-    from the cache (from the model's counters)."""
+COUNTERS = ("qwen3vl_prompt_tokens_total", "qwen3vl_prompt_tokens_cached_total",
+            "qwen3vl_processor_cache_hits_total", "qwen3vl_processor_cache_misses_total")
+
+
+def chat(server, image: bytes) -> list[tuple[str, int, float, float, float, float]]:
+    """Three turns; per turn the answer, its prompt tokens, the prompt tokens prefilled and taken from
+    the cache, and the images taken from the processor cache and processed (from the model's counters)."""
     history, turns = [], []
     for k, question in enumerate(QUESTIONS):
         content = ([{"type": "image", "image": 0}] if k == 0 else []) + [{"type": "text", "text": question}]
@@ -27,25 +32,25 @@ def chat(server, image: bytes) -> list[tuple[str, int, float, float]]:
         assert result.error is None
         after = scrape_until(server.metrics_url, lambda m: m["qwen3vl_sequences_in_flight"] == 0 and m.get(
             "qwen3vl_prompt_tokens_total", 0) > before.get("qwen3vl_prompt_tokens_total", 0))
-        delta = {name: after.get(name, 0) - before.get(name, 0)
-                 for name in ("qwen3vl_prompt_tokens_total", "qwen3vl_prompt_tokens_cached_total")}
-        turns.append((result.text, result.prompt_tokens, delta["qwen3vl_prompt_tokens_total"],
-                      delta["qwen3vl_prompt_tokens_cached_total"]))
+        turns.append((result.text, result.prompt_tokens,
+                      *(after.get(name, 0) - before.get(name, 0) for name in COUNTERS)))
         history = [*messages, {"role": "assistant", "content": result.text}]
     return turns
 
 
 def test_a_three_turn_chat_with_an_image_prefills_only_the_new_tokens_of_each_turn(triton, start_triton):
     image = png(256, 256, (30, 160, 90))
-    cold = start_triton(parameters={"enable_prefix_caching": "false"})
+    cold = start_triton(parameters={"enable_prefix_caching": "false", "processor_cache_gib": "0"})
     try:
         expected = chat(cold, image)
     finally:
         cold.stop()
     turns = chat(triton, image)
-    assert [t[0] for t in turns] == [t[0] for t in expected]  # the same answers as without the cache
-    assert all(prefilled == length for _, length, prefilled, _ in expected)
-    for (_, before, _, _), (_, length, prefilled, cached) in zip(turns, turns[1:]):
+    assert [t[0] for t in turns] == [t[0] for t in expected]  # the same answers as without the caches
+    assert all(prefilled == length for _, length, prefilled, *_ in expected)
+    assert [t[4:] for t in expected] == [(0, 1)] * 3  # processed every turn
+    assert [t[4:] for t in turns] == [(0, 1), (1, 0), (1, 0)]  # processed once
+    for (_, before, *_), (_, length, prefilled, cached, *_) in zip(turns, turns[1:]):
         # Everything of the turn before (its prompt, image included) comes from the cache, but for the
         # block that holds its last tokens; what is prefilled is what this turn adds, and that block.
         assert cached >= before // BLOCK * BLOCK

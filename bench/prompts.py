@@ -1,0 +1,90 @@
+"""`python -m bench.prompts`: the host's time to build a prompt for an image or a video sent again, with and
+without the processor cache (``processor_cache_gib``).
+
+A chat resends its images and videos with every turn. The host work is the checkpoint's processor and
+tokenizer (the tiny checkpoint carries Qwen3-VL's own), with the GPU config's image and video settings
+and pixels in bfloat16, so the figures hold for the 4B model on the same CPU. One prompt worker, as
+each of the server's prompt workers builds one prompt. Prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from bench.gpu import gpu_config, log
+from bench.stats import table
+
+
+def _photo(width: int, height: int, seed: int, kind: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.effect_noise((width, height), 30 + seed).convert("RGB").save(buffer, kind, quality=90)
+    return buffer.getvalue()
+
+
+def _request(images: list[bytes], videos: list[bytes]):
+    from backend_python.request import ChatMessage, GenerationRequest, SamplingParams
+
+    parts = [{"type": "video", "video": i} for i in range(len(videos))] \
+        + [{"type": "image", "image": i} for i in range(len(images))] + [{"type": "text", "text": "Describe it."}]
+    return GenerationRequest(messages=(ChatMessage("user", tuple(parts)),), images=tuple(images),
+                             videos=tuple(videos), sampling=SamplingParams(max_tokens=16))
+
+
+def _timed(build, request, rounds: int) -> tuple[float, int]:
+    times, prompt = [], None
+    for _ in range(rounds):
+        started = time.perf_counter()
+        prompt = build(request)
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times), prompt.visual_tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args()
+    from backend_python.checkpoint import build as build_checkpoint
+    from backend_python.loader import load
+    from backend_python.prompt import PromptBuilder
+    from tests.samples.videos import clip
+
+    torch.set_num_threads(1)
+    path = Path(__file__).resolve().parents[1] / "var" / "checkpoints" / "tiny"  # make run's checkpoint
+    if not (path / "config.json").exists():
+        build_checkpoint(path)
+    loaded = load(gpu_config(model_path=str(path), device="cpu", dtype="float32"))
+    builders = {gib: PromptBuilder(loaded.processor, gpu_config(model_path=str(path), processor_cache_gib=gib),
+                                   pixel_dtype=torch.bfloat16, rope_index=loaded.model.model.get_rope_index)
+                for gib in ("0", "0.5")}
+    media = {
+        "448x448 PNG (the GPU bench's image)": _request([_photo(448, 448, 0, "PNG")], []),
+        "1024x1024 JPEG": _request([_photo(1024, 1024, 1, "JPEG")], []),
+        "1920x1080 JPEG (a screenshot's size)": _request([_photo(1920, 1080, 2, "JPEG")], []),
+        "4032x3024 JPEG (a phone photo's size)": _request([_photo(4032, 3024, 3, "JPEG")], []),
+        "10-second 448x448 clip, 30 fps": _request([], [clip(10.0, fps=30, size=(448, 448))]),
+    }
+    rows = []
+    for name, request in media.items():
+        rounds = args.rounds if request.images else max(2, args.rounds // 3)
+        without, tokens = _timed(builders["0"].build, request, rounds)
+        builders["0.5"].build(request)  # the first turn: processed and kept
+        again, _ = _timed(builders["0.5"].build, request, rounds)
+        rows.append({"media, with one short question": name, "visual tokens": str(tokens),
+                     "every time (no cache), ms": f"{without:.1f}", "sent again (cache), ms": f"{again:.1f}",
+                     "faster": f"{without / again:.0f}x"})
+        log(f"{name}: {without:.1f} ms without the cache, {again:.1f} ms sent again")
+    print(f"\nBuilding one prompt on {platform.processor() or platform.machine()} ({torch.get_num_threads()} "
+          f"torch thread), p50 of {args.rounds} (videos: {max(2, args.rounds // 3)}):")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
