@@ -134,9 +134,9 @@ class GenerationChunk:
     token_ids: list[int] = field(default_factory=list)
     visual_tokens: int = 0  # of the prompt tokens, those standing for images and video frames
 
-    def to_tensors(self) -> dict[str, np.ndarray]:
+    def to_tensors(self, full: bool = True) -> dict[str, np.ndarray]:
         return WireResponse(self.text, self.finish_reason, self.prompt_tokens, self.completion_tokens,
-                            self.visual_tokens).to_arrays()
+                            self.visual_tokens).to_arrays(full)
 
 
 def parse_messages(raw: Any, sent: Mapping[str, int], limits: Limits) -> tuple[ChatMessage, ...]:

@@ -101,9 +101,10 @@ def stream(url: str, inputs: list[grpcclient.InferInput], *, timeout: float = 12
                     if on_delta:
                         on_delta(wire.text)
                 result.finish_reason = wire.finish_reason
-                result.prompt_tokens = wire.prompt_tokens
+                # Only a stream's first and last responses carry the prompt's counts (docs/contracts.md).
+                result.prompt_tokens = wire.prompt_tokens or result.prompt_tokens
                 result.completion_tokens = wire.completion_tokens
-                result.visual_tokens = wire.visual_tokens
+                result.visual_tokens = wire.visual_tokens or result.visual_tokens
             if response.get_response().parameters["triton_final_response"].bool_param:
                 final = True
                 break

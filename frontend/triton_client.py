@@ -75,14 +75,16 @@ def to_triton_inputs(request: GenerationRequest) -> list[grpcclient.InferInput]:
     ]
 
 
-def chunk_from_result(result: grpcclient.InferResult) -> GenerationChunk:
+def chunk_from_result(result: grpcclient.InferResult, first: GenerationChunk | None = None) -> GenerationChunk:
+    """``first``: the stream's first chunk. The responses between the first and the last carry no prompt
+    counts (docs/contracts.md): every chunk gets them from the first, so a stream left early has them."""
     response = WireResponse.from_arrays(result.as_numpy)
     return GenerationChunk(
         text=response.text,
         finish_reason=response.finish_reason if response.finish_reason in FINISH_REASONS else None,
-        prompt_tokens=response.prompt_tokens,
+        prompt_tokens=response.prompt_tokens or (first.prompt_tokens if first else 0),
         completion_tokens=response.completion_tokens,
-        visual_tokens=response.visual_tokens,
+        visual_tokens=response.visual_tokens or (first.visual_tokens if first else 0),
     )
 
 
@@ -186,6 +188,7 @@ async def _stream(client: grpcclient_aio.InferenceServerClient, model_name: str,
     except InferenceServerException as exc:
         raise _classify(exc) from None
     received = 0
+    first: GenerationChunk | None = None
     last = False
     try:
         while True:
@@ -201,7 +204,8 @@ async def _stream(client: grpcclient_aio.InferenceServerClient, model_name: str,
             if error is not None:
                 raise _classify(error)
             received += 1
-            chunk = chunk_from_result(result)
+            chunk = chunk_from_result(result, first)
+            first = first or chunk
             final = is_final(result)
             if final and chunk.finish_reason is None:
                 chunk = chunk.model_copy(update={"finish_reason": "stop"})

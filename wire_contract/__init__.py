@@ -113,9 +113,16 @@ class WireRequest:
         return {name: INPUTS[name].array(v) for name, v in values.items() if v}
 
 
+# The outputs of a stream's responses between its first and its last, which carry every output: the
+# others do not change in between. Each output is a tensor the model's interpreter builds and Triton
+# copies, per response, on the path that competes with the engine for that interpreter.
+DELTA_OUTPUTS = ("text_output", "completion_tokens")
+
+
 @dataclass(frozen=True)
 class WireResponse:
-    """One response of a stream; ``finish_reason`` is empty until the last one."""
+    """One response of a stream; ``finish_reason`` is empty until the last one. The responses between
+    the first and the last carry no ``prompt_tokens`` and ``visual_tokens``: they read as 0."""
 
     text: str = ""
     finish_reason: str = ""
@@ -123,15 +130,17 @@ class WireResponse:
     completion_tokens: int = 0
     visual_tokens: int = 0  # of the prompt tokens, those standing for images and video frames
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """The model's side. Without the batch dimension: Triton adds it to a decoupled response."""
-        return {name: OUTPUTS[name].array(values)[0] for name, values in (
-            ("text_output", [self.text.encode("utf-8")]),
-            ("finish_reason", [self.finish_reason.encode("utf-8")]),
-            ("prompt_tokens", [self.prompt_tokens]),
-            ("completion_tokens", [self.completion_tokens]),
-            ("visual_tokens", [self.visual_tokens]),
-        )}
+    def to_arrays(self, full: bool = True) -> dict[str, np.ndarray]:
+        """The model's side: every output, or ``DELTA_OUTPUTS`` only (a stream's responses between its
+        first and its last). Without the batch dimension: Triton adds it to a decoupled response."""
+        values = {
+            "text_output": lambda: [self.text.encode("utf-8")],
+            "completion_tokens": lambda: [self.completion_tokens],
+            "finish_reason": lambda: [self.finish_reason.encode("utf-8")],
+            "prompt_tokens": lambda: [self.prompt_tokens],
+            "visual_tokens": lambda: [self.visual_tokens],
+        }
+        return {name: OUTPUTS[name].array(values[name]())[0] for name in (OUTPUTS if full else DELTA_OUTPUTS)}
 
     @classmethod
     def from_arrays(cls, as_numpy: Callable[[str], np.ndarray | None]) -> WireResponse:

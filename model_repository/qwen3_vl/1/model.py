@@ -110,7 +110,8 @@ class TritonSink:
         watch.add(self)
 
     def send(self, chunk, final):
-        self._queue(functools.partial(_response, chunk), final)
+        # The first and the last response carry every output, those between only the delta's.
+        self._queue(functools.partial(_response, chunk, final or self._queued == 0), final)
 
     def fail(self, error):
         self._queue(functools.partial(_error_response, error), True)
@@ -148,9 +149,9 @@ class TritonSink:
         self._outbox.put(self, make, final)
 
 
-def _response(chunk):
+def _response(chunk, full):
     return pb_utils.InferenceResponse(
-        output_tensors=[pb_utils.Tensor(name, value) for name, value in chunk.to_tensors().items()])
+        output_tensors=[pb_utils.Tensor(name, value) for name, value in chunk.to_tensors(full).items()])
 
 
 def _error_response(error):

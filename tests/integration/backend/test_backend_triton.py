@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import queue
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import tritonclient.grpc as grpcclient
 from backend_samples import bomb, png, truncated_jpeg
 from triton_metrics import scrape, scrape_until
 
 from clients.triton_stream import build_inputs, stream, user_turn
+from wire_contract import DELTA_OUTPUTS, OUTPUTS
 
 pytestmark = pytest.mark.integration
 
@@ -28,6 +31,27 @@ def test_a_streamed_answer_with_an_image(triton):
     assert result.finish_reason == "length"
     assert result.completion_tokens == 16
     assert result.prompt_tokens > 64  # the image alone is at least 64 tokens
+
+
+def test_a_streams_first_and_last_responses_carry_every_output_and_those_between_the_deltas_only(triton):
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    got: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: got.put((result, error)))
+    try:
+        client.async_stream_infer("qwen3_vl", build_inputs(user_turn("Describe it.", 1), [png(120, 80)], max_tokens=24,
+                                                           ignore_eos=True), enable_empty_final_response=True)
+        outputs = []
+        while True:
+            result, error = got.get(timeout=120)
+            assert error is None
+            outputs.append({output.name for output in result.get_response().outputs})
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                break
+    finally:
+        client.stop_stream()
+        client.close()
+    assert len(outputs) > 2 and outputs[0] == outputs[-1] == set(OUTPUTS)
+    assert all(names == set(DELTA_OUTPUTS) for names in outputs[1:-1])
 
 
 def test_a_whole_answer_comes_in_one_response(triton):

@@ -108,6 +108,12 @@ def test_a_model_response_reads_back_in_the_clients(reason):
     assert WireResponse.from_arrays(arrays.get) == WireResponse("héllo", reason, 12, 3, 8)
 
 
+def test_a_response_between_a_streams_first_and_last_carries_only_the_deltas_outputs():
+    arrays = GenerationChunk(text="é", prompt_tokens=12, completion_tokens=3, visual_tokens=8).to_tensors(full=False)
+    assert set(arrays) == set(wire_contract.DELTA_OUTPUTS) == {"text_output", "completion_tokens"}
+    assert WireResponse.from_arrays(arrays.get) == WireResponse("é", "", 0, 3, 0)
+
+
 def test_the_finish_reasons_are_the_contract_s_everywhere():
     assert MODEL_METRIC_REASONS == (*wire_contract.FINISH_REASONS, "error")
     assert schemas.FinishReason is wire_contract.FinishReason

@@ -79,5 +79,18 @@ def test_the_last_response_carries_the_finish_reason(reason):
     assert is_final(result)
 
 
+def test_a_response_between_the_first_and_the_last_gets_the_prompts_counts_from_the_first():
+    """Those responses carry only the delta's outputs (docs/contracts.md); a stream left early still
+    reports its prompt tokens."""
+    first = chunk_from_result(_response(b"a", b"", 12, 1, final=False))
+    response = service_pb2.ModelInferResponse(model_name="qwen3_vl", id="r1")
+    for name, datatype, array in (("text_output", "BYTES", np.array([[b"b"]], dtype=np.object_)),
+                                  ("completion_tokens", "INT32", np.array([[2]], dtype=np.int32))):
+        response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
+        response.raw_output_contents.append(serialize_byte_tensor(array).item() if datatype == "BYTES" else array.tobytes())
+    chunk = chunk_from_result(grpcclient.InferResult(response), first)
+    assert (chunk.text, chunk.prompt_tokens, chunk.completion_tokens, chunk.finish_reason) == ("b", 12, 2, None)
+
+
 def test_final_flag_is_false_when_absent():
     assert not is_final(_response(b"x", b"", 1, 1, final=None))
