@@ -18,7 +18,8 @@ random weights on local disk (same shapes, same cost). Its parts:
   alternating in fresh processes;
 - triton: N concurrent streaming gRPC clients through Triton (one 448x448 image and a question,
   a fixed number of tokens, EOS ignored) and, with --rates, requests at Poisson arrival times,
-  once per --prefix-cache setting (the bench's 8 prompts repeat: the cache answers them);
+  once per --prefix-cache setting (the bench's 8 prompts repeat: the caches answer them; off is
+  no KV prefix cache and no processor cache, as the peer's "caches off");
 - --peer: vLLM's figures on the same requests (shared/tools/vllm-peer's output) beside ours.
 Every request is one 448x448 image and a question unless said otherwise. Prints tables and
 writes bench-gpu.json.
@@ -792,7 +793,8 @@ def main() -> None:
                         help="also send requests at Poisson arrival times, this many per second (of the last --tokens)")
     parser.add_argument("--rate-seconds", type=float, default=20, help="how long each --rates run sends")
     parser.add_argument("--prefix-cache", nargs="+", default=["off", "on"], choices=["off", "on"],
-                        help="serve through Triton once per setting of enable_prefix_caching")
+                        help="serve through Triton once per setting of the caches: off is enable_prefix_caching "
+                             "false and processor_cache_gib 0 (the peer's caches off), on the config's")
     parser.add_argument("--starts", type=int, default=1, help="start Triton this many times (cold start, then warm)")
     parser.add_argument("--new-nodes", action="store_true",
                         help="every start with empty compile caches, as on a new node: the first writes compile "
@@ -852,7 +854,9 @@ def main() -> None:
     if "triton" in args.parts:
         report["triton"] = {}
         for setting in args.prefix_cache:
-            parameters = {**dict(args.param), "enable_prefix_caching": "true" if setting == "on" else "false"}
+            # Off is the peer's "caches off": no KV prefix cache and no processor cache (vLLM's mm cache).
+            caches = {} if setting == "on" else {"enable_prefix_caching": "false", "processor_cache_gib": "0"}
+            parameters = {"enable_prefix_caching": "true", **caches, **dict(args.param)}
             report["triton"][setting] = through_triton(
                 model, args.clients, args.tokens, images, args.rounds, args.compile, args.starts, parameters,
                 args.new_nodes, args.rates, args.rate_seconds)
