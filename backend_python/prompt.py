@@ -214,7 +214,8 @@ class PromptBuilder:
         self._cache.put(key, processed)
         return processed
 
-    def _tokenize(self, text: str, images: list[Processed], videos: list[Processed]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _tokenize(self, text: str, images: list[Processed],
+                  videos: list[Processed]) -> tuple[torch.Tensor, torch.Tensor]:
         """What the processor's ``__call__`` does with the text once it has processed the images and videos,
         from the processed ones (cached or new): each placeholder expanded by the processor's own rule,
         then tokenized, then each token's modality."""

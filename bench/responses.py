@@ -66,8 +66,9 @@ def _repository(root: Path) -> Path:
     model = root / "responses"
     (model / "1").mkdir(parents=True)
     (model / "1" / "model.py").write_text(MODEL)
-    outputs = ",\n".join(f'  {{ name: "{name}", data_type: TYPE_{"STRING" if spec.datatype == "BYTES" else spec.datatype}, '
-                         f'dims: [ -1 ] }}' for name, spec in OUTPUTS.items())
+    types = {name: "STRING" if spec.datatype == "BYTES" else spec.datatype for name, spec in OUTPUTS.items()}
+    outputs = ",\n".join(f'  {{ name: "{name}", data_type: TYPE_{kind}, dims: [ -1 ] }}'
+                          for name, kind in types.items())
     (model / "config.pbtxt").write_text(
         'backend: "python"\nmax_batch_size: 0\nmodel_transaction_policy { decoupled: true }\n'
         'input [ { name: "n", data_type: TYPE_INT32, dims: [ 1 ] } ]\n'
@@ -92,7 +93,8 @@ def main() -> None:
                    f"--model-repository={_repository(Path(root))}", f"--backend-directory={backend_directory()}",
                    f"--http-port={ports[0]}", f"--grpc-port={ports[1]}", f"--metrics-port={ports[2]}",
                    "--disable-auto-complete-config", "--allow-gpu-metrics=false", "--exit-timeout-secs=5"]
-        server = subprocess.Popen(command, env=triton_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(command, env=triton_environment(), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.STDOUT)
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{ports[1]}")
         try:
             deadline = time.monotonic() + 120
@@ -111,7 +113,8 @@ def main() -> None:
         walls = sorted(1e6 * r[key][0] for r in rounds)
         cpus = sorted(1e6 * r[key][1] for r in rounds)
         rows.append({"step": step, "outputs": shape, "wall µs (median)": f"{walls[len(walls) // 2]:.1f}",
-                     "CPU µs (median)": f"{cpus[len(cpus) // 2]:.1f}", "CPU µs (rounds)": " / ".join(f"{c:.1f}" for c in cpus)})
+                     "CPU µs (median)": f"{cpus[len(cpus) // 2]:.1f}",
+                     "CPU µs (rounds)": " / ".join(f"{c:.1f}" for c in cpus)})
     print(f"\nOne response in Triton's Python stub, {args.responses} per shape and round, {args.rounds} rounds, "
           f"on {platform.machine()} ({platform.node()}):")
     print(table(rows))

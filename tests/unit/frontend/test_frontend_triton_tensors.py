@@ -87,7 +87,8 @@ def test_a_response_between_the_first_and_the_last_gets_the_prompts_counts_from_
     for name, datatype, array in (("text_output", "BYTES", np.array([[b"b"]], dtype=np.object_)),
                                   ("completion_tokens", "INT32", np.array([[2]], dtype=np.int32))):
         response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
-        response.raw_output_contents.append(serialize_byte_tensor(array).item() if datatype == "BYTES" else array.tobytes())
+        raw = serialize_byte_tensor(array).item() if datatype == "BYTES" else array.tobytes()
+        response.raw_output_contents.append(raw)
     chunk = chunk_from_result(grpcclient.InferResult(response), first)
     assert (chunk.text, chunk.prompt_tokens, chunk.completion_tokens, chunk.finish_reason) == ("b", 12, 2, None)
 
