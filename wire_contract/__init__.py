@@ -133,14 +133,10 @@ class WireResponse:
     def to_arrays(self, full: bool = True) -> dict[str, np.ndarray]:
         """The model's side: every output, or ``DELTA_OUTPUTS`` only (a stream's responses between its
         first and its last). Without the batch dimension: Triton adds it to a decoupled response."""
-        values = {
-            "text_output": lambda: [self.text.encode("utf-8")],
-            "completion_tokens": lambda: [self.completion_tokens],
-            "finish_reason": lambda: [self.finish_reason.encode("utf-8")],
-            "prompt_tokens": lambda: [self.prompt_tokens],
-            "visual_tokens": lambda: [self.visual_tokens],
-        }
-        return {name: OUTPUTS[name].array(values[name]())[0] for name in (OUTPUTS if full else DELTA_OUTPUTS)}
+        values = {"text_output": [self.text.encode("utf-8")], "finish_reason": [self.finish_reason.encode("utf-8")],
+                  "prompt_tokens": [self.prompt_tokens], "completion_tokens": [self.completion_tokens],
+                  "visual_tokens": [self.visual_tokens]}
+        return {name: OUTPUTS[name].array(values[name])[0] for name in (OUTPUTS if full else DELTA_OUTPUTS)}
 
     @classmethod
     def from_arrays(cls, as_numpy: Callable[[str], np.ndarray | None]) -> WireResponse:
