@@ -1,5 +1,7 @@
 """`python -m bench.prompts`: the host's time to build a prompt for an image or a video sent again, with and
-without the processor cache (``processor_cache_gib``).
+without the processor cache (``processor_cache_gib``); with ``--triton``, also a three-turn chat about
+a 1024x1024 JPEG through two real Triton servers on this machine (the tiny checkpoint, the GPU
+config's image range), the cache off on one and on on the other, rounds alternating between them.
 
 A chat resends its images and videos with every turn. The host work is the checkpoint's processor and
 tokenizer (the tiny checkpoint carries Qwen3-VL's own), with the GPU config's image and video settings
@@ -47,9 +49,49 @@ def _timed(build, request, rounds: int) -> tuple[float, int]:
     return 1000 * statistics.median(times), prompt.visual_tokens
 
 
+QUESTIONS = ["Describe this picture.", "What colours dominate it?", "Give it a short title."]
+
+
+def through_triton(rounds: int) -> None:
+    """Time to first token of each turn, the prefix cache on in both servers (as configured)."""
+    from clients.triton_stream import build_inputs, stream
+    from stack.ports import free_port
+    from stack.triton import TritonServer
+
+    servers = {gib: TritonServer(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                                 parameters={"processor_cache_gib": gib, "image_max_pixels": "16777216"},
+                                 log_file=f"var/log/bench-prompts-triton-{gib}.log").start(timeout=300)
+               for gib in ("0", "0.5")}
+    ttft: dict[str, list[list[float]]] = {gib: [[] for _ in QUESTIONS] for gib in servers}
+    try:
+        for r in range(-1, rounds):  # round -1 warms both servers up
+            photo = _photo(1024, 1024, 10 + r, "JPEG")  # a new picture each round: its first turn misses
+            for gib, server in servers.items():
+                history: list[dict] = []
+                for k, question in enumerate(QUESTIONS):
+                    content = ([{"type": "image", "image": 0}] if k == 0 else []) + [{"type": "text", "text": question}]
+                    messages = [*history, {"role": "user", "content": content}]
+                    result = stream(server.grpc_url, build_inputs(messages, [photo], max_tokens=16))
+                    if result.error is not None:
+                        raise RuntimeError(result.error)
+                    if r >= 0:
+                        ttft[gib][k].append(result.ttft)
+                    history = [*messages, {"role": "assistant", "content": result.text}]
+    finally:
+        for server in servers.values():
+            server.stop()
+    rows = [{"turn": str(k + 1), "TTFT p50, cache off, ms": f"{1000 * statistics.median(ttft['0'][k]):.1f}",
+             "TTFT p50, cache on, ms": f"{1000 * statistics.median(ttft['0.5'][k]):.1f}"}
+            for k in range(len(QUESTIONS))]
+    print(f"\nA three-turn chat about a 1024x1024 JPEG through Triton on this machine, {rounds} rounds, "
+          "prefix cache on in both:")
+    print(table(rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--triton", action="store_true", help="also the chat through Triton")
     args = parser.parse_args()
     from backend_python.checkpoint import build as build_checkpoint
     from backend_python.loader import load
@@ -84,6 +126,8 @@ def main() -> None:
     print(f"\nBuilding one prompt on {platform.processor() or platform.machine()} ({torch.get_num_threads()} "
           f"torch thread), p50 of {args.rounds} (videos: {max(2, args.rounds // 3)}):")
     print(table(rows))
+    if args.triton:
+        through_triton(args.rounds)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from typing import Any
 
 from frontend.errors import ERROR_TABLE, InvalidRequest, ModelNotFound, UpstreamCancelled
 from frontend.generation import GenerationChunk, GenerationParams, GenerationRequest
-from frontend.images import ImageLimits, check_image
+from frontend.images import CheckedImages, ImageLimits
 from frontend.media import decode_data_url, fetch_remote
 from frontend.metrics import FrontendMetrics
 from frontend.schemas import AssistantMessage, ChatCompletionRequest, ImagePart, SystemMessage, TextPart, VideoPart
@@ -44,6 +44,7 @@ class ChatService:
         self.metrics = metrics
         self.limits = {"image": ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels),
                        "video": VideoLimits(max_bytes=settings.max_video_bytes)}
+        self.checked_images = CheckedImages(self.limits["image"])
 
     @property
     def model_ids(self) -> tuple[str, ...]:
@@ -123,7 +124,7 @@ class ChatService:
             raise InvalidRequest(f"{kind}_url must be a data: URL", param=param)
         if kind == "video":
             return check_video(data, limits, param=param)
-        checked = await asyncio.to_thread(check_image, data, limits, param=param)
+        checked = await asyncio.to_thread(self.checked_images.check, data, param=param)
         return checked.data
 
     async def generate(self, request: GenerationRequest, *, route: str) -> AsyncIterator[GenerationChunk]:

@@ -3,7 +3,7 @@ import base64
 import pytest
 
 from frontend.errors import ImageTooLarge, InvalidRequest
-from frontend.images import ImageLimits, check_image
+from frontend.images import CheckedImages, ImageLimits, check_image
 from frontend.media import decode_data_url
 
 from frontend_samples import data_url, jpeg_bytes, png_bytes
@@ -67,3 +67,19 @@ def test_too_many_bytes_is_image_too_large():
 def test_corrupt_or_non_image_data_is_an_invalid_request(data, message):
     with pytest.raises(InvalidRequest, match=message):
         check_image(data, LIMITS, param="p")
+
+
+def test_an_image_sent_again_is_not_checked_again_and_a_refused_one_is_never_remembered():
+    checked = CheckedImages(LIMITS, size=2)
+    first, second, third = png_bytes(32, 24), png_bytes(24, 32), jpeg_bytes()
+    assert checked.check(first, param="p") == check_image(first, LIMITS, param="p")
+    assert first in checked and checked.check(first, param="p").data is first
+    truncated = png_bytes(64, 64)[:-60]
+    for _ in range(2):
+        with pytest.raises(InvalidRequest, match="corrupt or truncated"):
+            checked.check(truncated, param="p")
+    assert truncated not in checked
+    checked.check(second, param="p")
+    checked.check(first, param="p")  # the most recent again
+    checked.check(third, param="p")  # over the size: the least recently seen goes
+    assert first in checked and third in checked and second not in checked
