@@ -1,5 +1,6 @@
 """`python -m bench.prompts`: the host's time to build a prompt for an image or a video sent again, with and
-without the processor cache (``processor_cache_gib``); with ``--triton``, also a three-turn chat about
+without the processor cache (``processor_cache_gib``), and the frontend's check of an image, every time
+and sent again (remembered by digest); with ``--triton``, also a three-turn chat about
 a 1024x1024 JPEG through two real Triton servers on this machine (the tiny checkpoint, the GPU
 config's image range), the cache off on one and on on the other, rounds alternating between them.
 
@@ -47,6 +48,30 @@ def _timed(build, request, rounds: int) -> tuple[float, int]:
         prompt = build(request)
         times.append(time.perf_counter() - started)
     return 1000 * statistics.median(times), prompt.visual_tokens
+
+
+def frontend_checks(media: dict, rounds: int) -> None:
+    """The frontend's check of each image (decoded whole for corruption), every time and sent again."""
+    from frontend.images import CheckedImages, ImageLimits, check_image
+
+    limits = ImageLimits(max_bytes=20 * 2**20, max_pixels=16_777_216)
+    rows = []
+    for name, request in media.items():
+        for data in request.images:
+            checked = CheckedImages(limits)
+            checked.check(data, param="bench")
+            ms = {}
+            for label, check in (("every", lambda: check_image(data, limits, param="bench")),
+                                 ("again", lambda: checked.check(data, param="bench"))):
+                times = []
+                for _ in range(rounds):
+                    started = time.perf_counter()
+                    check()
+                    times.append(time.perf_counter() - started)
+                ms[label] = 1000 * statistics.median(times)
+            rows.append({"image": name, "every time, ms": f"{ms['every']:.1f}", "sent again, ms": f"{ms['again']:.2f}"})
+    print(f"\nThe frontend's check of an image (header, then decoded whole), p50 of {rounds}:")
+    print(table(rows))
 
 
 QUESTIONS = ["Describe this picture.", "What colours dominate it?", "Give it a short title."]
@@ -126,6 +151,7 @@ def main() -> None:
     print(f"\nBuilding one prompt on {platform.processor() or platform.machine()} ({torch.get_num_threads()} "
           f"torch thread), p50 of {args.rounds} (videos: {max(2, args.rounds // 3)}):")
     print(table(rows))
+    frontend_checks(media, args.rounds)
     if args.triton:
         through_triton(args.rounds)
 
