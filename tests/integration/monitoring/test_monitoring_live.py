@@ -14,6 +14,8 @@ KUBERNETES_ONLY so that no other query can silently return nothing.
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import math
 import re
@@ -26,6 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from PIL import Image
 
 from monitoring.grafana.dashboards import DASHBOARDS, render
 from stack.frontend import FrontendServer
@@ -61,18 +64,29 @@ class Stack:
         return self.prometheus.query(expr, at=self.load.ended)
 
 
+def _picture(colour: tuple[int, int, int]) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), colour).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
 async def _drive_load(url: str, run: LoadRun) -> None:
-    """CONCURRENCY clients sending streaming chat completions back to back until LOAD_SECONDS pass."""
+    """CONCURRENCY clients sending streaming chat completions back to back until LOAD_SECONDS pass; every
+    other one asks about one of three pictures (the caches' panels need images, sent again)."""
     deadline = time.monotonic() + LOAD_SECONDS
     sent = 0
+    pictures = [_picture(colour) for colour in ((200, 40, 40), (40, 200, 40), (40, 40, 200))]
 
     async def client(index: int, http: httpx.AsyncClient) -> None:
         nonlocal sent
         while time.monotonic() < deadline and sent < MAX_REQUESTS:
             sent += 1
+            text = f"Client {index}, request {sent}: describe a cat."
+            content = text if sent % 2 else [{"type": "image_url", "image_url": {"url": pictures[sent % 3]}},
+                                             {"type": "text", "text": text}]
             body = {
                 "model": "qwen3-vl", "stream": True, "max_tokens": MAX_TOKENS, "temperature": 0.7, "seed": sent,
-                "messages": [{"role": "user", "content": f"Client {index}, request {sent}: describe a cat."}],
+                "messages": [{"role": "user", "content": content}],
             }
             async with http.stream("POST", "/v1/chat/completions", json=body) as response:
                 async for _ in response.aiter_bytes():
