@@ -30,6 +30,7 @@ from tests.integration.backend.triton_metrics import scrape
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 STUB_EXIT_S = 10  # the stub's watch polls its parent twice a second
+SLOTS = 8  # config.pbtxt's max_num_seqs: sequences one replica runs at once
 
 
 @dataclass
@@ -212,9 +213,11 @@ async def test_a_replica_sent_sigterm_finishes_its_streams_gets_no_new_ones_and_
 async def test_a_killed_replica_fails_only_streams_that_had_answered_and_leaves_no_stub(fleet, frontend, http):
     target = fleet[1]
     replica = target.grpc_url
-    long = [asyncio.create_task(chat_stream(http, 200, seed=3000 + i)) for i in range(24)]
-    await wait_for(lambda: frontend_metric(frontend, "frontend_upstream_in_flight", replica=replica) >= 4, 30,
-                   "streams on the replica to be killed")
+    # More streams than the replica runs at once (config.pbtxt's max_num_seqs), so that the kill finds
+    # some answering and some still waiting in its queue without a token: those must be retried.
+    long = [asyncio.create_task(chat_stream(http, 200, seed=3000 + i)) for i in range(40)]
+    await wait_for(lambda: frontend_metric(frontend, "frontend_upstream_in_flight", replica=replica) >= SLOTS + 2,
+                   30, "more streams on the replica to be killed than it runs at once")
     await asyncio.sleep(1)  # the first of them have sent tokens
     failed_before = frontend_metric(frontend, "frontend_upstream_requests_total", replica=replica, outcome="unavailable")
     stubs = target.child_pids()
