@@ -55,6 +55,8 @@ async def chat_stream(http: httpx.AsyncClient, max_tokens: int, seed: int) -> Ou
     try:
         async with http.stream("POST", "/v1/chat/completions", json=body) as response:
             outcome.status = response.status_code
+            if response.status_code != 200:  # the error's body, for the assertion messages
+                outcome.failure = (await response.aread()).decode()
             async for line in response.aiter_lines():
                 if not line.startswith("data: {"):
                     continue
@@ -188,6 +190,10 @@ async def test_a_replica_sent_sigterm_finishes_its_streams_gets_no_new_ones_and_
     target = fleet[0]
     replica = target.grpc_url
     long = [asyncio.create_task(chat_stream(http, 160, seed=1000 + i)) for i in range(16)]
+    # All of them on their replicas before counting this one's: one still on its way could land on it
+    # before the signal and finish there.
+    await wait_for(lambda: frontend_metric(frontend, "frontend_upstream_in_flight") >= len(long), 30,
+                   "the streams to be on their replicas")
     await wait_for(lambda: frontend_metric(frontend, "frontend_upstream_in_flight", replica=replica) >= 2, 30,
                    "streams on the replica to be drained")
     answered_before = frontend_metric(frontend, "frontend_upstream_requests_total", replica=replica, outcome="ok")
