@@ -21,9 +21,11 @@ class ServerProcess:
         self.process: subprocess.Popen | None = None
         self._log = None
 
-    def launch(self, command: list[str], ready_url: str, timeout: float, *, env: dict[str, str] | None = None,
-               cwd: str | None = None) -> None:
-        """Start ``command`` and return once ``ready_url`` answers 200; fail fast if the process dies."""
+    def launch(self, command: list[str], ready_url: str | list[str], timeout: float, *,
+               env: dict[str, str] | None = None, cwd: str | None = None) -> None:
+        """Start ``command`` and return once ``ready_url`` (each of them) answers 200; fail fast if the
+        process dies."""
+        waiting = [ready_url] if isinstance(ready_url, str) else list(ready_url)
         self._log = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115
         self.process = subprocess.Popen(
             command, env=env, cwd=cwd, stdout=self._log or subprocess.DEVNULL,
@@ -36,11 +38,12 @@ class ServerProcess:
                 self.stop()
                 raise RuntimeError(f"{self.name} exited with code {code} before it was ready"
                                    + (f"; see {self.log_file}" if self.log_file else ""))
-            if self.answers(ready_url):
+            waiting = [url for url in waiting if not self.answers(url)]
+            if not waiting:
                 return
             time.sleep(0.2)
         self.stop()
-        raise TimeoutError(f"{self.name} did not answer {ready_url} within {timeout} s")
+        raise TimeoutError(f"{self.name} did not answer {', '.join(waiting)} within {timeout} s")
 
     @staticmethod
     def answers(url: str) -> bool:
