@@ -200,15 +200,17 @@ def _request(text: str, images: list[bytes], tokens: int, history: list[dict] = 
     parts += [{"type": "video", "video": i} for i in range(len(videos))]
     parts.append({"type": "text", "text": text})
     turns = tuple(ChatMessage(m["role"], tuple(m["content"])) for m in history)
+    media = {"videos": tuple(videos)} if videos else {}  # the slot engine's requests (ab part) had no videos
     return GenerationRequest(messages=(*turns, ChatMessage("user", tuple(parts))), images=tuple(images),
-                             videos=tuple(videos), sampling=SamplingParams(max_tokens=tokens, ignore_eos=ignore_eos))
+                             sampling=SamplingParams(max_tokens=tokens, ignore_eos=ignore_eos), **media)
 
 
 def _submit(engine, prompts, requests, at_once: bool = True, timeout: float = 600) -> list[_Sink]:
     """Hand requests to the engine (all in one step when ``at_once``) and wait for every answer."""
     built = [prompts.build(r) for r in requests]
     sinks = [_Sink() for _ in requests]
-    with engine.arriving_together() if at_once else contextlib.nullcontext():
+    together = getattr(engine, "arriving_together", lambda: engine._lock)  # the slot engine (ab part) had a lock
+    with together() if at_once else contextlib.nullcontext():
         for r, p, s in zip(requests, built, sinks):
             s.sent = time.monotonic()
             engine.submit(r, p, s)
@@ -363,10 +365,9 @@ def shared_slice(model_path: str, images: list[bytes], cap_gib: float = 20.0) ->
 
 SLOT_CACHE_GIB = 38.6  # the slot engine's cache: 128 slots x 2,048 tokens in bfloat16
 LONG_PROMPTS = (32_000, 128_000)  # tokens of random text (about as many once re-tokenized)
-ENGINE_OVERRIDES: dict[str, str] = {}
 
 
-def engine_rows(model_path: str, images: list[bytes], compile: bool = True) -> dict:
+def engine_rows(model_path: str, images: list[bytes], compile: bool = True, overrides: dict | None = None) -> dict:
     """The engine without Triton, with the GPU config (prompts up to 135,168 tokens here): bursts,
     a 32,768-token prompt alone and while 64 streams decode, a 131,072-token prompt, three turns of a
     chat about a 1024x1024 image, and what the KV cache holds."""
@@ -378,7 +379,7 @@ def engine_rows(model_path: str, images: list[bytes], compile: bool = True) -> d
     from backend_python.prompt import PromptBuilder
 
     config = gpu_config(**{"model_path": model_path, "compile_decode": str(compile).lower(), "max_model_len": "143360",
-                           "max_prompt_tokens": "143000", **ENGINE_OVERRIDES})
+                           "max_prompt_tokens": "143000", **(overrides or {})})
     loaded = load(config)
     started = time.monotonic()
     engine = Engine(loaded, config).start()
@@ -800,7 +801,7 @@ def main() -> None:
                         help="every start with empty compile caches, as on a new node: the first writes compile "
                              "artifacts ($OUT/compile-artifacts), the later ones load them")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", type=_key_value,
-                        help="override a model parameter of configs/gpu.pbtxt (repeatable)")
+                        help="override a model parameter of configs/gpu.pbtxt in the engine and triton parts (repeatable)")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="compile_decode off (configs/gpu.pbtxt turns it on)")
     parser.add_argument("--slot-tree", help="another checkout whose engine the ab part alternates with this one's")
@@ -835,6 +836,9 @@ def main() -> None:
     report["decode_bytes"] = decode_bytes(model)
     log(f"device copy bandwidth {report['copy_bandwidth_GBps']:.0f} GB/s")
     save = lambda: (OUT / "bench-gpu.json").write_text(json.dumps(report, indent=2, default=str))  # noqa: E731
+    if "ab" in args.parts and args.slot_tree:  # first: its processes need the memory this one's engines keep
+        report["ab"] = alternate_trees(model, {"slot engine": args.slot_tree, "paged engine": None})
+        save()
     if "checks" in args.parts:
         report["kernels"] = kernel_checks()
         log(f"kernel checks: {report['kernels']}")
@@ -842,14 +846,11 @@ def main() -> None:
         log("float32 agreement: " + json.dumps({k: v for k, v in report.items() if k.startswith("float32")}))
         save()
     if "engine" in args.parts:
-        report["engine"] = engine_rows(model, images, args.compile)
+        report["engine"] = engine_rows(model, images, args.compile, dict(args.param))
         save()
     if "shared" in args.parts:
         report["shared_slice"] = shared_slice(model, images)
         log(f"gpu-shared config under a 20 GiB cap: {report['shared_slice']}")
-        save()
-    if "ab" in args.parts and args.slot_tree:
-        report["ab"] = alternate_trees(model, {"slot engine": args.slot_tree, "paged engine": None})
         save()
     if "triton" in args.parts:
         report["triton"] = {}
