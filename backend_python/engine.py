@@ -36,7 +36,7 @@ from .model_runner import Launched, ModelRunner
 from .output import OutputProcessor
 from .prompt import Prompt
 from .request import GenerationRequest
-from .scheduler import Scheduler, StepPlan, context_scale
+from .scheduler import Scheduler, StepPlan
 from .sequence import ResponseSink, Sequence
 from .stats import EngineStats
 
@@ -75,7 +75,7 @@ class Engine:
         """Compile (with ``compile_decode``) and size the KV cache before the model reports ready, then
         start the engine thread."""
         blocks = self.runner.start()
-        self.scheduler = Scheduler(self.config, blocks, context_scale(self.model.config.text_config))
+        self.scheduler = Scheduler(self.config, blocks)
         self.stats.kv_blocks_total = blocks
         log.info("KV cache: %d blocks of %d tokens (%d tokens, %.2f GiB), %d sequences at most", blocks,
                  self.config.block_size, blocks * self.config.block_size, self.runner.cache.bytes / 2**30,

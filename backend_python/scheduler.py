@@ -54,28 +54,9 @@ class DecodeRows:
         return len(self.seqs)
 
 
-def context_scale(text_config) -> float:
-    """The context, in tokens, at which a prompt token's attention costs as many FLOPs as the rest of its
-    decoder layer: the projections and the MLP take 2 FLOPs per weight, attention 4 x heads x head_dim
-    per token of context. 12,320 for Qwen3-VL-4B."""
-    c = text_config
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    queries, keys = c.num_attention_heads * head_dim, c.num_key_value_heads * head_dim
-    weights = c.hidden_size * 2 * (queries + keys) + 3 * c.hidden_size * c.intermediate_size
-    return weights / (2 * queries)
-
-
-def chunk_cap(cap: int, before: int, scale: float) -> int:
-    """Tokens of a prompt chunk after ``before`` tokens that are worth ``cap`` tokens at the prompt's start:
-    its attention reads every token before it, so each is worth 1 + before / scale (``context_scale``)."""
-    return int(cap / (1 + before / scale)) if scale else cap
-
-
 class Scheduler:
-    def __init__(self, config: EngineConfig, num_blocks: int, context_scale: float = 0.0):
-        """``context_scale``: the model's (the function above); 0 counts a chunk's attention as free."""
+    def __init__(self, config: EngineConfig, num_blocks: int):
         self.config = config
-        self.context_scale = context_scale
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order: the newest is preempted first
@@ -116,7 +97,7 @@ class Scheduler:
         cap = self.config.long_prefill_token_threshold if plan.decoding else 0
         for seq in list(self.running):
             if budget > 0 and seq.slot >= 0 and seq.prefilling:
-                end = min(seq.target, seq.computed + self._chunk_limit(seq, budget, cap))
+                end = min(seq.target, seq.computed + min(budget, cap or budget))
                 # Preempting for a prompt only when nothing decodes: then something always makes progress.
                 if self._reserve(seq, end + (end == seq.target), plan, preempt=not plan.decoding):
                     budget -= self._chunk(seq, end, plan)
@@ -129,7 +110,7 @@ class Scheduler:
                 break
             self.waiting.popleft()
             plan.admitted.append(seq)
-            end = min(seq.target, seq.computed + self._chunk_limit(seq, budget, cap))
+            end = min(seq.target, seq.computed + min(budget, cap or budget))
             self._reserve(seq, end + (end == seq.target), plan, preempt=False)  # admitted: it fits
             budget -= self._chunk(seq, end, plan)
         return plan
@@ -167,14 +148,6 @@ class Scheduler:
 
     def _decodes(self, seq: Sequence) -> bool:
         return not seq.prefilling and not seq.finished and seq.scheduled < seq.request.sampling.max_tokens
-
-    def _chunk_limit(self, seq: Sequence, budget: int, cap: int) -> int:
-        """Prompt tokens of ``seq`` this step: what is left of the budget and, while others decode, ``cap``
-        tokens' worth of work (at least a block): a chunk 32K tokens into a prompt of Qwen3-VL-4B gets
-        279 tokens of a cap of 1,024, so that the streams beside it keep their pace."""
-        if not cap:
-            return budget
-        return min(budget, max(self.config.block_size, chunk_cap(cap, seq.computed, self.context_scale)))
 
     def _chunk(self, seq: Sequence, end: int, plan: StepPlan) -> int:
         start = seq.computed

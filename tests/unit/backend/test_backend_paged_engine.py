@@ -94,17 +94,13 @@ def test_a_prompt_over_many_blocks_and_chunks_with_an_image_across_chunks_equals
     assert done["prefill_chunks"] == -(-prompt.length // 16) and done["cached_tokens"] == 0
 
 
-@pytest.mark.parametrize("cap", [0, 6], ids=["no cap", "a cap of 6 tokens' worth"])
 def test_short_prompts_chunked_beside_a_long_one_and_decoding_through_its_prefill_get_their_answers_alone(
-        engine, prompts, model, cap):
-    """With a cap, the long prompt's chunks shrink as they go deeper (the tiny model's context scale is
-    288 tokens): 6 tokens at its start, then 5, and a block of 4 from token 58 on."""
+        engine, prompts, model):
     long, short = request(**LONG), [request(**s) for s in SHORT]
     alone = [run(engine, prompts, [r])[0].text for r in short]
     decoding = request("Tell me a story.", max_tokens=40, ignore_eos=True)
     decoding_alone = run(engine, prompts, [decoding])[0].text
-    engine_long = Engine(model, dataclasses.replace(engine.config, enable_prefix_caching=False,
-                                                    long_prefill_token_threshold=cap)).start()
+    engine_long = Engine(model, dataclasses.replace(engine.config, enable_prefix_caching=False)).start()
     try:
         before = engine_long.stats.snapshot()
         got = run(engine_long, prompts, [decoding, long, *short])

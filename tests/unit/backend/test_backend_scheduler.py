@@ -139,26 +139,3 @@ def test_while_others_decode_a_prompts_chunk_is_capped_and_alone_it_takes_the_wh
                       num_blocks=64)
     alone.add(sequence(list(range(30))))
     assert [(c.start, c.end) for c in alone.schedule().prefill] == [(0, 30)]
-
-
-def test_deeper_in_a_long_prompt_a_chunk_gets_fewer_tokens_for_the_same_work():
-    """With a context scale of 16, a token after 16 others is worth two at the start (its attention
-    reads them): the cap of 16 tokens' worth is 16 tokens at the start, 8 after 16, never below a block."""
-    scheduler = Scheduler(config(max_num_batched_tokens=32, max_model_len=256, long_prefill_token_threshold=16),
-                          num_blocks=128, context_scale=16)
-    chunks = _chunks_beside_a_decoding_sequence(scheduler, 80)
-    assert chunks[:3] == [(0, 16), (16, 24), (24, 30)]
-    sizes = [end - start for start, end in chunks]
-    assert sizes == sorted(sizes, reverse=True) and min(sizes[:-1]) == 4 and chunks[-1][1] == 80
-    assert all(n * (1 + start / 16) <= 16 or n == 4 for (start, _), n in zip(chunks, sizes))
-
-
-def test_a_chunk_32k_tokens_into_a_prompt_of_qwen3_vl_4b_gets_a_quarter_of_the_cap():
-    from transformers import Qwen3VLTextConfig
-
-    from backend_python.checkpoint import SIZES
-    from backend_python.scheduler import chunk_cap, context_scale
-
-    scale = context_scale(Qwen3VLTextConfig(**SIZES["4b"]["text"]))
-    assert scale == 12_320  # (2 x (4,096 + 1,024) x 2,560 + 3 x 2,560 x 9,728) / (2 x 4,096)
-    assert (chunk_cap(1024, 0, scale), chunk_cap(1024, 4096, scale), chunk_cap(1024, 32_768, scale)) == (1024, 768, 279)
