@@ -540,10 +540,12 @@ def alternate_trees(model_path: str, trees: dict[str, str | None], rounds: int =
             command = [sys.executable, "-m", "bench.gpu", "--bursts", "--model", model_path]
             if tree:
                 command += ["--tree", tree]
-            done = subprocess.run(command, capture_output=True, text=True)
+            log(f"{name}: starting its bursts")
+            # Its errors and warnings go to this log as they come: a run stopped at its time limit shows where.
+            done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
             lines = [line for line in done.stdout.splitlines() if line.startswith("BURSTS ")]
             if done.returncode or not lines:
-                raise RuntimeError(f"bursts of {name} failed: {done.stderr[-2000:]}")
+                raise RuntimeError(f"bursts of {name} failed (exit {done.returncode}): see the lines above")
             out[name].append(json.loads(lines[-1][len("BURSTS "):]))
             log(f"{name}: {out[name][-1]}")
     return out
