@@ -11,6 +11,14 @@ import urllib.request
 from pathlib import Path
 
 
+class ExitedBeforeReady(RuntimeError):
+    """The process ended before it answered; ``code`` is its exit status (negative: the signal)."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
 class ServerProcess:
     """Runs in its own process group (so a signal reaches its children), logs to a file or nowhere."""
 
@@ -36,8 +44,8 @@ class ServerProcess:
             if self.process.poll() is not None:
                 code = self.process.returncode
                 self.stop()
-                raise RuntimeError(f"{self.name} exited with code {code} before it was ready"
-                                   + (f"; see {self.log_file}" if self.log_file else ""))
+                raise ExitedBeforeReady(f"{self.name} exited with code {code} before it was ready"
+                                        + (f"; see {self.log_file}" if self.log_file else ""), code)
             waiting = [url for url in waiting if not self.answers(url)]
             if not waiting:
                 return

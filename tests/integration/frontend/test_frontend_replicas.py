@@ -23,6 +23,7 @@ import httpx
 import pytest
 from frontend_harness import MODEL, start_frontend
 
+from stack.process import ExitedBeforeReady
 from stack.triton import TritonServer, loopback_replicas
 from tests.integration.backend.triton_metrics import scrape
 
@@ -164,6 +165,21 @@ async def test_48_concurrent_streams_are_shared_by_the_three_replicas(fleet, fro
     assert counted == [round(share * 48) for share in shares]
 
 
+def start_as_a_pod_would(server: TritonServer) -> None:
+    """Start ``server``, and once more if Triton aborted before it was ready, as the pod's restart policy
+    would. Triton 2.51's Python backend sometimes aborts while its stub starts on a CPU that the other
+    replicas' load keeps busy (``boost::interprocess::lock_exception``, SIGABRT, the abort reported
+    upstream in triton-inference-server/server#8882; twice in CI here, on 2 cores)."""
+    timeout = float(os.environ.get("TRITON_START_TIMEOUT", "300"))
+    try:
+        server.start(timeout=timeout)
+    except ExitedBeforeReady as exc:
+        if exc.code != -signal.SIGABRT:
+            raise
+        print(f"\n{exc}: started again, as a pod's restart policy would")
+        server.start(timeout=timeout)
+
+
 async def test_a_replica_started_under_load_gets_requests_within_10_s(fleet, frontend, http):
     new = fleet[3]
     stop = asyncio.Event()
@@ -176,7 +192,7 @@ async def test_a_replica_started_under_load_gets_requests_within_10_s(fleet, fro
 
     clients = [asyncio.create_task(client(i)) for i in range(12)]
     try:
-        await asyncio.to_thread(new.start, timeout=float(os.environ.get("TRITON_START_TIMEOUT", "300")))
+        await asyncio.to_thread(start_as_a_pod_would, new)
         waited = await wait_for(lambda: served(new) > 0, 10, "the new replica's first answered request")
         print(f"\nthe replica started under load answered its first request {waited:.1f} s after it was ready")
     finally:
