@@ -77,8 +77,9 @@ def served(server: TritonServer) -> float:
     return scrape(server.metrics_url).get("nv_inference_request_success_total", 0.0)
 
 
-def frontend_metric(frontend, name: str, **labels: str) -> float:
-    text = httpx.get(f"{frontend.url}/metrics", timeout=10).text
+def frontend_metric(frontend, name: str, text: str | None = None, **labels: str) -> float:
+    """The sum of ``name``'s series with ``labels``, from ``text`` (one scrape read twice) or a new scrape."""
+    text = text or httpx.get(f"{frontend.url}/metrics", timeout=10).text
     wanted = [f'{key}="{value}"' for key, value in labels.items()]
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name + "{") and all(w in line for w in wanted))
@@ -212,8 +213,11 @@ async def test_a_replica_sent_sigterm_finishes_its_streams_gets_no_new_ones_and_
                    "the streams to be on their replicas")
     await wait_for(lambda: frontend_metric(frontend, "frontend_upstream_in_flight", replica=replica) >= 2, 30,
                    "streams on the replica to be drained")
-    answered_before = frontend_metric(frontend, "frontend_upstream_requests_total", replica=replica, outcome="ok")
-    streaming = frontend_metric(frontend, "frontend_upstream_in_flight", replica=replica)
+    # One scrape for both: a stream that ends between two scrapes would count as answered after the signal.
+    scraped = httpx.get(f"{frontend.url}/metrics", timeout=10).text
+    answered_before = frontend_metric(frontend, "frontend_upstream_requests_total", scraped, replica=replica,
+                                      outcome="ok")
+    streaming = frontend_metric(frontend, "frontend_upstream_in_flight", scraped, replica=replica)
     stubs = target.child_pids()
     regions = shm_regions(stubs)
 
