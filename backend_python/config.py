@@ -92,6 +92,10 @@ class EngineConfig:
     video_max_pixels: int = 0
     stream_interval_ms: float = 0.0  # coalesce streamed deltas (0: every token)
     decode_during_prefill: bool = False  # between a prefill's layers, run the running sequences' captured decode steps
+    # With it, on a GPU: a decode step goes in once the streams have waited this many decode steps (the
+    # prefill runs in between, its layers paced to the device's progress); 0: whenever the one before has
+    # run, the host unpaced (a long prompt's chunk then goes in whole between two steps).
+    decode_gap_during_prefill: float = 2.0
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -133,6 +137,8 @@ class EngineConfig:
             raise ValueError("max_prompt_tokens must leave room for an answer within max_model_len")
         if self.processor_cache_gib < 0:
             raise ValueError("processor_cache_gib must be >= 0 (0: no cache of processed images and videos)")
+        if self.decode_gap_during_prefill < 0:
+            raise ValueError("decode_gap_during_prefill must be >= 0 (decode steps; 0: unpaced)")
         if self.prefill_graph_tokens < 0:
             raise ValueError("prefill_graph_tokens must be >= 0 (0: no prefill graphs)")
         if not 0.0 < self.gpu_memory_utilization <= 1.0 or self.kv_cache_budget_gib < 0:

@@ -66,6 +66,8 @@ class Engine:
         self._blocked = 0  # callers of submit() waiting for room
         self._pending: deque[Launched] = deque()  # launched, not yet streamed (oldest first)
         self._last_step_at: float | None = None  # when the last decode step's tokens reached the host
+        self._decoded_at = 0.0  # when the last decode step was launched
+        self._step_seconds = 0.0  # what a decode step takes the device, lately
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="qwen3vl-engine", daemon=True)
 
@@ -234,6 +236,7 @@ class Engine:
         if not rows:
             return False
         self._pending.append(self.runner.decode(rows))
+        self._decoded_at = time.perf_counter()
         self.metrics.batch_size(len(rows))
         self.stats.add(decode_steps=1, decode_rows=len(rows), launch=time.perf_counter() - started)
         return True
@@ -241,11 +244,17 @@ class Engine:
     def _keep_decoding(self, prefilling: tuple[Sequence, ...]) -> None:
         """Between a prefill's layers: stream the decode steps the device has run, and once it has run
         them all, launch the next. On a GPU a prefill of a few prompts is host-bound (an image prompt:
-        ~50 ms of launches for ~9 ms of work), and without this every running stream waits it out.
-        Sequences that finish here give up their blocks as usual."""
+        ~50 ms of launches for ~9 ms of work), and without this every running stream waits it out; a
+        chunk deep in a long prompt is device-bound (~75 ms for 1,024 tokens after 32K): the runner paces
+        its layers, and a decode step goes in once the streams have waited ``decode_gap_during_prefill``
+        decode steps: the prefill gets the rest of the device. Sequences that finish here give up their
+        blocks as usual."""
+        gap = self.config.decode_gap_during_prefill
+        paced = bool(gap) and self.runner.pace()
         while self._pending and self._pending[0].done():
             self._collect(self._pending.popleft())
-        if not self._pending and self._decode(skip=prefilling, capture=False):
+        due = not paced or time.perf_counter() - self._decoded_at >= gap * self._step_seconds
+        if not self._pending and due and self._decode(skip=prefilling, capture=False):
             self.stats.add(decode_steps_in_prefill=1)
 
     def _collect(self, output: Launched) -> None:
@@ -253,6 +262,9 @@ class Engine:
         started = time.perf_counter()
         tokens = output.tokens()
         collected = time.perf_counter()
+        took = output.device_seconds()
+        if took is not None:
+            self._step_seconds = took if not self._step_seconds else 0.8 * self._step_seconds + 0.2 * took
         if output.decode:
             if self._last_step_at is not None:
                 self.metrics.inter_token(collected - self._last_step_at)

@@ -10,6 +10,7 @@ lists, uploaded as they grow.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
@@ -31,6 +32,9 @@ from .vision import VisionEncoder
 
 log = logging.getLogger(__name__)
 
+# A prefill whose longest chunk ends this deep in its sequence is paced while sequences decode beside it
+# (``pace``), its layers enqueued at most PACE_AHEAD ahead of the device.
+PACE_CONTEXT, PACE_AHEAD = 4096, 1
 GRAPH_RESERVE_BYTES = 1 << 30  # captured decode graphs and their pool (as much again for the prefill's)
 
 
@@ -42,21 +46,27 @@ class Launched:
     host: torch.Tensor
     ready: "torch.cuda.Event | None"
     decode: bool  # a decode step's (every running sequence's next token), not a prefill's
+    began: "torch.cuda.Event | None" = None  # recorded before its first kernel, when it is timed
 
     @classmethod
-    def of(cls, batch: list[Sequence], tokens: torch.Tensor, decode: bool) -> "Launched":
+    def of(cls, batch: list[Sequence], tokens: torch.Tensor, decode: bool,
+           began: "torch.cuda.Event | None" = None) -> "Launched":
         for s in batch:
             s.in_flight += 1
         if tokens.device.type != "cuda":
             return cls(batch, tokens, None, decode)
         host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
         host.copy_(tokens, non_blocking=True)
-        ready = torch.cuda.Event()
+        ready = torch.cuda.Event(enable_timing=began is not None)
         ready.record()
-        return cls(batch, host, ready, decode)
+        return cls(batch, host, ready, decode, began)
 
     def done(self) -> bool:
         return self.ready is None or self.ready.query()
+
+    def device_seconds(self) -> float | None:
+        """How long the device took to run it (once ``done``), when it was timed."""
+        return None if self.began is None else self.began.elapsed_time(self.ready) / 1000
 
     def tokens(self) -> list[int]:
         if self.ready is not None:
@@ -100,6 +110,8 @@ class ModelRunner:
         use_graphs = config.cuda_graphs and cuda
         self.graphs: dict[tuple[int, int], tuple] | None = {} if use_graphs else None
         self._graph_pool = None
+        self._paced: collections.deque = collections.deque()  # events of the launches ``pace`` keeps up with
+        self._pacing = False  # whether the prefill being launched is paced
         self._buckets = sorted({b for b in (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
                                 if b < self.max_seqs} | {self.max_seqs})
         self.start_timings: dict[str, float] = {}
@@ -242,6 +254,8 @@ class ModelRunner:
         """Launch prompt chunks packed end to end (each reads its sequence's earlier tokens from the
         cache) and select the next token of every prompt whose last chunk this is."""
         seqs = [c.seq for c in chunks]
+        self._paced.clear()
+        self._pacing = self.device.type == "cuda" and max(c.end for c in chunks) >= PACE_CONTEXT
         self._sync_tables(seqs)
         bounds = [0, *itertools.accumulate(c.end - c.start for c in chunks)]
         ids = torch.tensor(list(itertools.chain.from_iterable(c.seq.tokens[c.start:c.end] for c in chunks)))
@@ -261,6 +275,22 @@ class ModelRunner:
         tokens = self._select(logits, done)
         self._last_tokens.index_copy_(0, self._upload(torch.tensor([s.slot for s in done])), tokens)
         return Launched.of(done, tokens, decode=False)
+
+    def pace(self) -> bool:
+        """Called after each layer of a prefill is enqueued: for a chunk deep in a long prompt, wait until
+        the device has run all but the last ``PACE_AHEAD`` layers, and say so. Enqueueing such a chunk
+        takes the host a fraction of the device's time (~75 ms for 1,024 tokens after 32K on an H200), so
+        unpaced it queues every layer before the decode step beside it is done, and the next one can only
+        go in after the whole chunk. Shorter prefills are host-bound: pacing them would only make the
+        host wait for decode steps instead of enqueueing layers while they run."""
+        if not self._pacing:
+            return False
+        event = torch.cuda.Event()
+        event.record()
+        self._paced.append(event)
+        while len(self._paced) > PACE_AHEAD:
+            self._paced.popleft().synchronize()
+        return True
 
     def graphed(self, tokens: int) -> bool:
         """Whether a prefill of ``tokens`` tokens in all runs through the prefill's graphs."""
@@ -283,6 +313,10 @@ class ModelRunner:
         # Answer tokens advance all three rotary axes together, from the prompt's next position.
         host[1, :n] = torch.tensor([s.prompt.next_position + length - s.prompt.length
                                     for s, length in zip(rows.seqs, rows.lengths)])
+        began = None
+        if self.device.type == "cuda":
+            began = torch.cuda.Event(enable_timing=True)
+            began.record()
         self._inputs[:, :rows_in_graph].copy_(self._pinned(host), non_blocking=True)
         captured = None if self.graphs is None else self.graphs.get((rows_in_graph, span)) \
             or self._capture(rows_in_graph, span)
@@ -293,7 +327,7 @@ class ModelRunner:
             graph.replay()
         tokens = self._select(logits[:n], rows.seqs)
         self._last_tokens.index_copy_(0, self._slots[:n], tokens)
-        return Launched.of(list(rows.seqs), tokens, decode=True)
+        return Launched.of(list(rows.seqs), tokens, decode=True, began=began)
 
     # -- the parts ---------------------------------------------------------------------
 
