@@ -20,7 +20,6 @@ import inspect
 import logging
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -82,7 +81,8 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: 
     if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
         from torch.nn.attention.varlen import varlen_attn
 
-        return varlen_attn(q, k, v, segments, k_segments, longest, k_longest, **_varlen_keywords(causal))
+        return varlen_attn(q, k, v, segments, k_segments, longest, k_longest,
+                           **(_varlen_causal() if causal else {}))
     out = []
     for a, b, c, d in zip(bounds, bounds[1:], k_bounds, k_bounds[1:]):
         mask = None
@@ -94,156 +94,28 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: 
     return torch.cat(out)
 
 
-# Cutting a cached prefix for ``attention_after_prefix``: flash attention runs a thread block per
-# SPLIT_TILE queries and head; a chunk's attention should have SPLIT_TILES of them per head (x 32 heads:
-# a few waves of an H200's 132 multiprocessors), and no piece fewer than SPLIT_MIN_KEYS keys.
-SPLIT_TILE, SPLIT_TILES, SPLIT_MIN_KEYS = 128, 16, 2048
-
-
-@dataclass(frozen=True)
-class Pieces:
-    """The chunks' cached prefixes cut in pieces (``split_plan``): ``rows``, for each piece, the rows of its
-    chunk's queries (device); ``q_bounds`` and ``k_bounds`` where each piece's queries start in that
-    repetition and its keys in the packed prefixes, then the ends (host); ``q_segments`` and
-    ``k_segments`` the same on the device (int32); ``longest_q`` and ``longest_k`` their longest."""
-
-    rows: torch.Tensor
-    q_bounds: list[int]
-    k_bounds: list[int]
-    q_segments: torch.Tensor
-    k_segments: torch.Tensor
-    longest_q: int
-    longest_k: int
-
-    @classmethod
-    def of(cls, plan: tuple[list[int], list[int], list[int]], upload) -> "Pieces":
-        """From ``split_plan``'s answer; ``upload`` puts a host tensor on the device."""
-        rows, q_bounds, k_bounds = plan
-        return cls(upload(torch.tensor(rows)), q_bounds, k_bounds, upload(torch.tensor(q_bounds, dtype=torch.int32)),
-                   upload(torch.tensor(k_bounds, dtype=torch.int32)), int(np.diff(q_bounds).max()),
-                   int(np.diff(k_bounds).max()))
-
-
 @dataclass(frozen=True)
 class Context:
     """Where a prefill's chunks read their keys from when some continue a sequence (a chunk after an
     earlier one, or after a prefix taken from the cache): ``index``, the flat cache positions of each
     chunk's sequence from its first token to the chunk's last, packed; ``bounds`` (host) and
-    ``segments`` (device, int32) where each sequence starts in that packing; ``longest`` its longest.
-    With ``pieces``, ``index`` covers only the prefixes before the chunks (their own keys come from the
-    layer) and the bounds are the pieces'."""
+    ``segments`` (device, int32) where each sequence starts in that packing; ``longest`` its longest."""
 
     index: torch.Tensor
     bounds: list[int]
     segments: torch.Tensor
     longest: int
-    pieces: Pieces | None = None
-
-
-def split_plan(q_bounds: list[int], prefixes: list[int]) -> tuple[list[int], list[int], list[int]] | None:
-    """How to cut each chunk's cached prefix (``prefixes[i]`` tokens before the chunk whose queries are
-    ``q_bounds[i]:q_bounds[i + 1]``): the rows of each piece's queries, the pieces' query bounds, and their
-    key bounds in the packed prefixes. None when no prefix is worth cutting: one call then reads each
-    chunk's whole context."""
-    cuts = [0 if not p else max(1, min(-(-p // SPLIT_MIN_KEYS), -(-SPLIT_TILES // -(-n // SPLIT_TILE))))
-            for n, p in zip(np.diff(q_bounds).tolist(), prefixes)]
-    if max(cuts, default=0) < 2:
-        return None
-    rows: list[int] = []
-    q_cuts, k_cuts, offset = [0], [0], 0
-    for i, (count, p) in enumerate(zip(cuts, prefixes)):
-        for j in range(count):
-            rows += range(q_bounds[i], q_bounds[i + 1])
-            q_cuts.append(len(rows))
-            k_cuts.append(offset + (j + 1) * p // count)
-        offset += p
-    return rows, q_cuts, k_cuts
-
-
-def attention_after_prefix(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_k: torch.Tensor,
-                           prefix_v: torch.Tensor, bounds: list[int], segments: torch.Tensor, longest: int,
-                           pieces: Pieces) -> torch.Tensor:
-    """Causal attention of prompt chunks (``q``, ``k``, ``v`` their own, packed as ``bounds`` says) after
-    cached prefixes (``prefix_k``, ``prefix_v``, cut as ``pieces`` says): attention to their own tokens and,
-    side by side, to each piece of the prefix, combined exactly by their log-sum-exps. One call over a
-    whole 32K context kept a 128-token chunk's 32 thread blocks (one per head) walking all its keys while
-    the rest of an H200 idled: ~25 ms a step, whatever the chunk's size."""
-    own = _attend(q, k, v, bounds, bounds, segments, segments, longest, longest, causal=True)
-    before = _attend(q[pieces.rows], prefix_k, prefix_v, pieces.q_bounds, pieces.k_bounds, pieces.q_segments,
-                     pieces.k_segments, pieces.longest_q, pieces.longest_k, causal=False)
-    tokens = q.shape[0]
-    return _merge([(*own, torch.arange(tokens, device=q.device)), (*before, pieces.rows)], tokens).to(q.dtype)
-
-
-def split_attention_works(device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int) -> bool:
-    """Whether ``attention_after_prefix`` gives what one call over the whole context gives, here: it reads
-    this torch's flash-attention log-sum-exp. If not, prefills read whole contexts (slower, the same)."""
-    prefix, tokens = 2 * SPLIT_MIN_KEYS + 5, 40
-    try:
-        k = torch.randn(prefix + tokens, kv_heads, head_dim, device=device, dtype=dtype)
-        v, q = torch.randn_like(k), torch.randn(tokens, heads, head_dim, device=device, dtype=dtype)
-        upload = lambda t: t.to(device)  # noqa: E731
-        segments = upload(torch.tensor([0, tokens], dtype=torch.int32))
-        whole = packed_attention(q, k, v, [0, tokens], segments, tokens, causal=True, context=Context(
-            None, [0, prefix + tokens], upload(torch.tensor([0, prefix + tokens], dtype=torch.int32)), prefix + tokens))
-        split = attention_after_prefix(q, k[prefix:], v[prefix:], k[:prefix], v[:prefix], [0, tokens], segments, tokens,
-                                       Pieces.of(split_plan([0, tokens], [prefix]), upload))
-        error = ((split.float() - whole.float()).norm() / whole.float().norm()).item()
-    except Exception:
-        log.exception("attention over a cut prefix failed its check: prefills read whole contexts")
-        return False
-    if not error < 2e-2:
-        log.warning("attention over a cut prefix is off by %.3g: prefills read whole contexts", error)
-        return False
-    return True
-
-
-def _attend(q, k, v, q_bounds, k_bounds, q_segments, k_segments, longest_q, longest_k, causal: bool):
-    """Attention of packed segments and its log-sum-exp, (heads, tokens) in float32: what combines
-    attention over disjoint pieces of the keys (``_merge``)."""
-    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
-        from torch.nn.attention.varlen import AuxRequest, varlen_attn
-
-        return varlen_attn(q, k, v, q_segments, k_segments, longest_q, longest_k, return_aux=AuxRequest(lse=True),
-                           **_varlen_keywords(causal))
-    groups = q.shape[1] // k.shape[1]
-    outs, sums = [], []
-    for a, b, c, d in zip(q_bounds, q_bounds[1:], k_bounds, k_bounds[1:]):
-        keys = k[c:d].transpose(0, 1).float().repeat_interleave(groups, 0)
-        scores = q[a:b].transpose(0, 1).float() @ keys.transpose(1, 2) * q.shape[-1] ** -0.5
-        if causal:
-            seen = torch.ones((b - a, d - c), dtype=torch.bool, device=q.device).tril(d - c - (b - a))
-            scores = scores.masked_fill(~seen, float("-inf"))
-        total = scores.logsumexp(-1)
-        outs.append((scores - total[..., None]).exp() @ v[c:d].transpose(0, 1).float().repeat_interleave(groups, 0))
-        sums.append(total)
-    return torch.cat(outs, 1).transpose(0, 1).to(q.dtype), torch.cat(sums, 1)
-
-
-def _merge(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], tokens: int) -> torch.Tensor:
-    """Attention over disjoint pieces of each query's keys, combined: ``parts`` are (output, log-sum-exp,
-    the query row each output row belongs to); each piece weighs exp(its log-sum-exp - the row's largest)."""
-    out = torch.cat([o for o, _, _ in parts]).float()
-    sums = torch.cat([s.transpose(0, 1) for _, s, _ in parts])
-    rows = torch.cat([r for _, _, r in parts])
-    top = torch.full((tokens, sums.shape[1]), float("-inf"), device=out.device).scatter_reduce(
-        0, rows[:, None].expand_as(sums), sums, "amax")
-    weight = (sums - top[rows]).exp()
-    total = torch.zeros((tokens, *out.shape[1:]), device=out.device).index_add_(0, rows, out * weight[..., None])
-    return total / torch.zeros_like(top).index_add_(0, rows, weight)[..., None]
 
 
 @functools.cache
-def _varlen_keywords(causal: bool) -> dict:
-    """``varlen_attn``'s keywords for (causal) attention with fewer key/value heads than query heads: its
-    first releases spell causal ``is_causal``, torch 2.11 ``window_size=(-1, 0)`` (and takes fewer
+def _varlen_causal() -> dict:
+    """``varlen_attn``'s keywords for causal attention with fewer key/value heads than query heads:
+    its first releases spell causal ``is_causal``, torch 2.11 ``window_size=(-1, 0)`` (and takes fewer
     key/value heads as they come), torch 2.14 also asks for ``enable_gqa``."""
     from torch.nn.attention.varlen import varlen_attn
 
     parameters = inspect.signature(varlen_attn).parameters
-    keywords: dict = {}
-    if causal:
-        keywords = {"window_size": (-1, 0)} if "window_size" in parameters else {"is_causal": True}
+    keywords: dict = {"window_size": (-1, 0)} if "window_size" in parameters else {"is_causal": True}
     if "enable_gqa" in parameters:
         keywords["enable_gqa"] = True
     return keywords
@@ -370,13 +242,9 @@ class Decoder:
                                         self.heads, self.kv_heads, self.head_dim)
                 q, k, v = q.squeeze(2), k.squeeze(2), v.squeeze(2)
                 self.cache.write(layer, k, v, written)
-            if context is not None and context.pieces is not None:
-                attended = attention_after_prefix(q, k, v, *self.cache.read(layer, context.index), bounds, segments,
-                                                  longest, context.pieces)
-            else:
-                if context is not None:
-                    k, v = self.cache.read(layer, context.index)
-                attended = packed_attention(q, k, v, bounds, segments, longest, causal=True, context=context)
+            if context is not None:
+                k, v = self.cache.read(layer, context.index)
+            attended = packed_attention(q, k, v, bounds, segments, longest, causal=True, context=context)
             if graphs is not None:
                 graphs["attended"][:tokens].copy_(attended.view(tokens, 1, -1))
                 graphs.run(layer, 1)

@@ -22,7 +22,7 @@ import torch
 
 from .compile_artifacts import CompileArtifacts
 from .config import EngineConfig
-from .decode import Context, Decoder, Pieces, split_attention_works, split_plan
+from .decode import Context, Decoder
 from .kv_cache import PagedKVCache
 from .loader import LoadedModel
 from .sampling import select
@@ -116,9 +116,6 @@ class ModelRunner:
                                 if b < self.max_seqs} | {self.max_seqs})
         self.start_timings: dict[str, float] = {}
         self.compile_artifacts: CompileArtifacts | None = None
-        with torch.inference_mode():
-            self._split = split_attention_works(self.device, self.dtype, text.num_attention_heads, self.kv_heads,
-                                                self.head_dim)
 
     # -- start -------------------------------------------------------------------------
 
@@ -261,10 +258,18 @@ class ModelRunner:
         ids = torch.tensor(list(itertools.chain.from_iterable(c.seq.tokens[c.start:c.end] for c in chunks)))
         positions = torch.cat([c.seq.positions(c.start, c.end) for c in chunks], dim=1)
         written = np.concatenate([self._flat(c.seq.blocks, c.start, c.end) for c in chunks])
-        context = self._context(chunks, bounds) if any(c.start for c in chunks) else None
+        context = None
+        if any(c.start for c in chunks):
+            ends = [0, *itertools.accumulate(c.end for c in chunks)]
+            context = (np.concatenate([self._flat(c.seq.blocks, 0, c.end) for c in chunks]), ends)
         last = [bounds[i + 1] - 1 for i, c in enumerate(chunks) if c.last]
         embeds = self._embed(self._upload(ids))
         visual, deepstack = self._visuals(chunks, bounds, embeds, between)
+        if context is not None:
+            index, ends = context
+            context = Context(self._upload(torch.from_numpy(index)), ends,
+                              self._upload(torch.tensor(ends, dtype=torch.int32)),
+                              max(c.end for c in chunks))
         logits = self.decoder.prefill(
             embeds, self._upload(positions), bounds, self._upload(torch.tensor(bounds, dtype=torch.int32)),
             self._upload(torch.from_numpy(written)), context, self._upload(torch.tensor(last)) if last else None,
@@ -368,21 +373,6 @@ class ModelRunner:
         visual = self._upload(torch.cat(where))
         embeds.index_copy_(0, visual, torch.cat(parts).to(embeds.dtype))
         return visual, [torch.cat(layer) for layer in zip(*deep)]
-
-    def _context(self, chunks: list[Chunk], bounds: list[int]) -> Context:
-        """Where chunks that continue their sequences read its earlier keys: each whole context in one
-        attention call, or, when a chunk is short beside a long prefix, the prefixes alone, cut in pieces
-        (``decode.split_plan``) that run side by side."""
-        plan = split_plan(bounds, [c.start for c in chunks]) if self._split else None
-        if plan is not None:
-            pieces = Pieces.of(plan, self._upload)
-            index = np.concatenate([self._flat(c.seq.blocks, 0, c.start) for c in chunks])
-            return Context(self._upload(torch.from_numpy(index)), pieces.k_bounds, pieces.k_segments,
-                           pieces.longest_k, pieces)
-        ends = [0, *itertools.accumulate(c.end for c in chunks)]
-        index = np.concatenate([self._flat(c.seq.blocks, 0, c.end) for c in chunks])
-        return Context(self._upload(torch.from_numpy(index)), ends, self._upload(torch.tensor(ends, dtype=torch.int32)),
-                       max(c.end for c in chunks))
 
     def _flat(self, blocks: list[int], start: int, end: int) -> np.ndarray:
         """Flat cache positions (block x block_size + offset) of tokens ``start:end`` of a sequence."""
