@@ -46,6 +46,13 @@ def test_a_negative_prefill_graph_size_is_refused():
         EngineConfig.from_parameters({"prefill_graph_tokens": "-1"}, environ={"MODEL_PATH": "x"})
 
 
+def test_a_negative_decode_gap_during_prefill_is_refused():
+    with pytest.raises(ValueError, match="decode_gap_during_prefill must be >= 0"):
+        EngineConfig.from_parameters({"decode_gap_during_prefill": "-0.5"}, environ={"MODEL_PATH": "x"})
+    assert EngineConfig.from_parameters({"decode_gap_during_prefill": "1.5"},
+                                        environ={"MODEL_PATH": "x"}).decode_gap_during_prefill == 1.5
+
+
 def test_no_model_is_a_clear_error():
     with pytest.raises(ValueError, match="MODEL_PATH"):
         EngineConfig.from_parameters({}, environ={})
