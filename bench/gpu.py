@@ -261,6 +261,42 @@ def video_rows(engine, prompts, tokens: int = 512) -> dict:
     return rows
 
 
+def _decoding(engine, prompts, images: list[bytes], streams: int = 64, tokens: int = 400) -> list[_Sink]:
+    """``streams`` requests started together, returned once each has streamed 60 tokens."""
+    requests = [_request(PROMPTS[i % 8], [images[i % 8]], tokens) for i in range(streams)]
+    built = [prompts.build(r) for r in requests]
+    sinks = [_Sink() for _ in requests]
+    with engine.arriving_together():
+        for r, p, s in zip(requests, built, sinks):
+            engine.submit(r, p, s)
+    while min(len(s.counts) for s in sinks) < 60:
+        time.sleep(0.005)
+    return sinks
+
+
+def arrivals_beside(engine, prompts, images: list[bytes], count: int = 24, every: float = 0.04) -> dict:
+    """Prompts with an image each (not seen before, built beforehand) arriving one every ``every`` s while
+    64 streams decode: their first tokens, and the streams' gaps meanwhile. What pacing a prefill beside
+    decoding streams costs a short prompt (decode_gap_during_prefill)."""
+    sinks = _decoding(engine, prompts, images)
+    requests = [_request(PROMPTS[i % 8], [image_bytes(100 + i)], 8) for i in range(count)]
+    built = [prompts.build(r) for r in requests]
+    new, start = [], time.monotonic()
+    for i, (r, p) in enumerate(zip(requests, built)):
+        time.sleep(max(0.0, start + i * every - time.monotonic()))
+        sink = _Sink()
+        engine.submit(r, p, sink)
+        new.append(sink)
+    for s in new + sinks:
+        s.done.wait(300)
+    end = max(s.times[-1] for s in new)
+    gaps = [b - a for s in sinks for a, b in zip(s.times, s.times[1:]) if start <= a and b <= end]
+    ttft = [s.ttft for s in new]
+    return {"prompts": count, "every_ms": round(1000 * every), "TTFT p50 ms": round(1000 * percentile(ttft, 50), 1),
+            "TTFT p95 ms": round(1000 * percentile(ttft, 95), 1), "ITL p50 ms": round(1000 * percentile(gaps, 50), 1),
+            "ITL p99 ms": round(1000 * percentile(gaps, 99), 1)}
+
+
 def _burst_row(sinks: list[_Sink]) -> dict:
     start, end = min(s.sent for s in sinks), max(s.times[-1] for s in sinks)
     tokens = sum(s.counts[-1] for s in sinks)
@@ -423,14 +459,7 @@ def engine_rows(model_path: str, images: list[bytes], compile: bool = True, over
     result["long_32k"] = {"prompt_tokens": prompts.build(_request(text_32k, [], 1)).length,
                           "ttft_ms": round(1000 * lone.ttft)}
     # 64 streams decoding; once they all run, the 32K prompt arrives: their gaps during its prefill.
-    streams = [_request(PROMPTS[i % 8], [images[i % 8]], 400) for i in range(64)]
-    built = [prompts.build(r) for r in streams]
-    sinks = [_Sink() for _ in streams]
-    with engine.arriving_together():
-        for r, p, s in zip(streams, built, sinks):
-            engine.submit(r, p, s)
-    while min(len(s.counts) for s in sinks) < 60:
-        time.sleep(0.005)
+    sinks = _decoding(engine, prompts, images)
     arrived = time.monotonic()
     long = _submit(engine, prompts, [_request(long_text(LONG_PROMPTS[0]), [], 1)])[0]
     for s in sinks:
@@ -443,6 +472,8 @@ def engine_rows(model_path: str, images: list[bytes], compile: bool = True, over
                                     "itl_p99_ms_during": round(1000 * percentile(during, 99), 1),
                                     "itl_max_ms_during": round(1000 * max(during or [0]), 1)}
     log(f"32K prompt: {result['long_32k']}; beside 64 decoding streams: {result['long_32k_beside_64']}")
+    result["arrivals_beside_64"] = arrivals_beside(engine, prompts, images)
+    log(f"image prompts arriving while 64 streams decode: {result['arrivals_beside_64']}")
     text_128k = long_text(LONG_PROMPTS[1])
     length = prompts.build(_request(text_128k, [], 1)).length
     huge = _submit(engine, prompts, [_request(text_128k, [], 8)])[0]
@@ -890,6 +921,7 @@ def print_report(report: dict) -> None:
         print("32,768-token prompt alone:", engine["long_32k"], "; beside 64 decoding streams:",
               engine["long_32k_beside_64"])
         print("131,072-token prompt:", engine["long_128k"])
+        print("image prompts arriving while 64 streams decode:", engine["arrivals_beside_64"])
         print(table([{k: str(v) for k, v in turn.items()} for turn in engine["chat_1024px"]]))
     if report.get("ab"):
         print("engine alone, trees alternating (each a fresh process):")
