@@ -32,9 +32,10 @@ from .vision import VisionEncoder
 
 log = logging.getLogger(__name__)
 
-# A prefill whose longest chunk ends this deep in its sequence is paced while sequences decode beside it
-# (``pace``), its layers enqueued at most PACE_AHEAD ahead of the device.
-PACE_CONTEXT, PACE_AHEAD = 4096, 1
+# A prefill whose attention reads at least PACE_WORK (query, key) pairs (a chunk's tokens times the
+# context each reads: 2,048 tokens ending 4,096 deep) is paced while sequences decode beside it (``pace``),
+# its layers enqueued at most PACE_AHEAD ahead of the device.
+PACE_WORK, PACE_AHEAD = 2048 * 4096, 1
 GRAPH_RESERVE_BYTES = 1 << 30  # captured decode graphs and their pool (as much again for the prefill's)
 
 
@@ -252,7 +253,7 @@ class ModelRunner:
         cache) and select the next token of every prompt whose last chunk this is."""
         seqs = [c.seq for c in chunks]
         self._paced.clear()
-        self._pacing = self.device.type == "cuda" and max(c.end for c in chunks) >= PACE_CONTEXT
+        self._pacing = self.device.type == "cuda" and sum((c.end - c.start) * c.end for c in chunks) >= PACE_WORK
         self._sync_tables(seqs)
         bounds = [0, *itertools.accumulate(c.end - c.start for c in chunks)]
         ids = torch.tensor(list(itertools.chain.from_iterable(c.seq.tokens[c.start:c.end] for c in chunks)))
@@ -282,12 +283,13 @@ class ModelRunner:
         return Launched.of(done, tokens, decode=False)
 
     def pace(self) -> bool:
-        """Called after each layer of a prefill is enqueued: for a chunk deep in a long prompt, wait until
-        the device has run all but the last ``PACE_AHEAD`` layers, and say so. Enqueueing such a chunk
-        takes the host a fraction of the device's time (~75 ms for 1,024 tokens after 32K on an H200), so
-        unpaced it queues every layer before the decode step beside it is done, and the next one can only
-        go in after the whole chunk. Shorter prefills are host-bound: pacing them would only make the
-        host wait for decode steps instead of enqueueing layers while they run."""
+        """Called after each layer of a prefill is enqueued: for a large chunk deep in a long prompt, wait
+        until the device has run all but the last ``PACE_AHEAD`` layers, and say so. Enqueueing such a
+        chunk takes the host a fraction of the device's time (~75 ms for 1,024 tokens after 32K on an
+        H200), so unpaced it queues every layer before the decode step beside it is done, and the next
+        one can only go in after the whole chunk. Lighter prefills (a few short prompts, a chat's next
+        turn after its cached history) are host-bound: pacing them would only make the host wait for
+        decode steps instead of enqueueing layers while they run."""
         if not self._pacing:
             return False
         event = torch.cuda.Event()
