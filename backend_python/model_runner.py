@@ -39,6 +39,12 @@ PACE_WORK, PACE_AHEAD = 2048 * 4096, 1
 GRAPH_RESERVE_BYTES = 1 << 30  # captured decode graphs and their pool (as much again for the prefill's)
 
 
+def device_bound(chunks: list[Chunk]) -> bool:
+    """Whether a prefill's attention reads at least ``PACE_WORK`` (query, key) pairs: then the device
+    takes longer over its layers than the host does to enqueue them, and it is worth pacing."""
+    return sum((c.end - c.start) * c.end for c in chunks) >= PACE_WORK
+
+
 @dataclass(eq=False)
 class Launched:
     """The tokens of one launched step (prefill or decode), on their way to the host."""
@@ -253,7 +259,7 @@ class ModelRunner:
         cache) and select the next token of every prompt whose last chunk this is."""
         seqs = [c.seq for c in chunks]
         self._paced.clear()
-        self._pacing = self.device.type == "cuda" and sum((c.end - c.start) * c.end for c in chunks) >= PACE_WORK
+        self._pacing = self.device.type == "cuda" and device_bound(chunks)
         self._sync_tables(seqs)
         bounds = [0, *itertools.accumulate(c.end - c.start for c in chunks)]
         ids = torch.tensor(list(itertools.chain.from_iterable(c.seq.tokens[c.start:c.end] for c in chunks)))
