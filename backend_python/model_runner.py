@@ -119,6 +119,8 @@ class ModelRunner:
         self._graph_pool = None
         self._paced: collections.deque = collections.deque()  # events of the launches ``pace`` keeps up with
         self._pacing = False  # whether the prefill being launched is paced
+        # Decode steps are timed on the device only where pacing reads their time.
+        self._time_steps = cuda and config.decode_during_prefill and config.decode_gap_during_prefill > 0
         self._buckets = sorted({b for b in (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
                                 if b < self.max_seqs} | {self.max_seqs})
         self.start_timings: dict[str, float] = {}
@@ -265,18 +267,10 @@ class ModelRunner:
         ids = torch.tensor(list(itertools.chain.from_iterable(c.seq.tokens[c.start:c.end] for c in chunks)))
         positions = torch.cat([c.seq.positions(c.start, c.end) for c in chunks], dim=1)
         written = np.concatenate([self._flat(c.seq.blocks, c.start, c.end) for c in chunks])
-        context = None
-        if any(c.start for c in chunks):
-            ends = [0, *itertools.accumulate(c.end for c in chunks)]
-            context = (np.concatenate([self._flat(c.seq.blocks, 0, c.end) for c in chunks]), ends)
         last = [bounds[i + 1] - 1 for i, c in enumerate(chunks) if c.last]
         embeds = self._embed(self._upload(ids))
         visual, deepstack = self._visuals(chunks, bounds, embeds, between)
-        if context is not None:
-            index, ends = context
-            context = Context(self._upload(torch.from_numpy(index)), ends,
-                              self._upload(torch.tensor(ends, dtype=torch.int32)),
-                              max(c.end for c in chunks))
+        context = self._context(chunks) if any(c.start for c in chunks) else None
         logits = self.decoder.prefill(
             embeds, self._upload(positions), bounds, self._upload(torch.tensor(bounds, dtype=torch.int32)),
             self._upload(torch.from_numpy(written)), context, self._upload(torch.tensor(last)) if last else None,
@@ -327,7 +321,7 @@ class ModelRunner:
         host[1, :n] = torch.tensor([s.prompt.next_position + length - s.prompt.length
                                     for s, length in zip(rows.seqs, rows.lengths)])
         began = None
-        if self.device.type == "cuda":
+        if self._time_steps:
             began = torch.cuda.Event(enable_timing=True)
             began.record()
         self._inputs[:, :rows_in_graph].copy_(self._pinned(host), non_blocking=True)
@@ -381,6 +375,13 @@ class ModelRunner:
         visual = self._upload(torch.cat(where))
         embeds.index_copy_(0, visual, torch.cat(parts).to(embeds.dtype))
         return visual, [torch.cat(layer) for layer in zip(*deep)]
+
+    def _context(self, chunks: list[Chunk]) -> Context:
+        """Where chunks that continue their sequences read its earlier keys: each whole sequence so far."""
+        ends = [0, *itertools.accumulate(c.end for c in chunks)]
+        index = np.concatenate([self._flat(c.seq.blocks, 0, c.end) for c in chunks])
+        return Context(self._upload(torch.from_numpy(index)), ends, self._upload(torch.tensor(ends, dtype=torch.int32)),
+                       max(c.end for c in chunks))
 
     def _flat(self, blocks: list[int], start: int, end: int) -> np.ndarray:
         """Flat cache positions (block x block_size + offset) of tokens ``start:end`` of a sequence."""

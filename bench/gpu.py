@@ -274,6 +274,11 @@ def _decoding(engine, prompts, images: list[bytes], streams: int = 64, tokens: i
     return sinks
 
 
+def _gaps(sinks: list[_Sink], start: float, end: float) -> list[float]:
+    """The gaps between consecutive responses of every stream, within ``start``..``end``."""
+    return [b - a for s in sinks for a, b in zip(s.times, s.times[1:]) if start <= a and b <= end]
+
+
 def arrivals_beside(engine, prompts, images: list[bytes], count: int = 24, every: float = 0.04) -> dict:
     """Prompts with an image each (not seen before, built beforehand) arriving one every ``every`` s while
     64 streams decode: their first tokens, and the streams' gaps meanwhile. What pacing a prefill beside
@@ -290,7 +295,7 @@ def arrivals_beside(engine, prompts, images: list[bytes], count: int = 24, every
     for s in new + sinks:
         s.done.wait(300)
     end = max(s.times[-1] for s in new)
-    gaps = [b - a for s in sinks for a, b in zip(s.times, s.times[1:]) if start <= a and b <= end]
+    gaps = _gaps(sinks, start, end)
     ttft = [s.ttft for s in new]
     return {"prompts": count, "every_ms": round(1000 * every), "TTFT p50 ms": round(1000 * percentile(ttft, 50), 1),
             "TTFT p95 ms": round(1000 * percentile(ttft, 95), 1), "ITL p50 ms": round(1000 * percentile(gaps, 50), 1),
@@ -464,7 +469,7 @@ def engine_rows(model_path: str, images: list[bytes], compile: bool = True, over
     long = _submit(engine, prompts, [_request(long_text(LONG_PROMPTS[0]), [], 1)])[0]
     for s in sinks:
         s.done.wait(300)
-    during = [b - a for s in sinks for a, b in zip(s.times, s.times[1:]) if arrived <= a and b <= long.times[-1]]
+    during = _gaps(sinks, arrived, long.times[-1])
     before_gaps = [b - a for s in sinks for a, b in zip(s.times, s.times[1:]) if b < arrived and a > arrived - 1.0]
     result["long_32k_beside_64"] = {"ttft_ms": round(1000 * long.ttft),
                                     "step_ms_before": round(1000 * percentile(before_gaps, 50), 1),
