@@ -222,6 +222,10 @@ async def test_a_replica_sent_sigterm_finishes_its_streams_gets_no_new_ones_and_
     regions = shm_regions(stubs)
 
     target.process.send_signal(signal.SIGTERM)
+    # Requests that reach it before Triton has handled the signal are served there, rightly: "after
+    # SIGTERM" starts when the server says it is shutting down.
+    await wait_for(lambda: not target.answers(f"{target.http_url}/v2/health/ready"), 10,
+                   "the replica to report that it is shutting down")
     during = await asyncio.gather(*(chat_stream(http, 8, seed=2000 + i) for i in range(12)))
     finished = await asyncio.gather(*long)
 
