@@ -141,15 +141,16 @@ def test_while_others_decode_a_prompts_chunk_is_capped_and_alone_it_takes_the_wh
     assert [(c.start, c.end) for c in alone.schedule().prefill] == [(0, 30)]
 
 
-def test_only_a_prefill_whose_attention_reads_a_long_context_is_paced_beside_decoding_streams():
+def test_only_a_large_chunk_or_one_deep_in_a_long_prompt_is_paced_beside_decoding_streams():
     from backend_python.model_runner import device_bound
     from backend_python.scheduler import Chunk
 
     def chunks(*spans: tuple[int, int]) -> list[Chunk]:
         return [Chunk(sequence([1] * end), start, end, last=False) for start, end in spans]
 
-    assert device_bound(chunks((2048, 4096)))  # a long prompt's second chunk of 2,048
+    assert device_bound(chunks((0, 2048)))  # a long prompt's first chunk of 2,048
     assert device_bound(chunks((30_720, 32_768)))
-    assert not device_bound(chunks((0, 2048)))  # its first: no context yet
+    assert device_bound(chunks((3072, 4096)))  # 1,024 tokens deep enough
+    assert not device_bound(chunks((0, 1024)))  # a prompt of 1,024 tokens alone
     assert not device_bound(chunks((32_000, 32_030)))  # a chat's next turn after a long cached history
     assert not device_bound(chunks(*[(0, 230)] * 35))  # a burst of image prompts, 8,050 tokens
