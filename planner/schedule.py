@@ -68,7 +68,7 @@ def plan(per_bin: np.ndarray, capacity: float, lead_seconds: float, min_replicas
          utilization: float = 1.0, bin_seconds: float = BIN_SECONDS) -> list[Schedule]:
     """Windows of the day with more pods than `min_replicas`: in each bin, the pods that carry the
     highest rate of the bins up to `lead_seconds` later at `utilization` of their capacity (so a pod
-    started for a bin is ready before it), consecutive bins with the same count merged."""
+    started for a bin is ready before it), consecutive bins with the same count merged, across midnight too."""
     if capacity <= 0 or not 0 < utilization <= 1:
         raise ScheduleError("need a capacity > 0 and 0 < utilization <= 1")
     need = np.ceil(per_bin / (capacity * utilization) - 1e-9).astype(int)
@@ -84,6 +84,9 @@ def plan(per_bin: np.ndarray, capacity: float, lead_seconds: float, min_replicas
         if wanted[b] > min_replicas:
             windows.append(Schedule(b * bin_seconds, (e + 1) * bin_seconds % DAY, int(wanted[b])))
         b = e + 1
+    if len(windows) > 1 and windows[0].start == 0 and windows[-1].end == 0 \
+            and windows[0].replicas == windows[-1].replicas:  # one window across midnight, one cron trigger
+        windows = [Schedule(windows[-1].start, windows[0].end, windows[0].replicas), *windows[1:-1]]
     if len(windows) == 1 and windows[0].start == windows[0].end:
         raise ScheduleError(f"the schedule never drops to minReplicaCount ({min_replicas}): raise minReplicaCount "
                             f"to {windows[0].replicas} instead")

@@ -28,6 +28,14 @@ def test_pods_are_scheduled_a_cold_start_ahead_of_the_load_they_carry():
     assert windows == [Schedule(38 * 900.0, 60 * 900.0, 4)]  # 09:30: two bins (20 min) ahead, ceil(30 / 7.5)
 
 
+def test_busy_hours_across_midnight_are_one_window():
+    per_bin = np.zeros(96)
+    per_bin[88:] = per_bin[:4] = 30.0  # 22:00-01:00
+    windows = plan(per_bin, capacity=10.0, lead_seconds=1200.0, min_replicas=2, max_replicas=8, utilization=0.75)
+    assert windows == [Schedule(86 * 900.0, 4 * 900.0, 4)]
+    assert [t["metadata"]["start"] for t in cron_triggers(windows)] == ["30 21 * * *"]
+
+
 def test_a_schedule_that_never_ends_asks_for_a_higher_minimum_instead():
     with pytest.raises(ScheduleError, match="raise minReplicaCount"):
         plan(np.full(96, 30.0), capacity=10.0, lead_seconds=0.0, min_replicas=1, max_replicas=8)
