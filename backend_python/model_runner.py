@@ -166,9 +166,25 @@ class ModelRunner:
             except Exception:
                 log.exception("capturing the prefill's graphs failed: prefills run without them")
                 self.decoder.prefill_graphs = self.vision.graphs = None
+        if self.graphs is not None and self.decoder.exact_attention:
+            with torch.inference_mode(), self._timed("decode graphs"):
+                self._capture_decode_steps()
         if artifacts is not None and not reused:
             artifacts.save(self.decoder.kernels)
         return num_blocks
+
+    def _capture_decode_steps(self) -> None:
+        """The decode step of every batch bucket, captured before the first request, as vLLM does.
+        Captured on first use instead, the first step at a new batch size (64 streams and a prompt
+        arriving: bucket 96) waits for its capture with every stream in it, and until then no decode step
+        goes in between a prefill's layers. With the exact kernel one span serves every length: one graph
+        per bucket. Their rows are padding rows (the dummy slot, nothing cached)."""
+        self._inputs.zero_()
+        self._slots.fill_(self.dummy_slot)
+        span = min(self._round_span(1), self.cache.tables.shape[1] * self.config.block_size)
+        for rows in self._buckets:
+            if (rows, span) not in self.graphs and self._capture(rows, span) is None:
+                return
 
     def _bind(self, cache: PagedKVCache) -> None:
         self.cache = self.decoder.cache = cache
