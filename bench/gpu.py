@@ -531,8 +531,10 @@ def bursts(model_path: str, images: list[bytes], tree: str | None, compile: bool
     parameters = dict(re.findall(r'key: "(\w+)", value: \{ string_value: "([^"]*)" \}', text))
     config = EngineConfig.from_parameters({**parameters, "model_path": model_path,
                                            "compile_decode": str(compile).lower()})
+    started = time.monotonic()
     loaded = load(config)
     engine = Engine(loaded, config).start()
+    log(f"{root.name}: engine started in {time.monotonic() - started:.1f} s")  # a run cut short shows how far it got
     keywords = {"rope_index": loaded.model.model.get_rope_index} \
         if "rope_index" in inspect.signature(PromptBuilder).parameters else {}
     prompts = PromptBuilder(loaded.processor, config, pixel_dtype=loaded.dtype, **keywords)
@@ -547,6 +549,7 @@ def bursts(model_path: str, images: list[bytes], tree: str | None, compile: bool
         else:
             rows[str(streams)] = _burst_row(_submit(
                 engine, prompts, [_request(PROMPTS[i % 8], [images[i % 8]], 512) for i in range(streams)]))
+        log(f"{root.name}: {streams} x 512: {rows[str(streams)]}")
     engine.stop()
     return rows
 
@@ -563,11 +566,16 @@ def alternate_trees(model_path: str, trees: dict[str, str | None], rounds: int =
             if tree:
                 command += ["--tree", tree]
             log(f"{name}: starting its bursts")
-            # Its errors and warnings go to this log as they come: a run stopped at its time limit shows where.
-            done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
-            lines = [line for line in done.stdout.splitlines() if line.startswith("BURSTS ")]
-            if done.returncode or not lines:
-                raise RuntimeError(f"bursts of {name} failed (exit {done.returncode}): see the lines above")
+            # Its lines go to this log as they come: a run stopped at its time limit shows where it was.
+            lines = []
+            with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as child:
+                for line in child.stdout:
+                    if line.startswith("BURSTS "):
+                        lines.append(line)
+                    else:
+                        print(line, end="", flush=True)
+            if child.returncode or not lines:
+                raise RuntimeError(f"bursts of {name} failed (exit {child.returncode}): see the lines above")
             out[name].append(json.loads(lines[-1][len("BURSTS "):]))
             log(f"{name}: {out[name][-1]}")
     return out
