@@ -1,26 +1,39 @@
 """Ends the Python backend stub when its tritonserver dies, and frees the stub's shared memory.
 
-The stub has a watchdog of its own, but it cannot end a stub whose model threads are busy:
-a thread that was waiting for the server's answer (a response sent, a metric set, a
-cancellation asked) when the server died waits for ever, one of them holding the stub's
-own message lock, and the watchdog blocks on that lock (seen with a server killed under
-load: the stub stayed, holding its memory and /dev/shm region, until killed by hand). It
-also takes an unreaped server (a zombie) for a live one. The parent's death shows at once
-as a new parent process id, so this watch needs neither the server nor a lock; it exits with
-``os._exit``, which ends the stuck threads too, after removing the region nobody else will.
+The stub has a watchdog of its own, but it cannot end a stub whose model threads are stuck: a
+thread that was waiting for the server's answer (a response sent, a metric set, a cancellation
+asked) when the server died waits for ever, one of them holding the stub's own message lock, and
+the watchdog blocks on that lock. A watch thread in the stub does not help either: a model thread
+that then calls into the stub (a cancellation poll) blocks on that lock while holding the GIL, and
+no other Python thread runs again (seen in CI: a stub alive 18 minutes after its server was
+killed, its watch thread never woken). So the watch is a small shell process beside the stub: it
+reads the stub's parent from /proc twice a second (a dead server shows at once as a new parent,
+even before it is reaped), and then removes the region nobody else will and kills the stub.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-import threading
-from collections.abc import Callable
+import subprocess
 from pathlib import Path
 
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "triton_python_backend_shm_region"
-EXIT_CODE = 1
+
+# sh -c WATCHDOG name SERVER_PID STUB_PID INTERVAL_S REGION...
+WATCHDOG = r"""
+server=$1; stub=$2; interval=$3; shift 3; regions="$*"
+while :; do
+    { read -r stat < "/proc/$stub/stat"; } 2>/dev/null || exit 0  # the stub has ended by itself
+    set -- ${stat##*) }
+    [ "$2" = "$server" ] || break  # the stub's parent is no longer its server
+    sleep "$interval"
+done
+[ -n "$regions" ] && rm -f $regions
+echo "qwen3_vl: tritonserver (pid $server) is gone; the backend stub (pid $stub) is killed and" \
+     "${regions:-no shared memory} removed" >&2
+kill -9 "$stub"
+"""
 
 
 def stub_shm_regions(cmdline: Path = Path("/proc/self/cmdline")) -> list[Path]:
@@ -32,40 +45,10 @@ def stub_shm_regions(cmdline: Path = Path("/proc/self/cmdline")) -> list[Path]:
     return [SHM_DIR / a.decode() for a in args if a.startswith(SHM_PREFIX.encode()) and b"/" not in a]
 
 
-class ParentWatch:
-    """A daemon thread that notices the parent process is gone and calls ``on_orphaned`` once."""
-
-    def __init__(self, on_orphaned: Callable[[int], None], interval_s: float = 0.5) -> None:
-        self._parent = os.getppid()
-        self._on_orphaned = on_orphaned
-        self._interval = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="parent-watch", daemon=True)
-
-    @classmethod
-    def exit_with_server(cls) -> ParentWatch:
-        """The stub's watch: remove the shared memory and exit as soon as tritonserver is gone."""
-        return cls(_exit_orphaned).start()
-
-    def start(self) -> ParentWatch:
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            if os.getppid() != self._parent:
-                self._on_orphaned(self._parent)
-                return
-
-
-def _exit_orphaned(parent: int) -> None:
-    regions = stub_shm_regions()
-    for region in regions:
-        region.unlink(missing_ok=True)
-    # stderr, not logging: the server that collected the stub's log is gone.
-    print(f"qwen3_vl: tritonserver (pid {parent}) is gone; the backend stub exits "
-          f"and removes {', '.join(map(str, regions)) or 'no shared memory'}", file=sys.stderr, flush=True)
-    os._exit(EXIT_CODE)
+def exit_with_server(interval_s: float = 0.5) -> subprocess.Popen:
+    """Start the stub's watch; it ends by itself when the stub does. Its own session: a signal to the
+    stub's process group (Ctrl-C in a terminal) leaves it watching."""
+    return subprocess.Popen(
+        ["/bin/sh", "-c", WATCHDOG, "qwen3vl-watch", str(os.getppid()), str(os.getpid()), str(interval_s),
+         *map(str, stub_shm_regions())],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)

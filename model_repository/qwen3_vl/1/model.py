@@ -19,7 +19,7 @@ from backend_python.engine import Engine
 from backend_python.errors import EngineFailure, ServingError, wire_status
 from backend_python.loader import load
 from backend_python.metrics import TritonMetrics
-from backend_python.parent_watch import ParentWatch
+from backend_python.parent_watch import exit_with_server
 from backend_python.prompt import PromptBuilder
 from backend_python.request import GenerationRequest
 from wire_contract import INPUTS
@@ -161,7 +161,7 @@ def _error_response(error):
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.parent_watch = ParentWatch.exit_with_server()
+        self.server_watch = exit_with_server()
         model_config = json.loads(args["model_config"])
         if not pb_utils.using_decoupled_model_transaction_policy(model_config):
             raise pb_utils.TritonModelException("qwen3_vl streams tokens: set model_transaction_policy { decoupled: true }")
