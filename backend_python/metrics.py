@@ -49,7 +49,9 @@ class TritonMetrics(EngineMetrics):
     Every update of a Triton metric is a round trip to the server process. The engine's calls
     therefore only note the change, and a thread applies what accumulated every ``flush_s``
     (histograms, then counters, then gauges: in the order the engine records a step and a finish,
-    so that no value shows ahead of the ones behind it).
+    so that no value shows ahead of the ones behind it). A gauge is sent only when its value has
+    changed: the stub keeps the GIL through a gauge's round trip (it lets it go for counters and
+    histograms only), and every thread of the model waits meanwhile, the engine's too.
     """
 
     def __init__(self, pb_utils: Any, labels: dict[str, str], flush_s: float = 0.1):
@@ -137,6 +139,7 @@ class TritonMetrics(EngineMetrics):
         self._gauges: dict[Any, float] = {}
         self._stop = threading.Event()
         self._flush_s = flush_s
+        self._shown: dict[Any, float] = {}  # each gauge's value in Triton, as this thread last set it
         self._thread = threading.Thread(target=self._run, name="qwen3vl-metrics", daemon=True)
         self._thread.start()
 
@@ -209,7 +212,9 @@ class TritonMetrics(EngineMetrics):
         for metric, amount in counts.items():
             metric.increment(amount)
         for metric, value in gauges.items():
-            metric.set(value)
+            if self._shown.get(metric) != value:
+                metric.set(value)
+                self._shown[metric] = value
 
     def _count(self, metric: Any, amount: float) -> None:
         with self._lock:

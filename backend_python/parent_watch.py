@@ -3,12 +3,13 @@
 The stub has a watchdog of its own, but it cannot end a stub whose model threads are stuck: a
 thread that was waiting for the server's answer (a response sent, a metric set, a cancellation
 asked) when the server died waits for ever, one of them holding the stub's own message lock, and
-the watchdog blocks on that lock. A watch thread in the stub does not help either: a model thread
-that then calls into the stub (a cancellation poll) blocks on that lock while holding the GIL, and
+the watchdog blocks on that lock. A watch thread in the stub does not help either: a gauge's update
+waits for the dead server while holding the GIL (the stub keeps it through that round trip), and
 no other Python thread runs again (seen in CI: a stub alive 18 minutes after its server was
-killed, its watch thread never woken). So the watch is a small shell process beside the stub: it
-reads the stub's parent from /proc twice a second (a dead server shows at once as a new parent,
-even before it is reaped), and then removes the region nobody else will and kills the stub.
+killed, its metrics thread in a gauge's ``set`` and its watch thread never woken). So the watch
+is a small shell process beside the stub: it reads the stub's parent from /proc twice a second (a
+dead server shows at once as a new parent, even before it is reaped), and then removes the region
+nobody else will and kills the stub.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A stand-in "server" process starts a stand-in "stub": a Python process with a shared-memory
 region named on its command line, as Triton starts its stub, running the model's watch beside a
 thread stuck for ever: waiting (as the model's threads wait for a dead server's answer), or blocked
-in C while holding the GIL (as a cancellation poll blocks on the stub's message lock).
+in C while holding the GIL (as a gauge's update waits for a dead server).
 """
 
 import os
