@@ -66,6 +66,10 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     enable_prefix_caching: bool = True  # reuse the KV blocks of a prompt's longest cached prefix
     prompt_workers: int = 4  # threads that decode images and tokenize a batch of requests
+    # The engine in a process of its own (engine_process.py): the model's other threads (prompt
+    # workers, responses, Triton's calls) never hold up the loop that launches the steps. false: a
+    # thread of the model's process.
+    engine_process: bool = True
     # Host memory for processed images and videos kept by content (visual_cache.py): a request that
     # sends one again (every turn of a chat does) skips decoding and processing it. 0: off.
     processor_cache_gib: float = 0.5

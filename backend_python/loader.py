@@ -41,13 +41,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def load(config: EngineConfig) -> LoadedModel:
     """The same code path for the local checkpoint and a real Qwen3-VL (folder or hub id)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    processor = AutoProcessor.from_pretrained(config.model_path)
-    tokenizer = processor.tokenizer
-    tokenizer.padding_side = "left"
+    processor = load_processor(config)
     # Straight onto the device: on an H100 this loads the 4B checkpoint in 1.6 s instead of 3.9 s
     # through a copy in host memory.
     model = AutoModelForImageTextToText.from_pretrained(
@@ -56,3 +54,21 @@ def load(config: EngineConfig) -> LoadedModel:
     model.eval()
     log.info("loaded %s on %s in %s", config.model_path, device, dtype)
     return LoadedModel(model=model, processor=processor, device=device, dtype=dtype)
+
+
+def load_processor(config: EngineConfig):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(config.model_path)
+    processor.tokenizer.padding_side = "left"
+    return processor
+
+
+def rope_index(config: EngineConfig):
+    """The model's ``get_rope_index`` without its weights (a model on the meta device), for building
+    prompts in a process that does not hold the model."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(config.model_path))
+    return model.model.get_rope_index

@@ -1,7 +1,8 @@
 """`make bench-gpu`: the generation engine on one NVIDIA GPU, alone and through the real Triton.
 
     python -m bench.gpu [--model PATH] [--parts checks engine ab triton] [--clients 1 64 128] [--tokens 512]
-                        [--rates 8 16 24] [--prefix-cache off on] [--slot-tree PATH] [--peer FILE ...]
+                        [--rates 8 16 24] [--prefix-cache off on] [--engine-process on off]
+                        [--slot-tree PATH] [--peer FILE ...]
 
 Without MODEL_PATH (or --model) it builds Qwen3-VL-4B-Instruct's architecture with
 random weights on local disk (same shapes, same cost). Its parts:
@@ -19,7 +20,8 @@ random weights on local disk (same shapes, same cost). Its parts:
 - triton: N concurrent streaming gRPC clients through Triton (one 448x448 image and a question,
   a fixed number of tokens, EOS ignored) and, with --rates, requests at Poisson arrival times,
   once per --prefix-cache setting (the bench's 8 prompts repeat: the caches answer them; off is
-  no KV prefix cache and no processor cache, as the peer's "caches off");
+  no KV prefix cache and no processor cache, as the peer's "caches off") and per --engine-process
+  setting (the engine in a process of its own, or on a thread of the model's);
 - --peer: vLLM's figures on the same requests (shared/tools/vllm-peer's output) beside ours.
 Every request is one 448x448 image and a question unless said otherwise. Prints tables and
 writes bench-gpu.json.
@@ -845,6 +847,9 @@ def main() -> None:
     parser.add_argument("--prefix-cache", nargs="+", default=["off", "on"], choices=["off", "on"],
                         help="serve through Triton once per setting of the caches: off is enable_prefix_caching "
                              "false and processor_cache_gib 0 (the peer's caches off), on the config's")
+    parser.add_argument("--engine-process", nargs="+", default=["on"], choices=["on", "off"],
+                        help="serve through Triton once per setting of engine_process (on: the engine in a process "
+                             "of its own; off: on a thread of the model's process); several settings alternate")
     parser.add_argument("--starts", type=int, default=1, help="start Triton this many times (cold start, then warm)")
     parser.add_argument("--new-nodes", action="store_true",
                         help="every start with empty compile caches, as on a new node: the first writes compile "
@@ -904,13 +909,17 @@ def main() -> None:
     if "triton" in args.parts:
         report["triton"] = {}
         for setting in args.prefix_cache:
-            # Off is the peer's "caches off": no KV prefix cache and no processor cache (vLLM's mm cache).
-            caches = {} if setting == "on" else {"enable_prefix_caching": "false", "processor_cache_gib": "0"}
-            parameters = {"enable_prefix_caching": "true", **caches, **dict(args.param)}
-            report["triton"][setting] = through_triton(
-                model, args.clients, args.tokens, images, args.rounds, args.compile, args.starts, parameters,
-                args.new_nodes, args.rates, args.rate_seconds)
-            save()
+            for process in args.engine_process:
+                # Off is the peer's "caches off": no KV prefix cache and no processor cache (vLLM's mm cache).
+                caches = {} if setting == "on" else {"enable_prefix_caching": "false", "processor_cache_gib": "0"}
+                parameters = {"enable_prefix_caching": "true", **caches,
+                              "engine_process": "true" if process == "on" else "false", **dict(args.param)}
+                key = setting if len(args.engine_process) == 1 else f"{setting}, engine process {process}"
+                log(f"through Triton: prefix cache {key}")
+                report["triton"][key] = through_triton(
+                    model, args.clients, args.tokens, images, args.rounds, args.compile, args.starts, parameters,
+                    args.new_nodes, args.rates, args.rate_seconds)
+                save()
     save()
     print_report(report)
 

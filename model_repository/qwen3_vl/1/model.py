@@ -4,7 +4,7 @@ All model logic lives in ``backend_python``; this file only converts between
 Triton's request/response objects and the library's typed ones.
 """
 
-import functools
+import dataclasses
 import json
 import logging
 import queue
@@ -15,13 +15,11 @@ import weakref
 import triton_python_backend_utils as pb_utils
 
 from backend_python.config import EngineConfig
-from backend_python.engine import Engine
 from backend_python.errors import EngineFailure, ServingError, wire_status
-from backend_python.loader import load
 from backend_python.metrics import TritonMetrics
 from backend_python.parent_watch import exit_with_server
-from backend_python.prompt import PromptBuilder
 from backend_python.request import GenerationRequest
+from backend_python.serving import start
 from wire_contract import INPUTS
 
 log = logging.getLogger("qwen3_vl")
@@ -30,7 +28,8 @@ CANCEL_POLL_S = 0.05
 
 
 class Outbox:
-    """One thread that carries responses to Triton, so the engine thread goes on to its next step.
+    """One thread that carries responses to Triton, so the thread that hands them over (the engine's, or
+    the one reading the engine process's pipe) goes on at once.
 
     Each send is a round trip to the server process. More threads keep more sends in flight,
     but they also take the GIL from the engine more often: on an H100, 64 streams ran at 6,000
@@ -42,8 +41,8 @@ class Outbox:
         self._thread = threading.Thread(target=self._run, name="qwen3vl-outbox", daemon=True)
         self._thread.start()
 
-    def put(self, sink, make, final):
-        self._queue.put((sink, make, final))
+    def put(self, sink):
+        self._queue.put(sink)
 
     def close(self, timeout):
         self._queue.put(None)
@@ -51,13 +50,12 @@ class Outbox:
 
     def _run(self):
         while True:
-            item = self._queue.get()
-            if item is None:
+            sink = self._queue.get()
+            if sink is None:
                 return
-            sink, make, final = item
-            sink.deliver(make, final)
+            sink.deliver()
             # Hold no sender while idle: Triton unloads the model only once every sender is released.
-            item = sink = make = None
+            sink = None
 
 
 class CancelWatch:
@@ -95,13 +93,19 @@ class CancelWatch:
 
 
 class TritonSink:
-    """Sends one sequence's responses through Triton's decoupled response sender, via the outbox."""
+    """Sends one sequence's responses through Triton's decoupled response sender, via the outbox.
+
+    What arrives while the last response still waits for the outbox joins it (text deltas add up), so
+    a slow client or a saturated response path gets fewer, larger responses, never a backlog.
+    """
 
     def __init__(self, sender, outbox, watch):
         self._sender = sender
         self._outbox = outbox
-        self._queued = 0  # written by the engine thread only
-        self._delivered = 0  # written by the outbox thread only
+        self._lock = threading.Lock()
+        self._next = None  # (chunk or error, final): not yet taken by the outbox
+        self._busy = False  # a response waits for the outbox or is being sent
+        self._sent = 0  # written by the outbox thread only
         self._cancelled = False  # written by the cancel watch only
         # Triton frees a request's response factory with its final response: asking whether the
         # request was cancelled after that crashes the server, so the two never overlap.
@@ -110,14 +114,13 @@ class TritonSink:
         watch.add(self)
 
     def send(self, chunk, final):
-        # The first and the last response carry every output, those between only the delta's.
-        self._queue(functools.partial(_response, chunk, final or self._queued == 0), final)
+        self._put(chunk, final)
 
     def fail(self, error):
-        self._queue(functools.partial(_error_response, error), True)
+        self._put(error, True)
 
     def busy(self):
-        return self._delivered != self._queued
+        return self._busy
 
     def is_cancelled(self):
         return self._cancelled
@@ -130,23 +133,38 @@ class TritonSink:
             self._cancelled = self._sender.is_cancelled()
             return not self._cancelled
 
-    def deliver(self, make, final):
-        """On the outbox thread: build the response (off the engine thread too) and send it."""
+    def deliver(self):
+        """On the outbox thread: build the response and send it."""
+        with self._lock:
+            (item, final), self._next = self._next, None
         try:
+            # The first and the last response carry every output, those between only the delta's.
+            response = _error_response(item) if isinstance(item, Exception) \
+                else _response(item, final or self._sent == 0)
             if final:
                 with self._closing:
                     self._closed = True
-                    self._sender.send(make(), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                    self._sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             else:
-                self._sender.send(make(), flags=0)
+                self._sender.send(response, flags=0)
         except Exception:  # a client that went away must not stop the others' responses
             log.exception("sending a response failed")
         finally:
-            self._delivered += 1
+            self._sent += 1
+            with self._lock:
+                self._busy = self._next is not None
 
-    def _queue(self, make, final):
-        self._queued += 1
-        self._outbox.put(self, make, final)
+    def _put(self, item, final):
+        with self._lock:
+            waiting = self._next
+            if waiting is not None:
+                if isinstance(waiting[0], Exception):  # a failure is the last word
+                    return
+                if not isinstance(item, Exception):
+                    item = dataclasses.replace(item, text=waiting[0].text + item.text)
+            self._next, self._busy = (item, final), True
+        if waiting is None:
+            self._outbox.put(self)
 
 
 def _response(chunk, full):
@@ -171,24 +189,13 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(str(exc)) from None
         self.metrics = TritonMetrics(pb_utils, {"model": args["model_name"], "version": args["model_version"]})
         started = time.monotonic()
-        loaded = load(self.config)
-        weights = time.monotonic() - started
-        self.prompts = PromptBuilder(loaded.processor, self.config, pixel_dtype=loaded.dtype,
-                                     rope_index=loaded.model.model.get_rope_index, metrics=self.metrics)
+        serving = start(self.config, self.metrics)
+        self.engine, self.prompts = serving.engine, serving.prompts
         self.outbox = Outbox()
         self.cancel_watch = CancelWatch()
-        engine = Engine(loaded, self.config, self.metrics)
-        built = time.monotonic() - started - weights
-        self.engine = engine.start()
         seconds = time.monotonic() - started
         self.metrics.model_load(seconds)
-        warm_ups = "".join(f", {name} warm-up {s:.1f} s" for name, s in self.engine.start_timings.items())
-        artifacts = self.engine.compile_artifacts
-        artifacts = f"; compile artifacts {artifacts.outcome}: {artifacts.path}" if artifacts else ""
-        log.warning("qwen3_vl ready in %.1f s (weights %.1f s, engine %.1f s%s): %s on %s, %d sequences, "
-                    "KV cache of %d tokens%s", seconds, weights, built, warm_ups, self.config.model_path,
-                    loaded.device, self.config.max_num_seqs, self.engine.stats.kv_blocks_total * self.config.block_size,
-                    artifacts)
+        log.warning("qwen3_vl ready in %.1f s: %s", seconds, serving.summary)
 
     def execute(self, requests):
         arrival = time.monotonic()

@@ -1,0 +1,50 @@
+"""What the model's process runs: the engine (in a process of its own, or on a thread here) and the
+prompt builder that feeds it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .config import EngineConfig
+from .engine import Engine
+from .engine_process import EngineProcess
+from .loader import load, load_processor, rope_index
+from .metrics import EngineMetrics
+from .prompt import PromptBuilder
+
+
+@dataclass
+class Serving:
+    engine: Engine | EngineProcess
+    prompts: PromptBuilder
+    summary: str  # for the ready line: where the engine runs and what its start took
+
+
+def start(config: EngineConfig, metrics: EngineMetrics) -> Serving:
+    began = time.monotonic()
+    if config.engine_process:
+        engine = EngineProcess(config, metrics)
+        engine.launch()
+        # Built here while the engine process loads the model.
+        processor, positions = load_processor(config), rope_index(config)
+        started = engine.start().started
+        prompts = PromptBuilder(processor, config, pixel_dtype=started.dtype, rope_index=positions, metrics=metrics)
+        timings, artifacts, device = started.start_timings, started.compile_artifacts, started.device
+        where = f"weights {started.weights_seconds:.1f} s in the engine process (pid {engine.pid})"
+        kv_blocks = started.kv_blocks_total
+    else:
+        loaded = load(config)
+        weights = time.monotonic() - began
+        prompts = PromptBuilder(loaded.processor, config, pixel_dtype=loaded.dtype,
+                                rope_index=loaded.model.model.get_rope_index, metrics=metrics)
+        engine = Engine(loaded, config, metrics).start()
+        timings, device, kv_blocks = engine.start_timings, loaded.device, engine.stats.kv_blocks_total
+        artifacts = f"{engine.compile_artifacts.outcome}: {engine.compile_artifacts.path}" \
+            if engine.compile_artifacts else ""
+        where = f"weights {weights:.1f} s, engine on a thread of this process"
+    warm_ups = "".join(f", {name} warm-up {s:.1f} s" for name, s in timings.items())
+    summary = (f"{config.model_path} on {device}, {config.max_num_seqs} sequences, "
+               f"KV cache of {kv_blocks * config.block_size} tokens"
+               + (f"; compile artifacts {artifacts}" if artifacts else "") + f" ({where}{warm_ups})")
+    return Serving(engine, prompts, summary)

@@ -1,0 +1,181 @@
+"""The engine in a process of its own (the Triton model's default): the same answers as transformers'
+generate, its metrics and errors back in the caller's process, cancellation across the pipe, a new
+engine process when one dies (its requests failed, none left waiting), and none left when its parent
+dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from backend_samples import Sink, png, tensors, tiny_checkpoint, user
+from test_backend_paged_engine import generate
+
+from backend_python.config import EngineConfig, Limits
+from backend_python.engine_process import EngineProcess
+from backend_python.errors import EngineFailure, LimitExceeded
+from backend_python.loader import load, load_processor, rope_index
+from backend_python.metrics import EngineMetrics
+from backend_python.prompt import PromptBuilder
+from backend_python.request import GenerationRequest
+
+pytestmark = pytest.mark.unit
+
+LIMITS = Limits(max_prompt_tokens=200, max_new_tokens=400, default_max_tokens=16)
+
+
+class Recorded(EngineMetrics):
+    """Counts what the engine process reports, as the Triton metrics would."""
+
+    def __init__(self):
+        self.generated, self.finishes, self.kv_total = 0, {}, None
+
+    def generated_tokens(self, n):
+        self.generated += n
+
+    def finished(self, reason):
+        self.finishes[reason] = self.finishes.get(reason, 0) + 1
+
+    def kv_blocks(self, used, total):
+        self.kv_total = total
+
+
+@pytest.fixture(scope="module")
+def config():
+    return EngineConfig(model_path=str(tiny_checkpoint()), max_num_seqs=4, max_model_len=256, block_size=4,
+                        max_num_batched_tokens=32, limits=LIMITS, image_min_pixels=32 * 32 * 4,
+                        image_max_pixels=128 * 128)
+
+
+@pytest.fixture(scope="module")
+def metrics():
+    return Recorded()
+
+
+@pytest.fixture(scope="module")
+def engine(config, metrics):
+    engine = EngineProcess(config, metrics).start()
+    yield engine
+    engine.stop(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def prompts(config):
+    # As the Triton model builds them: no model in this process, rotary positions from a meta-device one.
+    return PromptBuilder(load_processor(config), config, rope_index=rope_index(config))
+
+
+def request(text, images=(), **scalars):
+    return GenerationRequest.from_tensors(tensors(user(text, len(images)), images, **scalars), LIMITS)
+
+
+def submit(engine, prompts, requests, sinks=None):
+    sinks = sinks or [Sink() for _ in requests]
+    for r, s in zip(requests, sinks):
+        engine.submit(r, prompts.build(r), s)
+    return sinks
+
+
+def finish(sinks, timeout=120):
+    for s in sinks:
+        assert s.done.wait(timeout), "no final response"
+    return sinks
+
+
+def test_answers_streamed_across_the_process_are_generates(config, engine, prompts, metrics):
+    requests = [request("Describe the picture.", [png(64, 48)], max_tokens=12, temperature=0.0),
+                request("Name three colours.", max_tokens=9, temperature=0.0),
+                request("What is this?", [png(40, 90, (10, 200, 30))], max_tokens=15, temperature=0.0)]
+    before = metrics.generated
+    sinks = finish(submit(engine, prompts, requests))
+    assert [s.error for s in sinks] == [None] * 3
+    model = load(config)
+    for r, s in zip(requests, sinks):
+        assert s.text == generate(model, prompts.build(r), r.sampling.max_tokens)
+        assert s.chunks[-1].completion_tokens == r.sampling.max_tokens and s.chunks[-1].finish_reason == "length"
+        assert len(s.chunks) > 2, "the answer came in one piece, not streamed"
+    deadline = time.monotonic() + 5  # the metric calls come with the responses, in order
+    while metrics.generated - before < 36 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert metrics.generated - before == 36
+    assert metrics.finishes.get("length", 0) >= 3
+    assert metrics.kv_total == engine.started.kv_blocks_total > 0
+
+
+def test_a_refused_prompt_raises_in_the_caller_and_the_engine_goes_on(engine, prompts):
+    too_long = request("Describe the picture.", max_tokens=400)
+    with pytest.raises(LimitExceeded, match="exceeds the context of 256 tokens"):
+        engine.submit(too_long, prompts.build(too_long), Sink())
+    [sink] = finish(submit(engine, prompts, [request("Still there?", max_tokens=5)]))
+    assert sink.error is None and sink.chunks[-1].completion_tokens == 5
+
+
+def test_a_cancelled_request_ends_early_and_its_neighbour_does_not(engine, prompts, metrics):
+    cancelled, neighbour = Sink(cancel_after=2), Sink()
+    submit(engine, prompts, [request("Tell a long story.", max_tokens=200, ignore_eos=True),
+                             request("Count.", max_tokens=40, ignore_eos=True)], [cancelled, neighbour])
+    finish([cancelled, neighbour])
+    assert cancelled.chunks[-1].finish_reason == "cancelled"
+    assert cancelled.chunks[-1].completion_tokens < 200
+    assert neighbour.error is None and neighbour.chunks[-1].completion_tokens == 40
+
+
+def test_when_the_engine_process_dies_its_requests_fail_and_a_new_one_serves_the_next(config, prompts):
+    engine = EngineProcess(config).start()
+    try:
+        sinks = submit(engine, prompts, [request("Tell a long story.", max_tokens=200, ignore_eos=True)
+                                         for _ in range(3)])
+        while not sinks[0].chunks:
+            time.sleep(0.01)
+        first = engine.pid
+        os.kill(first, signal.SIGKILL)
+        finish(sinks, timeout=30)
+        for s in sinks:
+            assert isinstance(s.error, EngineFailure) and "engine process ended (exit code -9)" in str(s.error)
+        # Handed over while the new engine process starts: waits for it, then runs there.
+        [later] = finish(submit(engine, prompts, [request("Anyone?", max_tokens=5)]))
+        assert later.error is None and later.chunks[-1].completion_tokens == 5
+        assert engine.pid != first and engine.restarts == 1
+    finally:
+        engine.stop(timeout=1)
+
+
+def test_the_engine_process_ends_with_its_parent_even_when_that_is_killed(tmp_path, config):
+    """As when the watch kills a stub whose server died: nothing else would free the GPU memory."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path[:0] = {sys.path!r}
+        from backend_python.config import EngineConfig
+        from backend_python.engine_process import EngineProcess
+        if __name__ == "__main__":
+            engine = EngineProcess(EngineConfig(model_path={config.model_path!r}, max_num_seqs=2,
+                                                max_model_len=64, max_num_batched_tokens=64)).start()
+            print(engine.pid, flush=True)
+            time.sleep(600)
+    """)
+    (tmp_path / "parent.py").write_text(script)
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "parent.py")], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        os.kill(child, 0)  # running
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child), "the engine process outlived its parent"
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
