@@ -49,7 +49,7 @@ class Engine:
     def __init__(self, loaded: LoadedModel, config: EngineConfig, metrics: EngineMetrics | None = None):
         self.config = config
         self.model = loaded.model
-        self.tokenizer = loaded.processor.tokenizer
+        self.tokenizer = loaded.tokenizer
         self.device = loaded.device
         self.metrics = metrics or EngineMetrics()
         self.runner = ModelRunner(loaded, config)

@@ -27,6 +27,7 @@ server=$1; stub=$2; interval=$3; shift 3; regions="$*"
 while :; do
     { read -r stat < "/proc/$stub/stat"; } 2>/dev/null || exit 0  # the stub has ended by itself
     set -- ${stat##*) }
+    [ "$1" = Z ] && exit 0  # ended, not yet reaped
     [ "$2" = "$server" ] || break  # the stub's parent is no longer its server
     sleep "$interval"
 done

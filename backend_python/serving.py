@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import torch
+
 from .config import EngineConfig
 from .engine import Engine
 from .engine_process import EngineProcess
@@ -29,6 +31,8 @@ def start(config: EngineConfig, metrics: EngineMetrics) -> Serving:
         # Built here while the engine process loads the model.
         processor, positions = load_processor(config), rope_index(config)
         started = engine.start().started
+        if started.device == "cpu":  # the engine's matrix products need the cores; image ops here are small
+            torch.set_num_threads(1)
         prompts = PromptBuilder(processor, config, pixel_dtype=started.dtype, rope_index=positions, metrics=metrics)
         timings, artifacts, device = started.start_timings, started.compile_artifacts, started.device
         where = f"weights {started.weights_seconds:.1f} s in the engine process (pid {engine.pid})"

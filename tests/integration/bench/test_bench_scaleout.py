@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[3]
 @pytest.mark.timeout(300)
 def test_two_replicas_both_serve_and_no_request_fails(tmp_path):
     command = [sys.executable, "-m", "bench.scaleout", "--cpu", "--gpus", "2", "--tokens", "16", "--rates", "2",
-               "--rate-seconds", "3", "--refine", "0", "--event-seconds", "12", "--event-start", "2", "--clients", "1"]
+               "--rate-seconds", "3", "--refine", "0", "--event-seconds", "24", "--event-start", "2", "--clients", "1"]
     done = subprocess.run(command, cwd=ROOT, env={**os.environ, "OUT": str(tmp_path)}, capture_output=True,
                           text=True, timeout=280)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

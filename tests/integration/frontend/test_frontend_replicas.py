@@ -222,10 +222,12 @@ async def test_a_replica_sent_sigterm_finishes_its_streams_gets_no_new_ones_and_
     regions = shm_regions(stubs)
 
     target.process.send_signal(signal.SIGTERM)
-    # Requests that reach it before Triton has handled the signal are served there, rightly: "after
-    # SIGTERM" starts when the server says it is shutting down.
+    # Triton still takes requests while it drains; the frontend stops sending them once its probe sees the
+    # replica not ready. Requests routed before that are served there, rightly: "after SIGTERM" starts then.
     await wait_for(lambda: not target.answers(f"{target.http_url}/v2/health/ready"), 10,
                    "the replica to report that it is shutting down")
+    await wait_for(lambda: frontend_metric(frontend, "frontend_upstream_replica_ready", replica=replica) == 0, 10,
+                   "the frontend to see the replica draining")
     during = await asyncio.gather(*(chat_stream(http, 8, seed=2000 + i) for i in range(12)))
     finished = await asyncio.gather(*long)
 

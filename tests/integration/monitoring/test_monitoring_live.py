@@ -30,7 +30,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from monitoring.grafana.dashboards import DASHBOARDS, TTFT_ERROR_BUDGET, render
+from monitoring.grafana.dashboards import DASHBOARDS, render
 from stack.frontend import FrontendServer
 from stack.ports import free_port
 from stack.prometheus import LOCAL_NAMESPACE, LocalTargets, PrometheusServer, local_config
@@ -250,10 +250,21 @@ def test_every_alert_expression_parses_and_its_signal_has_data(stack):
         elif name == "FrontendErrorRatioHigh":
             assert _values(samples) == [0.0] and firing_now == []
         elif name == "TimeToFirstTokenBudgetBurn":
-            # A share, and the fast burn (3x the 1 % budget) not reached: the slow share itself depends on
-            # how busy the 2-core machine is (a picture's prompt among 16 streams can pass 2 s; one CI run
-            # with other work beside it saw 1.8 %).
-            assert all(0 <= v <= 3 * TTFT_ERROR_BUDGET for v in _values(samples)) and firing_now == [], samples
+            # A share, and the alert firing exactly when its windows' burn rates say so. Whether they do
+            # depends on the machine: 16 streams on 8 sequences put first tokens near the 2 s objective
+            # on a 2-core CPU (one machine saw 1.8 % over it, one nearly twice as slow 26-96 %).
+            assert all(0 <= v <= 1 for v in _values(samples)), samples
+            assert bool(firing_now) == _burning(stack, expr), (name, expr, samples)
+
+
+def _burning(stack: Stack, expr: str) -> bool:
+    """Whether a multiwindow burn-rate alert's ``(A > k * b and B > k * b) or (...)`` holds, window by window."""
+    for group in re.split(r"\)\s*or\s*\(", expr):
+        windows = re.findall(r"([\w:]+) > \(([\d.]+) \* ([\d.]+)\)", group)
+        assert windows, group
+        if all(any(v > float(k) * float(b) for v in _values(stack.at_end_of_load(rule))) for rule, k, b in windows):
+            return True
+    return False
 
 
 def test_every_dashboard_panel_query_returns_data(stack):

@@ -80,6 +80,9 @@ def test_only_the_stub_s_own_regions_are_named(tmp_path):
 
 
 def test_the_watch_ends_when_its_stub_does():
+    """The stub stays a zombie until ``run`` reaps it, which it does only once the stub's stderr, which
+    the watch shares (its message goes to Triton's log), is closed: the watch must take a zombie for
+    ended, or both wait for ever."""
     started = subprocess.run([sys.executable, "-c", "from backend_python.parent_watch import exit_with_server; "
                               "print(exit_with_server(interval_s=0.1).pid)"],
                              capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
