@@ -1,6 +1,6 @@
-"""The engine's own process under the real Triton: when it dies, the requests it ran get an error and
-the model serves the next ones from a new engine process; with ``engine_process`` false the engine
-runs on a thread of the model's process and answers the same."""
+"""The engine's own process under the real Triton (the GPU config's setting): when it dies, the
+requests it ran get an error and the model serves the next ones from a new engine process; with
+``engine_process`` false (the CPU config's) the engine runs on a thread and answers the same."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def triton(start_triton):
-    server = start_triton()
+    server = start_triton(parameters={"engine_process": "true"})  # the GPU config's; config.pbtxt's is false
     yield server
     server.stop()
 
