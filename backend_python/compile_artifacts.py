@@ -42,6 +42,9 @@ class CompileArtifacts:
         self.path = Path(directory) / f"compile-{key}.zip"
         self.outcome = "not used"  # what the start did with the file: the ready log line says it
 
+    def __str__(self) -> str:
+        return f"{self.outcome}: {self.path}"
+
     @classmethod
     def for_engine(cls, directory: str | Path, device: torch.device, depends_on: Mapping[str, object]) -> "CompileArtifacts":
         """``depends_on``: what the compiled code's shapes come from (checkpoint config, dtype, cache size)."""

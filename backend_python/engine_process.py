@@ -414,10 +414,9 @@ def serve(config: EngineConfig, conn, parent: int) -> None:
         with send_lock:  # the relay may be sending what the engine reported before it failed
             conn.send(("failed", traceback.format_exc()))
         raise SystemExit(1) from None
-    artifacts = engine.compile_artifacts
     started = Started(device=str(loaded.device), dtype=loaded.dtype, weights_seconds=weights,
                       start_timings=dict(engine.start_timings),
-                      compile_artifacts=f"{artifacts.outcome}: {artifacts.path}" if artifacts else "",
+                      compile_artifacts=str(engine.compile_artifacts or ""),
                       kv_blocks_total=engine.stats.kv_blocks_total)
     with send_lock:
         conn.send(("ready", started))

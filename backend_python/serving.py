@@ -44,8 +44,7 @@ def start(config: EngineConfig, metrics: EngineMetrics) -> Serving:
                                 rope_index=loaded.model.model.get_rope_index, metrics=metrics)
         engine = Engine(loaded, config, metrics).start()
         timings, device, kv_blocks = engine.start_timings, loaded.device, engine.stats.kv_blocks_total
-        artifacts = f"{engine.compile_artifacts.outcome}: {engine.compile_artifacts.path}" \
-            if engine.compile_artifacts else ""
+        artifacts = str(engine.compile_artifacts or "")
         where = f"weights {weights:.1f} s, engine on a thread of this process"
     warm_ups = "".join(f", {name} warm-up {s:.1f} s" for name, s in timings.items())
     summary = (f"{config.model_path} on {device}, {config.max_num_seqs} sequences, "

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 import tritonclient.grpc.aio as grpcclient_aio
@@ -30,6 +32,10 @@ log = logging.getLogger(__name__)
 # Gauges of the model and of Triton (docs/contracts.md) that say what a replica holds.
 HELD = ("qwen3vl_sequences_in_flight", "qwen3vl_sequences_waiting", "nv_inference_pending_request_count")
 CAPACITY = "qwen3vl_max_sequences"
+# How long after one of this frontend's streams ends the replica's count may still hold it: the model
+# applies its gauges every 0.1 s, later on a busy host. Taken for another client's stream, it made an
+# idle replica look busy until the next probe, and a burst arriving meanwhile went around it.
+REPORT_LAG_S = 1.0
 
 
 @dataclass
@@ -43,10 +49,26 @@ class Replica:
     in_flight_at_report: int = 0
     capacity: int | None = None
     retired: bool = False  # left the DNS answer: no new requests, closed when idle
+    ended: deque[float] = field(default_factory=deque)  # when this frontend's streams on it ended, recent ones
 
     def load(self) -> routing.ReplicaLoad:
         return routing.ReplicaLoad(self.address, self.ready, self.in_flight, self.reported,
                                    self.in_flight_at_report, self.capacity)
+
+    def stream_ended(self, now: float) -> None:
+        self.in_flight -= 1
+        self.ended.append(now)
+        self._forget_ended(now)
+
+    def report(self, held: int, capacity: int | None, now: float) -> None:
+        """The replica's own count, just read: it may still hold this frontend's streams that ended lately."""
+        self._forget_ended(now)
+        self.reported, self.capacity = held, capacity
+        self.in_flight_at_report = self.in_flight + len(self.ended)
+
+    def _forget_ended(self, now: float) -> None:
+        while self.ended and self.ended[0] < now - REPORT_LAG_S:
+            self.ended.popleft()
 
 
 class ReplicaSet:
@@ -102,7 +124,7 @@ class ReplicaSet:
         try:
             yield
         finally:
-            replica.in_flight -= 1
+            replica.stream_ended(time.monotonic())
             self.metrics.upstream_in_flight.labels(replica=replica.address).dec()
 
     def readiness(self) -> tuple[bool, str]:
@@ -192,6 +214,4 @@ class ReplicaSet:
             log.debug("reading %s failed: %s", url, error)
             replica.reported = replica.capacity = None
             return
-        replica.reported = int(sum(values[name] for name in HELD))
-        replica.in_flight_at_report = replica.in_flight
-        replica.capacity = int(values[CAPACITY]) or None
+        replica.report(int(sum(values[name] for name in HELD)), int(values[CAPACITY]) or None, time.monotonic())

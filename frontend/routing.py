@@ -2,8 +2,8 @@
 
 What a replica holds is this frontend's own streams on it (exact, counted as they open and
 close) plus what the other clients put there: the replica's own count of sequences running,
-waiting inside the model and queued in Triton, less this frontend's streams at the moment that
-count was read. Dividing by the replica's capacity (its `qwen3vl_max_sequences`) compares a
+waiting inside the model and queued in Triton, less this frontend's streams that count may hold
+(those open when it was read, and those that had ended just before: the count lags). Dividing by the replica's capacity (its `qwen3vl_max_sequences`) compares a
 small replica with a large one. Without the replica's metrics it is fewest streams in flight.
 """
 
@@ -22,7 +22,7 @@ class ReplicaLoad:
     ready: bool
     in_flight: int  # this frontend's streams on it now
     reported: int | None = None  # running + waiting + queued, from its metrics at the last probe
-    in_flight_at_report: int = 0  # this frontend's streams when ``reported`` was read
+    in_flight_at_report: int = 0  # this frontend's streams that ``reported`` may hold
     capacity: int | None = None  # sequences it runs at once
 
     def occupancy(self) -> float:

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 
@@ -95,3 +96,15 @@ def run(engine, prompts, requests, sinks=None, timeout: float = 120):
         assert s.done.wait(timeout), "no final response"
     assert all(s.error is None for s in sinks), [s.error for s in sinks]
     return sinks
+
+
+def generate(model, prompt, max_tokens: int) -> str:
+    """What transformers' own greedy ``generate`` answers to ``prompt``: the reference every engine matches."""
+    inputs = dict(input_ids=prompt.input_ids[None], attention_mask=torch.ones_like(prompt.input_ids)[None],
+                  mm_token_type_ids=prompt.mm_token_type_ids[None])
+    if prompt.pixel_values is not None:
+        inputs.update(pixel_values=prompt.pixel_values, image_grid_thw=prompt.image_grid_thw)
+    if prompt.pixel_values_videos is not None:
+        inputs.update(pixel_values_videos=prompt.pixel_values_videos, video_grid_thw=prompt.video_grid_thw)
+    out = model.model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False)
+    return model.processor.decode(out[0, prompt.length:], skip_special_tokens=True)

@@ -8,8 +8,7 @@ import threading
 import time
 
 import pytest
-import torch
-from backend_samples import Sink, png, run, tensors, tiny_checkpoint, truncated_jpeg, user
+from backend_samples import Sink, generate, png, run, tensors, tiny_checkpoint, truncated_jpeg, user
 
 from backend_python.config import EngineConfig, Limits
 from backend_python.engine import Engine
@@ -175,13 +174,7 @@ def test_greedy_output_equals_transformers_generate(engine, prompts, loaded):
     _, model = loaded
     for spec in REQUESTS[:3]:
         r = request(**spec)
-        p = prompts.build(r)
-        inputs = dict(input_ids=p.input_ids[None], attention_mask=torch.ones_like(p.input_ids)[None],
-                      mm_token_type_ids=p.mm_token_type_ids[None])
-        if p.pixel_values is not None:
-            inputs.update(pixel_values=p.pixel_values, image_grid_thw=p.image_grid_thw)
-        out = model.model.generate(**inputs, max_new_tokens=r.sampling.max_tokens, do_sample=False)
-        expected = model.processor.decode(out[0, p.length:], skip_special_tokens=True)
+        expected = generate(model, prompts.build(r), r.sampling.max_tokens)
         assert run(engine, prompts, [r])[0].text == expected
 
 

@@ -13,8 +13,7 @@ import textwrap
 import time
 
 import pytest
-from backend_samples import Sink, png, tensors, tiny_checkpoint, user
-from test_backend_paged_engine import generate
+from backend_samples import Sink, generate, png, tensors, tiny_checkpoint, user
 
 from backend_python.config import EngineConfig, Limits
 from backend_python.engine_process import EngineProcess

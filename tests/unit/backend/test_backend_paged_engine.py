@@ -8,8 +8,7 @@ import dataclasses
 import threading
 
 import pytest
-import torch
-from backend_samples import Sink, png, run, tensors, tiny_checkpoint, user
+from backend_samples import Sink, generate, png, run, tensors, tiny_checkpoint, user
 
 from backend_python.config import EngineConfig, Limits
 from backend_python.engine import Engine
@@ -61,17 +60,6 @@ def request(text, images=(), messages=None, videos=(), **scalars):
     return GenerationRequest.from_tensors(tensors(messages or user(text, len(images)), images, videos, **scalars),
                                           Limits(max_new_tokens=200, default_max_tokens=16))
 
-
-
-def generate(model, prompt, max_tokens):
-    inputs = dict(input_ids=prompt.input_ids[None], attention_mask=torch.ones_like(prompt.input_ids)[None],
-                  mm_token_type_ids=prompt.mm_token_type_ids[None])
-    if prompt.pixel_values is not None:
-        inputs.update(pixel_values=prompt.pixel_values, image_grid_thw=prompt.image_grid_thw)
-    if prompt.pixel_values_videos is not None:
-        inputs.update(pixel_values_videos=prompt.pixel_values_videos, video_grid_thw=prompt.video_grid_thw)
-    out = model.model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False)
-    return model.processor.decode(out[0, prompt.length:], skip_special_tokens=True)
 
 
 # 70-odd tokens with an image of 16 tokens in the middle: 18 blocks, five chunks of 16 tokens.

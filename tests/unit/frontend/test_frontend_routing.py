@@ -6,6 +6,7 @@ from collections import Counter
 import pytest
 
 from frontend.discovery import Targets, host_of
+from frontend.replicas import REPORT_LAG_S, Replica
 from frontend.routing import ReplicaLoad, pick
 from frontend.settings import Settings
 
@@ -63,6 +64,22 @@ def test_a_burst_spreads_evenly_when_each_pick_counts_its_stream():
     for _ in range(48):
         loads[pick([ReplicaLoad(a, True, n) for a, n in loads.items()])] += 1
     assert sorted(loads.values()) == [16, 16, 16]
+
+
+def test_streams_that_just_ended_still_in_a_replica_s_count_are_not_taken_for_other_clients():
+    """The replica applies its gauges a moment after a stream ends; a burst right after a lull must not
+    go around a replica that only looks busy for that moment."""
+    replica = Replica("a:1", client=None, ready=True)
+    for _ in range(4):
+        replica.in_flight += 1
+    for _ in range(4):
+        replica.stream_ended(now=100.0)
+    replica.report(held=4, capacity=8, now=100.3)  # its count still holds this frontend's four
+    assert replica.load().occupancy() == 0
+    # The same count long after: four streams of other clients.
+    replica.report(held=4, capacity=8, now=100.0 + REPORT_LAG_S + 0.5)
+    assert replica.load().occupancy() == 4 / 8
+    assert not replica.ended, "ends older than the lag are forgotten"
 
 
 @pytest.mark.parametrize(("url", "targets"), [
