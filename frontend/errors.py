@@ -147,6 +147,10 @@ _UNAVAILABLE_MARKERS = (
     "shutting down",
     "failed to connect",
     "connection refused",
+    # Triton's server gave up on the model's process (python_backend's health check; it may crash next):
+    # the request goes to another replica if no token has come yet.
+    "is not healthy",
+    "failed to obtain the health mutex",
 )
 _INVALID_MARKERS = ("invalid", "unexpected", "expected ", "data-type", "shape", "must be", "exceeds")
 

@@ -79,6 +79,8 @@ def test_upstream_kinds_are_the_metric_label_values_of_the_contract():
         ("Request for unknown model: 'qwen3_vl' is not found", UpstreamUnavailable),
         ("Model 'qwen3_vl' is not ready", UpstreamUnavailable),
         ("Server is stopping", UpstreamUnavailable),
+        ("Stub process 'qwen3_vl_0_0' is not healthy.", UpstreamUnavailable),
+        ("Failed to obtain the health mutex.", UpstreamUnavailable),
         ("Request was cancelled", UpstreamCancelled),
         ("CUDA out of memory in model execute", UpstreamInternal),
     ],
