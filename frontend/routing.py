@@ -3,8 +3,9 @@
 What a replica holds is this frontend's own streams on it (exact, counted as they open and
 close) plus what the other clients put there: the replica's own count of sequences running,
 waiting inside the model and queued in Triton, less this frontend's streams that count may hold
-(those open when it was read, and those that had ended just before: the count lags). Dividing by the replica's capacity (its `qwen3vl_max_sequences`) compares a
-small replica with a large one. Without the replica's metrics it is fewest streams in flight.
+(those open when it was read, and those that had ended just before: the count lags). Dividing by
+the replica's capacity (its `qwen3vl_max_sequences`) compares a small replica with a large one.
+Without the replica's metrics it is fewest streams in flight.
 """
 
 from __future__ import annotations

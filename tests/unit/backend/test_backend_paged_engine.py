@@ -25,7 +25,6 @@ BLOCK = 4
 BLOCK_BYTES = 2 * 4 * 2 * 16 * 2 * 4
 
 
-
 @pytest.fixture(scope="module")
 def config():
     return EngineConfig(model_path=str(tiny_checkpoint()), max_num_seqs=4, max_model_len=256, block_size=BLOCK,
