@@ -12,16 +12,19 @@ pytestmark = pytest.mark.unit
 
 
 class _Stream:
-    """Stands in for the Triton stream: a chunk every 10 ms, and it records how it ended."""
+    """Stands in for the Triton stream: a chunk every 10 ms, from chunk ``stall_at`` on one a minute (the
+    model busy), and it records how it ended. A test that stops during a stall does not depend on which
+    of two close timers a loaded machine's event loop runs first."""
 
-    def __init__(self, chunks: int) -> None:
+    def __init__(self, chunks: int, stall_at: int | None = None) -> None:
         self.chunks = chunks
+        self.stall_at = stall_at
         self.ended_by: str | None = None
 
     async def generate(self):
         try:
             for index in range(self.chunks):
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(60 if self.stall_at is not None and index >= self.stall_at else 0.01)
                 yield GenerationChunk(text=f"t{index} ", completion_tokens=index + 1)
             self.ended_by = "end"
         except asyncio.CancelledError:
@@ -45,7 +48,7 @@ async def test_stop_while_the_caller_handles_a_chunk_ends_the_stream():
 
 
 async def test_stop_while_waiting_for_a_chunk_cancels_the_pending_read():
-    stream, stop = _Stream(1000), asyncio.Event()
+    stream, stop = _Stream(1000, stall_at=3), asyncio.Event()
     received = []
     async for chunk in until_stopped(stream.generate(), stop):
         received.append(chunk)
@@ -63,9 +66,10 @@ async def test_without_stop_every_chunk_arrives():
 
 
 async def test_stop_before_the_first_token():
-    stream, stop = _Stream(1000), asyncio.Event()
+    stream, stop = _Stream(1000, stall_at=0), asyncio.Event()  # a long prefill
     asyncio.get_running_loop().call_later(0.005, stop.set)
     assert [chunk async for chunk in until_stopped(stream.generate(), stop)] == []
+    assert stream.ended_by == "cancelled"
 
 
 def test_stop_signals_are_per_session():
