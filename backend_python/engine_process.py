@@ -406,7 +406,7 @@ def serve(config: EngineConfig, conn, parent: int) -> None:
     send_lock = threading.Lock()
     try:
         began = time.monotonic()
-        loaded = load(config, processor=False)
+        loaded = load(config, with_processor=False)
         weights = time.monotonic() - began
         relay = _Relay(conn, send_lock)
         engine = Engine(loaded, config, _RelayMetrics(relay)).start()

@@ -56,7 +56,6 @@ class Replica:
                                    self.in_flight_at_report, self.capacity)
 
     def stream_ended(self, now: float) -> None:
-        self.in_flight -= 1
         self.ended.append(now)
         self._forget_ended(now)
 
@@ -124,6 +123,7 @@ class ReplicaSet:
         try:
             yield
         finally:
+            replica.in_flight -= 1
             replica.stream_ended(time.monotonic())
             self.metrics.upstream_in_flight.labels(replica=replica.address).dec()
 

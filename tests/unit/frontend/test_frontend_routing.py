@@ -69,9 +69,7 @@ def test_a_burst_spreads_evenly_when_each_pick_counts_its_stream():
 def test_streams_that_just_ended_still_in_a_replica_s_count_are_not_taken_for_other_clients():
     """The replica applies its gauges a moment after a stream ends; a burst right after a lull must not
     go around a replica that only looks busy for that moment."""
-    replica = Replica("a:1", client=None, ready=True)
-    for _ in range(4):
-        replica.in_flight += 1
+    replica = Replica("a:1", client=None, ready=True)  # this frontend's four streams there have just ended
     for _ in range(4):
         replica.stream_ended(now=100.0)
     replica.report(held=4, capacity=8, now=100.3)  # its count still holds this frontend's four
