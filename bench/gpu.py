@@ -670,6 +670,29 @@ def drive_paced(url: str, rate: float, seconds: float, tokens: int, images: list
             "ITL p99 ms": f"{percentile(summary.itl, 99) * 1000:.0f}", "ITL max ms": f"{max(summary.itl) * 1000:.0f}"}
 
 
+def host_memory_gib(pid: int) -> dict[str, float]:
+    """Proportional resident memory (GiB) of a process and its descendants, by command name: what the
+    pod's memory request must hold (the server, the model's stub and, with ``engine_process``, the
+    engine's process). PSS counts a page shared by several processes once in all; RSS where the
+    kernel gives no PSS."""
+    from stack.process import children_of
+
+    found: dict[str, float] = {}
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        todo += children_of(p)
+        try:
+            name = Path(f"/proc/{p}/comm").read_text().strip()
+            rollup = Path(f"/proc/{p}/smaps_rollup")
+            text = rollup.read_text() if rollup.exists() else Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        kib = next((int(line.split()[1]) for line in text.splitlines() if line.startswith(("Pss:", "VmRSS:"))), 0)
+        found[name] = found.get(name, 0.0) + kib / 2**20
+    return found
+
+
 def gpu_memory_used_gib() -> float:
     out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
                          capture_output=True, text=True)
@@ -773,9 +796,12 @@ def through_triton(model_path: str, clients: list[int], token_counts: list[int],
             split = server_split(before, server_counters(server.metrics_url))
             row = {"tokens": str(tokens), **summary.row()}
             row["GPU mem GiB"] = f"{gpu_memory_used_gib():.1f}"
+            host = host_memory_gib(server.process.pid)
+            row["host mem GiB"] = f"{sum(host.values()):.1f}"
             result["runs"].append({**row, "tok_s_value": summary.tokens_per_s, "server": split,
                                    "ttft_p50": percentile(summary.ttft, 50), "itl_p50": percentile(summary.itl, 50)})
-            log(f"{n} clients: {row}; on the server, per request: {split}")
+            log(f"{n} clients: {row}; on the server, per request: {split}; host memory by process (GiB): "
+                + ", ".join(f"{k} {v:.2f}" for k, v in host.items()))
         for rate in rates:
             tokens = token_counts[-1]
             drive_paced(server.grpc_url, rate, max(5.0, rate_seconds / 3), tokens, images, seed=1)  # untimed
