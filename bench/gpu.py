@@ -15,7 +15,7 @@ random weights on local disk (same shapes, same cost). Its parts:
   32,768-token prompt alone and beside 64 decoding streams, a 131,072-token prompt, three turns
   of a chat about a 1024x1024 image (from arrival: building the prompt counts), and the KV cache's
   capacity;
-- ab: the bursts of this tree and of another checkout (--slot-tree, e.g. the slot engine's),
+- ab: the bursts of this tree (caches off) and of another checkout (--slot-tree, e.g. the slot engine's),
   alternating in fresh processes;
 - triton: N concurrent streaming gRPC clients through Triton (one 448x448 image and a question,
   a fixed number of tokens, EOS ignored) and, with --rates, requests at Poisson arrival times,
@@ -531,8 +531,11 @@ def bursts(model_path: str, images: list[bytes], tree: str | None, compile: bool
     import re
 
     parameters = dict(re.findall(r'key: "(\w+)", value: \{ string_value: "([^"]*)" \}', text))
+    # The slot engine has no caches; ours runs without them too, or its bursts would be answered from
+    # the prefix and processor caches that the warm-up filled (the 8 prompts repeat).
+    caches_off = {} if tree else {"enable_prefix_caching": "false", "processor_cache_gib": "0"}
     config = EngineConfig.from_parameters({**parameters, "model_path": model_path,
-                                           "compile_decode": str(compile).lower()})
+                                           "compile_decode": str(compile).lower(), **caches_off})
     started = time.monotonic()
     loaded = load(config)
     engine = Engine(loaded, config).start()
