@@ -24,12 +24,16 @@ import multiprocessing
 import os
 import queue
 import signal
+import socket
+import struct
 import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -44,6 +48,10 @@ log = logging.getLogger(__name__)
 
 CANCEL_CHECK_S = 0.05
 PR_SET_PDEATHSIG = 1
+# The engine thread holds the interpreter lock while it launches a step (a prefill's launches run for
+# tens of milliseconds); the pipe's reader, the submitter and the relay need it briefly and, at
+# Python's default of 5 ms, wait up to that long for each turn (bench/pipe.py).
+SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,7 @@ class EngineProcess:
         self.restarts = 0
         self._context = multiprocessing.get_context("spawn")
         self._context.set_executable(_python())
-        self._conn = self._process = None
+        self._conn = self._receiver = self._process = None
         self._send_lock = threading.Lock()
         self._lock = threading.Lock()
         self._keys = itertools.count()
@@ -85,7 +93,10 @@ class EngineProcess:
 
     def launch(self) -> None:
         """Start a child, which loads the model meanwhile; ``start`` waits for it."""
+        if self._receiver is not None:  # the last child's
+            self._receiver.close()
         self._conn, child = self._context.Pipe()
+        self._receiver = _Receiver(self._conn)
         self._process = self._context.Process(target=serve, args=(self.config, child, os.getpid()),
                                               name="qwen3vl-engine", daemon=True)
         self._process.start()
@@ -206,7 +217,7 @@ class EngineProcess:
         try:
             while True:
                 if self._conn.poll(CANCEL_CHECK_S):
-                    kind, payload = self._conn.recv()
+                    kind, payload = self._receiver.recv()
                     if kind == "out":
                         self._deliver(payload)
                     elif kind == "ack":
@@ -309,6 +320,35 @@ def _tensor(packed: tuple[np.ndarray, torch.dtype, tuple[int, ...]] | None) -> t
     return torch.from_numpy(data).view(dtype).reshape(shape)
 
 
+class _Receiver:
+    """Reads what a ``Connection`` sends (its framing: a 4-byte length, or -1 and an 8-byte one, then the
+    pickle), each part in one blocking call. ``Connection.recv`` reads a large message a socket buffer
+    at a time and takes the interpreter lock back after each piece, which, while another thread of the
+    process runs Python (the engine thread), can wait a switch interval each time (bench/pipe.py)."""
+
+    def __init__(self, conn):
+        self._socket = socket.socket(fileno=os.dup(conn.fileno()))  # a duplex Pipe is a socket pair
+
+    def recv(self):
+        size, = struct.unpack("!i", self._read(4))
+        if size == -1:
+            size, = struct.unpack("!Q", self._read(8))
+        return ForkingPickler.loads(self._read(size))
+
+    def _read(self, n: int) -> bytearray:
+        buf = bytearray(n)
+        view, got = memoryview(buf), 0
+        while got < n:  # MSG_WAITALL returns early only on a signal or at the end
+            part = self._socket.recv_into(view[got:], n - got, socket.MSG_WAITALL)
+            if not part:
+                raise EOFError
+            got += part
+        return buf
+
+    def close(self) -> None:
+        self._socket.close()
+
+
 def _python() -> str:
     """The interpreter for the child: the stub embeds Python, so its ``sys.executable`` may be the stub."""
     if Path(sys.executable).name.startswith("python"):
@@ -400,6 +440,7 @@ class _RelaySink:
 def serve(config: EngineConfig, conn, parent: int) -> None:
     """The engine process: load, start, report ready, then take messages until told to stop."""
     _die_with_parent(parent)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     from .engine import Engine
     from .loader import load
 
@@ -443,10 +484,11 @@ def serve(config: EngineConfig, conn, parent: int) -> None:
 
     submitter = threading.Thread(target=submit_in_order, name="qwen3vl-submit", daemon=True)
     submitter.start()
+    receiver = _Receiver(conn)
     timeout = 30.0
     try:
         while True:
-            kind, *payload = conn.recv()
+            kind, *payload = receiver.recv()
             if kind == "submit":
                 _RelaySink(payload[0], relay, sinks)
                 submissions.put(payload)
@@ -462,7 +504,7 @@ def serve(config: EngineConfig, conn, parent: int) -> None:
             elif kind == "stop":
                 timeout = payload[0]
                 break
-    except EOFError:  # the model's process is gone: nobody is left to answer
+    except (EOFError, OSError):  # the model's process is gone: nobody is left to answer
         os._exit(0)
     submissions.put(None)
     engine.stop(timeout)

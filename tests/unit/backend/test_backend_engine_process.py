@@ -5,18 +5,21 @@ dies."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
+import numpy as np
 import pytest
 from backend_samples import Sink, generate, png, tensors, tiny_checkpoint, user
 
 from backend_python.config import EngineConfig, Limits
-from backend_python.engine_process import EngineProcess
+from backend_python.engine_process import EngineProcess, _Receiver
 from backend_python.errors import EngineFailure, LimitExceeded
 from backend_python.loader import load, load_processor, rope_index
 from backend_python.metrics import EngineMetrics
@@ -84,6 +87,26 @@ def finish(sinks, timeout=120):
     for s in sinks:
         assert s.done.wait(timeout), "no final response"
     return sinks
+
+
+def test_the_pipe_reader_takes_each_message_whole_and_in_order_and_reads_a_closed_pipe_as_the_end():
+    """A prompt larger than the socket's buffer, one under Connection's 16 KiB split and one over it,
+    as the caller's Connection sends them."""
+    ours, theirs = multiprocessing.get_context("spawn").Pipe()
+    receiver = _Receiver(theirs)
+    pixels = np.random.default_rng(0).integers(0, 255, 5_000_000, dtype=np.uint8)
+    messages = [("submit", 1, pixels), ("cancel", 1), ("note", "x" * 20_000)]
+    sender = threading.Thread(target=lambda: [ours.send(m) for m in messages])
+    sender.start()
+    got = [receiver.recv() for _ in messages]
+    sender.join()
+    assert got[0][:2] == ("submit", 1) and np.array_equal(got[0][2], pixels)
+    assert got[1:] == messages[1:]
+    ours.close()
+    with pytest.raises(EOFError):
+        receiver.recv()
+    receiver.close()
+    theirs.close()
 
 
 def test_answers_streamed_across_the_process_are_generates(config, engine, prompts, metrics):
