@@ -24,7 +24,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -147,6 +147,19 @@ class Engine:
                 self._blocked -= 1
             self._lock.notify_all()
         self._report_waiting()
+
+    def submit_many(self, items: Iterable[tuple[GenerationRequest, Prompt, ResponseSink]],
+                    arrival: float | None = None, announced: bool = False) -> None:
+        """``submit`` each in order (a Triton batch), failing the sink of one the engine refuses; returns
+        once the engine has taken them all."""
+        for request, prompt, sink in items:
+            try:
+                self.submit(request, prompt, sink, arrival=arrival, announced=announced)
+            except ServingError as exc:
+                sink.fail(exc)
+            except Exception as exc:  # one request's fault must not lose the rest of the batch
+                log.exception("submitting request %s failed", request.request_id)
+                sink.fail(EngineFailure(f"internal error: {exc}"))
 
     @contextlib.contextmanager
     def arriving_together(self) -> Iterator[None]:

@@ -9,8 +9,10 @@ and sends responses while the engine process runs steps.
 Across the pipe go prompts (their tensors as numpy arrays, pickled inline: torch's own reduction
 would move each into shared memory, under the feet of the threads reading the processor cache),
 each step's responses as plain tuples, the engine's metric calls (replayed on the stub's metrics, in
-order with the responses), and cancellations. ``busy`` does not cross the pipe: the stub's sink
-merges what arrives while its last response is on its way.
+order with the responses), and cancellations. A Triton batch's prompts go back to back
+(``submit_many``) and `execute` then waits until the engine process has taken them all, so a burst
+reaches the engine together and backpressure still holds requests in Triton's queue. ``busy`` does
+not cross the pipe: the stub's sink merges what arrives while its last response is on its way.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +126,29 @@ class EngineProcess:
     def submit(self, request: GenerationRequest, prompt: Prompt, sink: ResponseSink, timeout: float | None = None,
                arrival: float | None = None, announced: bool = False) -> None:
         """As ``Engine.submit``: raises what it raises, after the engine process has taken or refused it."""
+        key, ack = self._hand_over(request, prompt, sink, timeout, arrival, announced)
+        self._taken(key, ack)
+
+    def submit_many(self, items: Iterable[tuple[GenerationRequest, Prompt, ResponseSink]],
+                    arrival: float | None = None, announced: bool = False) -> None:
+        """As ``Engine.submit_many``, each prompt sent without waiting for the engine process to take the
+        one before: a batch's prompts cross the pipe back to back, and arrive together."""
+        handed = []
+        for request, prompt, sink in items:
+            try:
+                handed.append((sink, *self._hand_over(request, prompt, sink, None, arrival, announced)))
+            except ServingError as exc:
+                sink.fail(exc)
+            except Exception as exc:  # one request's fault must not lose the rest of the batch
+                log.exception("handing request %s over failed", request.request_id)
+                sink.fail(EngineFailure(f"internal error: {exc}"))
+        for sink, key, ack in handed:
+            try:
+                self._taken(key, ack)
+            except ServingError as exc:
+                sink.fail(exc)
+
+    def _hand_over(self, request, prompt, sink, timeout, arrival, announced) -> tuple[int, "_Ack"]:
         key, ack = next(self._keys), _Ack()
         self._ready.wait()
         with self._lock:
@@ -133,11 +159,15 @@ class EngineProcess:
         request = dataclasses.replace(request, messages=(), images=(), videos=())
         try:
             self._send(("submit", key, request, _pack(prompt), timeout, arrival, announced))
-        except EngineFailure:
+        except BaseException:
             with self._lock:
                 self._sinks.pop(key, None)
                 self._acks.pop(key, None)
             raise
+        return key, ack
+
+    def _taken(self, key: int, ack: "_Ack") -> None:
+        """Wait until the engine process has taken the sequence; raise why it refused it."""
         ack.done.wait()
         if ack.error is not None:
             with self._lock:

@@ -214,20 +214,24 @@ class TritonPythonModel:
             except Exception as exc:
                 self.engine.dropped()
                 _internal_error(request.request_id(), sink, exc)
-        # The batch's prompts are built together; each is handed over as soon as it and those before it are.
-        prompts = self.prompts.build_many([generation for _, generation, _ in parsed])
-        for (request_id, generation, sink), prompt in zip(parsed, prompts):
-            try:
-                if isinstance(prompt, Exception):
-                    self.engine.dropped()
-                    raise prompt
-                # Blocks while the engine is full, so waiting requests stay in Triton's queue.
-                self.engine.submit(generation, prompt, sink, arrival=arrival, announced=True)
-            except ServingError as exc:
-                sink.fail(exc)
-            except Exception as exc:
-                _internal_error(request_id, sink, exc)
+        # The batch's prompts are built together; each is handed over as soon as it and those before it
+        # are. Returns once the engine has taken them all: while it is full, waiting requests stay in
+        # Triton's queue.
+        self.engine.submit_many(self._built(parsed, self.prompts.build_many([g for _, g, _ in parsed])),
+                                arrival=arrival, announced=True)
         return None
+
+    def _built(self, parsed, prompts):
+        """The batch's requests whose prompts were built; the others answered with why not."""
+        for (request_id, generation, sink), prompt in zip(parsed, prompts):
+            if not isinstance(prompt, Exception):
+                yield generation, prompt, sink
+                continue
+            self.engine.dropped()
+            if isinstance(prompt, ServingError):
+                sink.fail(prompt)
+            else:
+                _internal_error(request_id, sink, prompt)
 
     def finalize(self):
         # Triton has already let in-flight streams drain (--exit-timeout-secs) before unloading:

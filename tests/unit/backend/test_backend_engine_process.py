@@ -137,6 +137,19 @@ def test_a_refused_prompt_raises_in_the_caller_and_the_engine_goes_on(engine, pr
     assert sink.error is None and sink.chunks[-1].completion_tokens == 5
 
 
+def test_a_batch_handed_over_together_is_answered_but_for_the_refused_one(engine, prompts):
+    """As Triton's execute hands a batch over: the prompts cross the pipe back to back; the one over the
+    limit gets its error and the others their answers."""
+    batch = [request("Describe the picture.", [png(64, 48)], max_tokens=7), request("Describe.", max_tokens=400),
+             request("Name a colour.", max_tokens=5), request("What is this?", [png(40, 90, (10, 200, 30))], max_tokens=6)]
+    sinks = [Sink() for _ in batch]
+    engine.submit_many((r, prompts.build(r), s) for r, s in zip(batch, sinks))
+    finish(sinks)
+    assert isinstance(sinks[1].error, LimitExceeded) and "exceeds the context of 256 tokens" in str(sinks[1].error)
+    assert [s.error for i, s in enumerate(sinks) if i != 1] == [None] * 3
+    assert [sinks[i].chunks[-1].completion_tokens for i in (0, 2, 3)] == [7, 5, 6]
+
+
 def test_a_cancelled_request_ends_early_and_its_neighbour_does_not(engine, prompts, metrics):
     cancelled, neighbour = Sink(cancel_after=2), Sink()
     submit(engine, prompts, [request("Tell a long story.", max_tokens=200, ignore_eos=True),
