@@ -44,7 +44,7 @@ def test_a_dead_engine_process_fails_its_requests_and_a_new_one_serves_the_next(
     [engine] = engine_processes(triton)
     streaming = threading.Event()
     with ThreadPoolExecutor(2) as pool:
-        running = [pool.submit(ask, triton, f"Story {i}.", 400, on_delta=lambda _: streaming.set()) for i in range(2)]
+        running = [pool.submit(ask, triton, f"Story {i}.", 2000, on_delta=lambda _: streaming.set()) for i in range(2)]
         assert streaming.wait(60), "the requests should be streaming"
         os.kill(engine, signal.SIGKILL)
         lost = [f.result() for f in running]

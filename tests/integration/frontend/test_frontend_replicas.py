@@ -205,7 +205,9 @@ async def test_a_replica_started_under_load_gets_requests_within_10_s(fleet, fro
 async def test_a_replica_sent_sigterm_finishes_its_streams_gets_no_new_ones_and_no_client_sees_an_error(
         fleet, frontend, http):
     routed_before = frontend_metric(frontend, "frontend_upstream_requests_total")
-    long = [asyncio.create_task(chat_stream(http, 160, seed=1000 + i)) for i in range(16)]
+    # Long enough to outlast routing all 16 on a loaded machine (160 tokens once ended before the count);
+    # the frontend here allows 512.
+    long = [asyncio.create_task(chat_stream(http, 500, seed=1000 + i)) for i in range(16)]
     # All of them on their replicas before counting the target's: one still on its way could land on it
     # before the signal and finish there. On a slow machine the first may end before the last is routed.
     await wait_for(lambda: frontend_metric(frontend, "frontend_upstream_in_flight")
