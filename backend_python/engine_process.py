@@ -32,9 +32,9 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
