@@ -86,7 +86,6 @@ def compare(rows: int, length: int, block_size: int, max_len: int, slot, device:
         row["slot ms/step"] = f"{_time(lined, device, repeats):.3f}"
         a, b = paged()[-1].float(), lined()[-1].float()
         row["relative difference"] = f"{((a - b).norm() / b.norm()).item():.1e}"
-    del pools, lines
     return row
 
 
