@@ -25,28 +25,39 @@ import triton.language as tl
 class Launch:
     min_chunk: int  # cached tokens per program, at least
     splits: int  # programs per (sequence, KV head), at most
-    block: int  # cached tokens per inner step
+    block: int  # cached tokens per inner step (at most the cache's block size)
     warps: int
     stages: int
 
 
-# Measured on an H100 with the engine's earlier slot cache (36 layers, 230-742 cached tokens per row): from 32 rows on,
-# fewer and longer programs read the cache faster (64 rows: 2.27 instead of 2.65 ms per step, 128
-# rows: 3.75 instead of 4.79, 32 rows: even); with fewer rows they leave most of the GPU idle (one
-# row: 0.88 instead of 0.38 ms). Each captured graph has one batch size, so it has one launch shape.
-SMALL = Launch(min_chunk=256, splits=32, block=64, warps=4, stages=3)
-LARGE = Launch(min_chunk=512, splits=8, block=32, warps=2, stages=3)
-LARGE_FROM_ROWS = 32
+# By batch size (the first of each range), measured on an H200 with bench/kernels.py (36 layers, 512 and
+# 1,024 cached tokens per row, 64-token blocks): one row wants many short programs to fill the GPU
+# (0.36 ms per step at 512 tokens, against 0.47 with twice the chunk); from 8 rows longer chunks read
+# faster; 64 rows 1.84 ms with four splits of 4 warps (1.93 with eight of 2), 128 rows 3.52 and 5.55 ms
+# with eight of 2 (3.53 and 6.38 with four). Each captured graph has one batch size, so it has one
+# launch shape.
+LAUNCHES = (
+    (1, Launch(min_chunk=128, splits=64, block=64, warps=4, stages=3)),
+    (4, Launch(min_chunk=256, splits=32, block=64, warps=4, stages=3)),
+    (32, Launch(min_chunk=1024, splits=4, block=32, warps=4, stages=3)),
+    (96, Launch(min_chunk=512, splits=8, block=32, warps=2, stages=3)),
+)
 
 
 def launch_for(rows: int) -> Launch:
-    return LARGE if rows >= LARGE_FROM_ROWS else SMALL
+    return next(launch for first, launch in reversed(LAUNCHES) if rows >= first)
 
 
-def chunk_for(length: int, launch: Launch) -> int:
+def tile_for(launch: Launch, page: int) -> int:
+    """Cached tokens per inner step: a tile lies inside one cache block, whose id is read once for it."""
+    return min(launch.block, page)
+
+
+def chunk_for(length: int, launch: Launch, page: int) -> int:
     """Cached tokens per program for a sequence of ``length`` (the kernels compute the same)."""
+    block = tile_for(launch, page)
     per_split = -(-length // launch.splits)
-    return max(launch.min_chunk, -(-per_split // launch.block) * launch.block)
+    return max(launch.min_chunk, -(-per_split // block) * block)
 
 
 @triton.jit
@@ -55,11 +66,20 @@ def _chunk(n, SPLITS: tl.constexpr, MIN_CHUNK: tl.constexpr, BLOCK: tl.constexpr
 
 
 @triton.jit
+def _offset(table, position, pool_block, pool_token, pool_head, head, PAGE: tl.constexpr, WIDE: tl.constexpr):
+    """Where ``position`` of the sequence whose block ids are at ``table`` keeps ``head``'s key (and value)."""
+    page = tl.load(table + position // PAGE)
+    if WIDE:  # offsets past 2**31 elements; narrower ones cost less arithmetic per loaded element
+        page = page.to(tl.int64)
+    return page * pool_block + (position % PAGE) * pool_token + head * pool_head
+
+
+@triton.jit
 def _partial(q_ptr, k_new_ptr, v_new_ptr, k_ptr, v_ptr, lengths_ptr, slots_ptr, tables_ptr, acc_ptr, stats_ptr,
-             q_row, q_head, k_new_row, k_new_head, v_new_row, v_new_head, table_row, scale_log2,
-             SPLITS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, DIM: tl.constexpr,
-             HEADS: tl.constexpr, PAGE: tl.constexpr, MIN_CHUNK: tl.constexpr, BLOCK: tl.constexpr,
-             PRECISION: tl.constexpr):
+             q_row, q_head, k_new_row, k_new_head, v_new_row, v_new_head, table_row, pool_block, pool_token,
+             pool_head, scale_log2, SPLITS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+             DIM: tl.constexpr, PAGE: tl.constexpr, MIN_CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+             WIDE: tl.constexpr, PRECISION: tl.constexpr):
     """One (sequence, key/value head, chunk): unnormalised output and running max and sum.
 
     The step's own key and value come in registers: the chunk holding their position uses them from
@@ -73,25 +93,26 @@ def _partial(q_ptr, k_new_ptr, v_new_ptr, k_ptr, v_ptr, lengths_ptr, slots_ptr, 
     start = split * chunk
     g = tl.arange(0, GROUP_PAD)
     d = tl.arange(0, DIM)
+    i = tl.arange(0, BLOCK)
     k_new = tl.load(k_new_ptr + row * k_new_row + head * k_new_head + d)
     v_new = tl.load(v_new_ptr + row * v_new_row + head * v_new_head + d)
-    page = tl.load(table + new // PAGE).to(tl.int64)
-    at = ((page * PAGE + new % PAGE) * HEADS + head) * DIM
+    at = _offset(table, new, pool_block, pool_token, pool_head, head, PAGE, WIDE)
     tl.store(k_ptr + at + d, k_new, mask=(split == 0) & (d < DIM))
     tl.store(v_ptr + at + d, v_new, mask=(split == 0) & (d < DIM))
     m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     total = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, DIM], tl.float32)
+    q = tl.load(q_ptr + row * q_row + head * q_head + g[:, None] * DIM + d[None, :], mask=g[:, None] < GROUP,
+                other=0.0)
     for offset in range(start, tl.minimum(start + chunk, n), BLOCK):
-        # Loaded here, not once above: most programs of short sequences lie past the length and read nothing.
-        q = tl.load(q_ptr + row * q_row + head * q_head + g[:, None] * DIM + d[None, :],
-                    mask=g[:, None] < GROUP, other=0.0)
-        t = offset + tl.arange(0, BLOCK)
+        t = offset + i
         old = t < new
         this = (t == new)[:, None]
-        pages = tl.load(table + t // PAGE, mask=old, other=0).to(tl.int64)
-        where = ((pages * PAGE + t % PAGE) * HEADS + head) * DIM
-        k = tl.load(k_ptr + where[:, None] + d[None, :], mask=old[:, None], other=0.0)
+        # The tile lies inside one block: one block-id load for it. A block id per token (a gather) made
+        # the kernel a quarter slower than the slot engine's, which read one contiguous line per sequence.
+        where = _offset(table, offset, pool_block, pool_token, pool_head, head, PAGE, WIDE) \
+            + i[:, None] * pool_token + d[None, :]
+        k = tl.load(k_ptr + where, mask=old[:, None], other=0.0)
         k = tl.where(this, k_new[None, :], k)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
         s = tl.where((t < n)[None, :], s, float("-inf"))
@@ -99,7 +120,7 @@ def _partial(q_ptr, k_new_ptr, v_new_ptr, k_ptr, v_ptr, lengths_ptr, slots_ptr, 
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m - m_new)
         total = total * alpha + tl.sum(p, 1)
-        v = tl.load(v_ptr + where[:, None] + d[None, :], mask=old[:, None], other=0.0)
+        v = tl.load(v_ptr + where, mask=old[:, None], other=0.0)
         v = tl.where(this, v_new[None, :], v)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m = m_new
@@ -138,35 +159,47 @@ def _merge(acc_ptr, stats_ptr, lengths_ptr, out_ptr, out_row, out_head,
     tl.store(out_ptr + row * out_row + head * out_head + g[:, None] * DIM + d[None, :], out.to(out_ptr.dtype.element_ty))
 
 
+def check_block_size(block_size: int) -> None:
+    """The kernels' tiles are a power of two of at least 16 tokens (tensor-core products) inside one block."""
+    if block_size < 16 or block_size & (block_size - 1):
+        raise ValueError(f"block_size must be a power of two of at least 16 for the GPU decode kernel, got "
+                         f"{block_size}")
+
+
 def decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keys: torch.Tensor,
                      values: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor, tables: torch.Tensor,
-                     scale: float) -> torch.Tensor:
+                     scale: float, launch: Launch | None = None) -> torch.Tensor:
     """Write one new token per row into the cache and attend over the row's cached tokens, that token included.
 
     ``q``: (rows, kv_heads, group, dim), the query heads of each key/value head together;
     ``key``/``value``: (rows, kv_heads, 1, dim), this step's; ``keys``/``values``: one layer's pool,
-    (blocks, block_size, kv_heads, dim); ``lengths``: (rows,) tokens cached before this step (the new
-    one goes at that position); ``slots``: (rows,) each row's line of ``tables``, the block ids of its
-    sequence. Returns q's shape.
+    indexed (block, position in block, kv_head, dim) with a contiguous last dimension (the cache's
+    layout; a head-major pool reads no faster, bench/kernels.py); ``lengths``: (rows,) tokens cached
+    before this step (the new one goes at that position); ``slots``: (rows,) each row's line of
+    ``tables``, the block ids of its sequence; ``launch``: the shape measured fastest for this many rows
+    unless given. Returns q's shape.
     """
     rows, kv_heads, group, dim = q.shape
-    if any(t.stride(-1) != 1 for t in (q, key, value)) or q.stride(2) != dim \
-            or not (keys.is_contiguous() and values.is_contiguous() and tables.stride(1) == 1):
-        raise ValueError("decode_attention needs rows of contiguous head dimensions and contiguous pools")
+    if any(t.stride(-1) != 1 for t in (q, key, value, keys, values)) or q.stride(2) != dim \
+            or keys.stride() != values.stride() or tables.stride(1) != 1:
+        raise ValueError("decode_attention needs contiguous head dimensions and key and value pools of one layout")
     if group & (group - 1) or dim & (dim - 1):
         raise ValueError(f"decode_attention needs power-of-two group and head sizes, got {group} and {dim}")
-    shape = launch_for(rows)
+    check_block_size(keys.shape[1])
+    shape = launch or launch_for(rows)
+    block = tile_for(shape, keys.shape[1])
     acc = torch.empty((rows, kv_heads, shape.splits, group, dim), dtype=torch.float32, device=q.device)
     stats = torch.empty((rows, kv_heads, shape.splits, 2, group), dtype=torch.float32, device=q.device)
     out = torch.empty_like(q)
     _partial[(rows, kv_heads, shape.splits)](
         q, key, value, keys, values, lengths, slots, tables, acc, stats, q.stride(0), q.stride(1), key.stride(0),
-        key.stride(1), value.stride(0), value.stride(1), tables.stride(0), scale * math.log2(math.e),
-        SPLITS=shape.splits, GROUP=group, GROUP_PAD=max(16, group), DIM=dim, HEADS=kv_heads, PAGE=keys.shape[1],
-        MIN_CHUNK=shape.min_chunk, BLOCK=shape.block, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        key.stride(1), value.stride(0), value.stride(1), tables.stride(0), keys.stride(0), keys.stride(1),
+        keys.stride(2), scale * math.log2(math.e), SPLITS=shape.splits, GROUP=group, GROUP_PAD=max(16, group),
+        DIM=dim, PAGE=keys.shape[1], MIN_CHUNK=shape.min_chunk, BLOCK=block, WIDE=keys.numel() >= 2**31,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=shape.warps, num_stages=shape.stages)
     _merge[(rows, kv_heads)](acc, stats, lengths, out, out.stride(0), out.stride(1), SPLITS=shape.splits,
-                             GROUP=group, DIM=dim, MIN_CHUNK=shape.min_chunk, BLOCK=shape.block)
+                             GROUP=group, DIM=dim, MIN_CHUNK=shape.min_chunk, BLOCK=block)
     return out
 
 

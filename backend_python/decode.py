@@ -164,10 +164,10 @@ class Decoder:
         # kernels also have a launch shape for many rows, which Triton compiles on first use.
         self.warm_up_rows: tuple[int, ...] = (1, 2)
         if exact_attention:
-            from .attention import KERNELS, LARGE_FROM_ROWS, decode_attention
+            from .attention import KERNELS, LAUNCHES, decode_attention
 
             self._attention, self.kernels = decode_attention, KERNELS
-            self.warm_up_rows = (1, 2, LARGE_FROM_ROWS)
+            self.warm_up_rows = tuple(sorted({1, 2, *(first for first, _ in LAUNCHES)}))
         if compile:
             self._project = torch.compile(_project, dynamic=True)
             self._feed_forward = torch.compile(_feed_forward, dynamic=True)

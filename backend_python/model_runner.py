@@ -98,6 +98,10 @@ class ModelRunner:
         self.head_dim = getattr(text, "head_dim", text.hidden_size // text.num_attention_heads)
         self.decoder = Decoder(self.model, compile=config.compile_decode and cuda,
                                exact_attention=config.exact_attention and cuda)
+        if self.decoder.exact_attention:
+            from .attention import check_block_size
+
+            check_block_size(config.block_size)
         self.vision = VisionEncoder(self.model.model.visual, compile=config.compile_decode and cuda)
         self._image_token = self.model.config.image_token_id
         self._merge = self.model.config.vision_config.spatial_merge_size

@@ -1,7 +1,8 @@
 """`python -m bench.kernels [--slot-tree PATH]`: one decode step's attention alone, on the GPU.
 
-This tree's kernel reads each row's cached keys and values through its block table, from one pool of
-(blocks, block_size, kv_heads, dim); with ``--slot-tree`` (a checkout of the slot engine, e.g.
+This tree's kernel reads each row's cached keys and values through its block table, from one pool per
+layer, laid out token-major (blocks, block_size, kv_heads, dim: the cache's) or head-major (blocks,
+kv_heads, block_size, dim), see ``--layouts``; with ``--slot-tree`` (a checkout of the slot engine, e.g.
 664c832) its kernel reads them from one contiguous (kv_heads, max_len, dim) line per sequence. Both
 get the same keys and values in Qwen3-VL-4B's shapes (8 KV heads of 128 dimensions, 4 query heads
 each), 36 layers of them by default (one step; each layer in its own memory, so that none is read
@@ -57,8 +58,16 @@ def _time(step, device: torch.device, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _pool(layout: str, tokens: torch.Tensor) -> torch.Tensor:
+    """One layer's keys or values (given token-major), indexed (block, position in block, kv head, dim) whatever
+    the layout."""
+    if layout == "head":
+        return tokens.transpose(1, 2).contiguous().transpose(1, 2)
+    return tokens
+
+
 def compare(rows: int, length: int, block_size: int, max_len: int, slot, device: torch.device, dtype: torch.dtype,
-            repeats: int, layers: int) -> dict:
+            repeats: int, layers: int, layouts: list[str]) -> dict:
     gen = torch.Generator(device=device).manual_seed(rows * 100_003 + length)
     rand = lambda *shape: torch.randn(*shape, generator=gen, device=device, dtype=dtype)  # noqa: E731
     q, key, value = rand(rows, KV_HEADS, GROUP, DIM), rand(rows, KV_HEADS, 1, DIM), rand(rows, KV_HEADS, 1, DIM)
@@ -69,23 +78,31 @@ def compare(rows: int, length: int, block_size: int, max_len: int, slot, device:
     tables = order.view(rows, per_row).to(torch.int32)
     slots = torch.arange(rows, device=device)
     scale = DIM ** -0.5
-    pools, lines = [], []
-    for _ in range(layers):
-        keys, values = rand(rows * per_row, block_size, KV_HEADS, DIM), rand(rows * per_row, block_size, KV_HEADS, DIM)
-        pools.append((keys, values))
-        if slot is not None:  # the same tokens, each row's in one line
+    row = {"rows": str(rows), "cached tokens": str(length)}
+    outputs = {}
+    for layout in layouts:  # one layout's pools at a time: 36 layers of 128 x 1,024 tokens are 19 GiB
+        gen.manual_seed(length)  # the same tokens in every layout
+        pools = [tuple(_pool(layout, rand(rows * per_row, block_size, KV_HEADS, DIM)) for _ in "kv")
+                 for _ in range(layers)]
+        step = lambda: [attention.decode_attention(q, key, value, k, v, lengths, slots, tables, scale)  # noqa: E731
+                        for k, v in pools]
+        row[f"paged {layout}-major ms/step"] = f"{_time(step, device, repeats):.3f}"
+        outputs[layout] = step()[-1].float()
+        if slot is not None and layout == layouts[-1]:  # the same tokens, each row's in one line
             line = lambda pool: torch.zeros(rows, KV_HEADS, max_len, DIM, device=device, dtype=dtype).index_copy_(  # noqa: E731
                 2, torch.arange(per_row * block_size, device=device),
                 pool[tables.long()].flatten(1, 2).transpose(1, 2))
-            lines.append((line(keys), line(values)))
-    paged = lambda: [attention.decode_attention(q, key, value, k, v, lengths, slots, tables, scale)  # noqa: E731
-                     for k, v in pools]
-    row = {"rows": str(rows), "cached tokens": str(length), "paged ms/step": f"{_time(paged, device, repeats):.3f}"}
-    if slot is not None:
-        lined = lambda: [slot.decode_attention(q, key, value, k, v, lengths, scale) for k, v in lines]  # noqa: E731
-        row["slot ms/step"] = f"{_time(lined, device, repeats):.3f}"
-        a, b = paged()[-1].float(), lined()[-1].float()
-        row["relative difference"] = f"{((a - b).norm() / b.norm()).item():.1e}"
+            lines = [(line(k), line(v)) for k, v in pools]
+            del pools, step
+            lined = lambda: [slot.decode_attention(q, key, value, k, v, lengths, scale) for k, v in lines]  # noqa: E731
+            row["slot ms/step"] = f"{_time(lined, device, repeats):.3f}"
+            outputs["slot"] = lined()[-1].float()
+            del lines, lined
+        else:
+            del pools, step
+    reference = outputs.pop(layouts[0])
+    worst = max(((out - reference).norm() / reference.norm()).item() for out in outputs.values()) if outputs else 0.0
+    row["largest relative difference"] = f"{worst:.1e}"
     return row
 
 
@@ -94,10 +111,12 @@ def main() -> None:
     parser.add_argument("--slot-tree", help="a checkout of the slot engine, whose kernel runs beside this one's")
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 64, 128])
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 768, 1024])
-    parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--block-size", type=int, default=64)
     parser.add_argument("--max-len", type=int, default=2048, help="the slot engine's tokens per slot")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--layers", type=int, default=36, help="Qwen3-VL-4B's decoder layers: one step")
+    parser.add_argument("--layouts", nargs="+", default=["token"], choices=["token", "head"],
+                        help="the paged pool's layouts to time (the same tokens in each)")
     parser.add_argument("--device", default="cuda", help="cpu needs TRITON_INTERPRET=1 (a check that it runs)")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -107,7 +126,7 @@ def main() -> None:
     for n in args.rows:
         for length in args.lengths:
             rows.append(compare(n, length, args.block_size, args.max_len, slot, device, dtype, args.repeats,
-                                args.layers))
+                                args.layers, args.layouts))
             print(rows[-1], flush=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
