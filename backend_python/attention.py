@@ -31,16 +31,17 @@ class Launch:
 
 
 # By batch size (the first of each range), measured on an H200 with bench/kernels.py (36 layers, 512 and
-# 1,024 cached tokens per row, 64-token blocks): one row wants many short programs to fill the GPU
-# (0.36 ms per step at 512 tokens, against 0.47 with twice the chunk); from 8 rows longer chunks read
-# faster; 64 rows 1.84 ms with four splits of 4 warps (1.93 with eight of 2), 128 rows 3.52 and 5.55 ms
-# with eight of 2 (3.53 and 6.38 with four). Each captured graph has one batch size, so it has one
-# launch shape.
+# 1,024 cached tokens per row, 64-token blocks, ms per step): one row wants many short programs to fill
+# the GPU (0.34 / 0.37, against 0.47 / 0.51 with twice the chunk); from 4 rows chunks of 256 in at most 16
+# splits (8 rows 0.59 / 0.72, 16 rows 0.79 / 1.18); from 32, chunks of 512 and tiles of 32 (48 rows 1.71
+# / 2.22, 128 rows 3.52 / 5.55). Those were timed with 3 stages, which the block-id load cost a stage of:
+# Triton then kept one tile of keys and values in flight, not two as the slot engine's kernel (compiled
+# for sm_90: tests/unit/backend/test_backend_attention.py). Each captured graph has one batch size, so it
+# has one launch shape.
 LAUNCHES = (
-    (1, Launch(min_chunk=128, splits=64, block=64, warps=4, stages=3)),
-    (4, Launch(min_chunk=256, splits=32, block=64, warps=4, stages=3)),
-    (32, Launch(min_chunk=1024, splits=4, block=32, warps=4, stages=3)),
-    (96, Launch(min_chunk=512, splits=8, block=32, warps=2, stages=3)),
+    (1, Launch(min_chunk=128, splits=64, block=64, warps=4, stages=5)),
+    (4, Launch(min_chunk=256, splits=16, block=64, warps=4, stages=5)),
+    (32, Launch(min_chunk=512, splits=8, block=32, warps=2, stages=5)),
 )
 
 

@@ -67,7 +67,7 @@ def _pool(layout: str, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def compare(rows: int, length: int, block_size: int, max_len: int, slot, device: torch.device, dtype: torch.dtype,
-            repeats: int, layers: int, layouts: list[str]) -> dict:
+            repeats: int, layers: int, layouts: list[str], launch: attention.Launch | None = None) -> dict:
     gen = torch.Generator(device=device).manual_seed(rows * 100_003 + length)
     rand = lambda *shape: torch.randn(*shape, generator=gen, device=device, dtype=dtype)  # noqa: E731
     q, key, value = rand(rows, KV_HEADS, GROUP, DIM), rand(rows, KV_HEADS, 1, DIM), rand(rows, KV_HEADS, 1, DIM)
@@ -84,8 +84,11 @@ def compare(rows: int, length: int, block_size: int, max_len: int, slot, device:
         gen.manual_seed(length)  # the same tokens in every layout
         pools = [tuple(_pool(layout, rand(rows * per_row, block_size, KV_HEADS, DIM)) for _ in "kv")
                  for _ in range(layers)]
-        step = lambda: [attention.decode_attention(q, key, value, k, v, lengths, slots, tables, scale)  # noqa: E731
-                        for k, v in pools]
+
+        def step(pools=pools):
+            return [attention.decode_attention(q, key, value, k, v, lengths, slots, tables, scale, launch)
+                    for k, v in pools]
+
         row[f"paged {layout}-major ms/step"] = f"{_time(step, device, repeats):.3f}"
         outputs[layout] = step()[-1].float()
         if slot is not None and layout == layouts[-1]:  # the same tokens, each row's in one line
@@ -106,6 +109,10 @@ def compare(rows: int, length: int, block_size: int, max_len: int, slot, device:
     return row
 
 
+def _launch(text: str) -> attention.Launch:
+    return attention.Launch(*(int(part) for part in text.split(",")))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slot-tree", help="a checkout of the slot engine, whose kernel runs beside this one's")
@@ -117,6 +124,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=36, help="Qwen3-VL-4B's decoder layers: one step")
     parser.add_argument("--layouts", nargs="+", default=["token"], choices=["token", "head"],
                         help="the paged pool's layouts to time (the same tokens in each)")
+    parser.add_argument("--launch", type=_launch, action="append", default=[None],
+                        metavar="CHUNK,SPLITS,BLOCK,WARPS,STAGES",
+                        help="also time this launch shape (repeatable; the rows' own shape always runs)")
     parser.add_argument("--device", default="cuda", help="cpu needs TRITON_INTERPRET=1 (a check that it runs)")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -125,11 +135,14 @@ def main() -> None:
     rows = []
     for n in args.rows:
         for length in args.lengths:
-            rows.append(compare(n, length, args.block_size, args.max_len, slot, device, dtype, args.repeats,
-                                args.layers, args.layouts))
-            print(rows[-1], flush=True)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            for launch in args.launch:
+                row = compare(n, length, args.block_size, args.max_len, slot if launch is None else None, device,
+                              dtype, args.repeats, args.layers, args.layouts, launch)
+                rows.append({"launch": "the rows' own" if launch is None else ",".join(map(str, vars(launch).values())),
+                             **row})
+                print(rows[-1], flush=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU (Triton's interpreter)"
     print(f"decode attention, {args.layers} layers of {KV_HEADS} KV heads x {GROUP} query heads x {DIM} dims, {name}:")
     print(table(rows))
