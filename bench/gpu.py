@@ -705,7 +705,8 @@ def gpu_memory_used_gib() -> float:
 SERVER_COUNTERS = ("nv_inference_request_success", "nv_inference_exec_count", "nv_inference_queue_duration_us",
                    "nv_inference_compute_infer_duration_us", "qwen3vl_time_to_first_token_seconds_sum",
                    "qwen3vl_time_to_first_token_seconds_count", "qwen3vl_prefill_size_sum",
-                   "qwen3vl_prefill_size_count", "qwen3vl_prompt_tokens_total", "qwen3vl_prompt_tokens_cached_total")
+                   "qwen3vl_prefill_size_count", "qwen3vl_prompt_tokens_total", "qwen3vl_prompt_tokens_cached_total",
+                   "qwen3vl_queue_seconds_sum", "qwen3vl_queue_seconds_count")
 
 
 def server_counters(url: str) -> dict[str, float]:
@@ -724,15 +725,18 @@ def server_counters(url: str) -> dict[str, float]:
 
 def server_split(before: dict[str, float], after: dict[str, float]) -> dict[str, str]:
     """Per request, means: in Triton's queue, in the ``execute`` call that parsed it and built its prompt
-    (its batch's), and from the engine taking it to its first token; and prompts per prefill."""
+    (its batch's), from that call receiving it to its first step in the engine (its prompt built, sent
+    over and admitted) and to its first token; and prompts per prefill."""
     delta = {k: after[k] - before[k] for k in SERVER_COUNTERS}
     requests = max(delta["nv_inference_request_success"], 1.0)
     first = max(delta["qwen3vl_time_to_first_token_seconds_count"], 1.0)
     prefills = max(delta["qwen3vl_prefill_size_count"], 1.0)
+    started = max(delta["qwen3vl_queue_seconds_count"], 1.0)
     cached = delta["qwen3vl_prompt_tokens_cached_total"]
     return {"queue ms": f"{delta['nv_inference_queue_duration_us'] / requests / 1000:.0f}",
             "execute ms": f"{delta['nv_inference_compute_infer_duration_us'] / requests / 1000:.0f}",
             "batches": f"{delta['nv_inference_exec_count']:.0f}",
+            "to engine step ms": f"{1000 * delta['qwen3vl_queue_seconds_sum'] / started:.0f}",
             "engine TTFT ms": f"{1000 * delta['qwen3vl_time_to_first_token_seconds_sum'] / first:.0f}",
             "chunks per prefill": f"{delta['qwen3vl_prefill_size_sum'] / prefills:.1f}",
             "prompt tokens cached %": f"{100 * cached / max(cached + delta['qwen3vl_prompt_tokens_total'], 1):.0f}"}
