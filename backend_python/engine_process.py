@@ -6,9 +6,8 @@ launches every GPU step: each of them holds it while the engine has a step to la
 in a process of its own (as vLLM's engine core and SGLang's scheduler are), the stub builds prompts
 and sends responses while the engine process runs steps.
 
-Across the pipe go prompts (their tensors as numpy arrays, pickled inline: torch's own reduction
-would move each into shared memory, under the feet of the threads reading the processor cache),
-each step's responses as plain tuples, the engine's metric calls (replayed on the stub's metrics, in
+Across the pipe go prompts (prompt_transfer.py: tensors as bytes, an image's pixels once while both
+sides remember them), each step's responses as plain tuples, the engine's metric calls (replayed on the stub's metrics, in
 order with the responses), and cancellations. A Triton batch's prompts go back to back
 (``submit_many``) and `execute` then waits until the engine process has taken them all, so a burst
 reaches the engine together and backpressure still holds requests in Triton's queue. ``busy`` does
@@ -37,13 +36,13 @@ from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .config import EngineConfig
 from .errors import EngineFailure, ServingError
 from .metrics import EngineMetrics
 from .prompt import Prompt
+from .prompt_transfer import PixelMirror
 from .request import GenerationChunk, GenerationRequest
 from .sequence import ResponseSink
 
@@ -84,6 +83,7 @@ class EngineProcess:
         self._context.set_executable(_python())
         self._conn = self._receiver = self._process = None
         self._send_lock = threading.Lock()
+        self._pixels = PixelMirror(_pixel_budget(config))  # what the engine process holds; under _send_lock
         self._lock = threading.Lock()
         self._keys = itertools.count()
         self._sinks: dict[int, ResponseSink] = {}
@@ -98,7 +98,9 @@ class EngineProcess:
         """Start a child, which loads the model meanwhile; ``start`` waits for it."""
         if self._receiver is not None:  # the last child's
             self._receiver.close()
-        self._conn, child = self._context.Pipe()
+        with self._send_lock:  # a new child holds no pixels yet
+            self._conn, child = self._context.Pipe()
+            self._pixels.reset()
         self._receiver = _Receiver(self._conn)
         self._process = self._context.Process(target=serve, args=(self.config, child, os.getpid()),
                                               name="qwen3vl-engine", daemon=True)
@@ -158,7 +160,14 @@ class EngineProcess:
         # The engine needs neither the media (the prompt holds their pixels) nor the messages.
         request = dataclasses.replace(request, messages=(), images=(), videos=())
         try:
-            self._send(("submit", key, request, _pack(prompt), timeout, arrival, announced))
+            with self._send_lock:  # the mirror's updates in the order of the pipe
+                try:
+                    message = ("submit", key, request, self._pixels.pack(prompt), self._pixels.generation,
+                               timeout, arrival, announced)
+                    self._send(message, locked=True)
+                except BaseException:
+                    self._pixels.reset()
+                    raise
         except BaseException:
             with self._lock:
                 self._sinks.pop(key, None)
@@ -190,12 +199,15 @@ class EngineProcess:
 
     # -- the pipe ----------------------------------------------------------------------------
 
-    def _send(self, message: tuple) -> None:
-        with self._send_lock:
-            try:
-                self._conn.send(message)
-            except (OSError, ValueError) as exc:  # the child is gone (ValueError: the pipe is closed)
-                raise EngineFailure(f"internal error: the engine process is gone ({exc})") from None
+    def _send(self, message: tuple, locked: bool = False) -> None:
+        """``locked``: the caller holds ``_send_lock``."""
+        if not locked:
+            with self._send_lock:
+                return self._send(message, locked=True)
+        try:
+            self._conn.send(message)
+        except (OSError, ValueError) as exc:  # the child is gone (ValueError: the pipe is closed)
+            raise EngineFailure(f"internal error: the engine process is gone ({exc})") from None
 
     def _note(self, message: tuple) -> None:
         """Send what only updates the engine's counts: a new engine process starts from zero anyway."""
@@ -324,30 +336,8 @@ class _Ack:
     error: BaseException | None = None
 
 
-_TENSORS = ("input_ids", "mm_token_type_ids", "pixel_values", "image_grid_thw", "positions", "pixel_values_videos",
-            "video_grid_thw")
-
-
-def _pack(prompt: Prompt) -> Prompt:
-    return dataclasses.replace(prompt, **{name: _array(getattr(prompt, name)) for name in _TENSORS})
-
-
-def _unpack(prompt: Prompt) -> Prompt:
-    return dataclasses.replace(prompt, **{name: _tensor(getattr(prompt, name)) for name in _TENSORS})
-
-
-def _array(tensor: torch.Tensor | None) -> tuple[np.ndarray, torch.dtype, tuple[int, ...]] | None:
-    """Its bytes (numpy has no bfloat16), dtype and shape."""
-    if tensor is None:
-        return None
-    return tensor.contiguous().reshape(-1).view(torch.uint8).numpy(), tensor.dtype, tuple(tensor.shape)
-
-
-def _tensor(packed: tuple[np.ndarray, torch.dtype, tuple[int, ...]] | None) -> torch.Tensor | None:
-    if packed is None:
-        return None
-    data, dtype, shape = packed
-    return torch.from_numpy(data).view(dtype).reshape(shape)
+def _pixel_budget(config: EngineConfig) -> int:
+    return int(config.processor_cache_gib * 2**30)
 
 
 class _Receiver:
@@ -493,15 +483,16 @@ def serve(config: EngineConfig, conn, parent: int) -> None:
         conn.send(("ready", started))
     sinks: dict[int, _RelaySink] = {}
     submissions: queue.SimpleQueue = queue.SimpleQueue()
+    pixels = PixelMirror(_pixel_budget(config))
 
     def submit_in_order() -> None:
         """Submissions wait for room one after another here, while cancellations still get through."""
         while (item := submissions.get()) is not None:
-            key, request, prompt, timeout, arrival, announced = item
+            key, request, packed, generation, timeout, arrival, announced = item
             error = None
-            try:
-                engine.submit(request, _unpack(prompt), sinks[key], timeout=timeout, arrival=arrival,
-                              announced=announced)
+            try:  # every prompt is unpacked, in the order sent: the pixel mirror follows the sender's
+                prompt = pixels.unpack(packed, generation)
+                engine.submit(request, prompt, sinks[key], timeout=timeout, arrival=arrival, announced=announced)
             except ServingError as exc:
                 error = exc
             except Exception as exc:

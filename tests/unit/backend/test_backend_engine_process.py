@@ -129,6 +129,20 @@ def test_answers_streamed_across_the_process_are_generates(config, engine, promp
     assert metrics.kv_total == engine.started.kv_blocks_total > 0
 
 
+def test_an_image_sent_again_is_answered_as_the_first_time(config, engine, prompts):
+    """The engine process keeps the pixels of images it was sent, so the next turns of a chat cross the
+    pipe without them (prompt_transfer.py); each answer is still generate's."""
+    picture = png(64, 48, (30, 120, 200))
+    turns = [request("Describe the picture.", [picture], max_tokens=8, temperature=0.0),
+             request("What colour is it?", [picture], max_tokens=8, temperature=0.0),
+             request("Name two things in it.", [png(40, 90, (10, 200, 30)), picture], max_tokens=8,
+                     temperature=0.0)]
+    sinks = [finish(submit(engine, prompts, [turn]))[0] for turn in turns]
+    model = load(config)
+    for turn, sink in zip(turns, sinks):
+        assert sink.error is None and sink.text == generate(model, prompts.build(turn), 8)
+
+
 def test_a_refused_prompt_raises_in_the_caller_and_the_engine_goes_on(engine, prompts):
     too_long = request("Describe the picture.", max_tokens=400)
     with pytest.raises(LimitExceeded, match="exceeds the context of 256 tokens"):
@@ -162,7 +176,10 @@ def test_a_cancelled_request_ends_early_and_its_neighbour_does_not(engine, promp
 
 def test_when_the_engine_process_dies_its_requests_fail_and_a_new_one_serves_the_next(config, prompts):
     engine = EngineProcess(config).start()
+    picture = png(64, 48)
     try:
+        [seen] = finish(submit(engine, prompts, [request("Describe the picture.", [picture], max_tokens=3)]))
+        assert seen.error is None
         sinks = submit(engine, prompts, [request("Tell a long story.", max_tokens=200, ignore_eos=True)
                                          for _ in range(3)])
         while not sinks[0].chunks:
@@ -172,8 +189,9 @@ def test_when_the_engine_process_dies_its_requests_fail_and_a_new_one_serves_the
         finish(sinks, timeout=30)
         for s in sinks:
             assert isinstance(s.error, EngineFailure) and "engine process ended (exit code -9)" in str(s.error)
-        # Handed over while the new engine process starts: waits for it, then runs there.
-        [later] = finish(submit(engine, prompts, [request("Anyone?", max_tokens=5)]))
+        # Handed over while the new engine process starts: waits for it, then runs there (with the
+        # picture's pixels: the new process holds none of the old one's).
+        [later] = finish(submit(engine, prompts, [request("Anyone?", [picture], max_tokens=5)]))
         assert later.error is None and later.chunks[-1].completion_tokens == 5
         assert engine.pid != first and engine.restarts == 1
     finally:
