@@ -7,8 +7,8 @@ in a process of its own (as vLLM's engine core and SGLang's scheduler are), the 
 and sends responses while the engine process runs steps.
 
 Across the pipe go prompts (prompt_transfer.py: tensors as bytes, an image's pixels once while both
-sides remember them), each step's responses as plain tuples, the engine's metric calls (replayed on the stub's metrics, in
-order with the responses), and cancellations. A Triton batch's prompts go back to back
+sides remember them), each step's responses as plain tuples, the engine's metric calls (replayed on
+the stub's metrics, in order with the responses), and cancellations. A Triton batch's prompts go back to back
 (``submit_many``) and `execute` then waits until the engine process has taken them all, so a burst
 reaches the engine together and backpressure still holds requests in Triton's queue. ``busy`` does
 not cross the pipe: the stub's sink merges what arrives while its last response is on its way.
@@ -42,7 +42,7 @@ from .config import EngineConfig
 from .errors import EngineFailure, ServingError
 from .metrics import EngineMetrics
 from .prompt import Prompt
-from .prompt_transfer import PixelMirror
+from .prompt_transfer import PixelMirror, PixelsMissing
 from .request import GenerationChunk, GenerationRequest
 from .sequence import ResponseSink
 
@@ -164,7 +164,7 @@ class EngineProcess:
                 try:
                     message = ("submit", key, request, self._pixels.pack(prompt), self._pixels.generation,
                                timeout, arrival, announced)
-                    self._send(message, locked=True)
+                    self._send_locked(message)
                 except BaseException:
                     self._pixels.reset()
                     raise
@@ -199,11 +199,11 @@ class EngineProcess:
 
     # -- the pipe ----------------------------------------------------------------------------
 
-    def _send(self, message: tuple, locked: bool = False) -> None:
-        """``locked``: the caller holds ``_send_lock``."""
-        if not locked:
-            with self._send_lock:
-                return self._send(message, locked=True)
+    def _send(self, message: tuple) -> None:
+        with self._send_lock:
+            self._send_locked(message)
+
+    def _send_locked(self, message: tuple) -> None:
         try:
             self._conn.send(message)
         except (OSError, ValueError) as exc:  # the child is gone (ValueError: the pipe is closed)
@@ -262,6 +262,10 @@ class EngineProcess:
                     kind, payload = self._receiver.recv()
                     if kind == "out":
                         self._deliver(payload)
+                    elif kind == "resync":  # the engine process missed pixels: start the mirror over
+                        with self._send_lock:
+                            if self._pixels.generation == payload:
+                                self._pixels.reset()
                     elif kind == "ack":
                         key, error = payload
                         with self._lock:
@@ -493,6 +497,10 @@ def serve(config: EngineConfig, conn, parent: int) -> None:
             try:  # every prompt is unpacked, in the order sent: the pixel mirror follows the sender's
                 prompt = pixels.unpack(packed, generation)
                 engine.submit(request, prompt, sinks[key], timeout=timeout, arrival=arrival, announced=announced)
+            except PixelsMissing as exc:
+                error = exc
+                with send_lock:
+                    conn.send(("resync", generation))
             except ServingError as exc:
                 error = exc
             except Exception as exc:

@@ -7,8 +7,9 @@ turn, a burst often the same one: so both sides keep the rows of recent images a
 digest of their bytes, the engine process the rows themselves, the model's process only their sizes,
 updated in the same order (the pipe's) under the same budget. The sender therefore knows what the
 engine process holds, and sends that as a reference (vLLM mirrors its processor cache between its
-front end and its engine core the same way). Should the sender fail mid-way, it starts a new
-generation of the mirror, and the receiver empties its side when it sees the new number.
+front end and its engine core the same way). Should the sender fail mid-way, or the receiver miss a
+reference (a bug), the sender starts a new generation of the mirror, and the receiver empties its side
+when it sees the new number.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ _PLAIN = ("input_ids", "mm_token_type_ids", "image_grid_thw", "positions", "vide
 _ROWS = {"pixel_values": False, "pixel_values_videos": True}  # field: rows of videos
 
 Packed = tuple[np.ndarray, torch.dtype, tuple[int, ...]]
+
+
+class PixelsMissing(EngineFailure):
+    """The engine process lacks pixels the model's process believes it holds: the two sides disagree (a
+    bug). The prompt fails as an internal error, and the sender starts the mirror over."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +90,8 @@ class PixelMirror:
         for part in parts:
             if part[0] == "held":
                 piece = self._cache.get(part[1])
-                if piece is None:  # the two sides disagree: a bug, which this request reports
-                    raise EngineFailure("internal error: the engine process lacks an image the model's process "
+                if piece is None:
+                    raise PixelsMissing("internal error: the engine process lacks an image the model's process "
                                         "sent before")
             else:
                 _, key, rows = part

@@ -143,6 +143,19 @@ def test_an_image_sent_again_is_answered_as_the_first_time(config, engine, promp
         assert sink.error is None and sink.text == generate(model, prompts.build(turn), 8)
 
 
+def test_should_the_pixel_mirror_ever_disagree_that_request_fails_and_the_next_is_served(engine, prompts):
+    """A bug's symptom, made here by packing a prompt into the caller's side of the mirror without sending
+    it: the caller then believes the engine process holds that image."""
+    turn = request("Describe the picture.", [png(52, 52, (90, 90, 20))], max_tokens=3)
+    prompt = prompts.build(turn)
+    with engine._send_lock:
+        engine._pixels.pack(prompt)
+    with pytest.raises(EngineFailure, match="internal error: the engine process lacks an image"):
+        engine.submit(turn, prompt, Sink())
+    [sink] = finish(submit(engine, prompts, [turn]))
+    assert sink.error is None and sink.chunks[-1].completion_tokens == 3
+
+
 def test_a_refused_prompt_raises_in_the_caller_and_the_engine_goes_on(engine, prompts):
     too_long = request("Describe the picture.", max_tokens=400)
     with pytest.raises(LimitExceeded, match="exceeds the context of 256 tokens"):
