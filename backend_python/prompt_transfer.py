@@ -51,7 +51,7 @@ class PixelMirror:
         self.generation = 0
 
     def reset(self) -> None:
-        """Empty this side (a new engine process, or a send that failed mid-way)."""
+        """Empty this side: a new engine process, a send that failed mid-way, or the other side missed."""
         self._cache = VisualCache(self._budget)
         self.generation += 1
 

@@ -62,6 +62,26 @@ def run(count: int, megabytes: float, receiver: bool, interval: float, busy: boo
     return 1000 * elapsed / (count - 1)
 
 
+class _Sink:
+    """Where a handed-over request's responses go: only its end matters here."""
+
+    def __init__(self):
+        self.done = threading.Event()
+
+    def send(self, chunk, final):
+        if final:
+            self.done.set()
+
+    def fail(self, error):
+        self.done.set()
+
+    def is_cancelled(self):
+        return False
+
+    def busy(self):
+        return False
+
+
 def handover(model: str, batch: int, rounds: int) -> list[dict]:
     """Milliseconds for ``submit_many`` of ``batch`` prompts (one image, one token each), per round."""
     from backend_python.config import EngineConfig, Limits
@@ -76,7 +96,7 @@ def handover(model: str, batch: int, rounds: int) -> list[dict]:
         config = EngineConfig(model_path=model, max_num_seqs=batch, max_model_len=1024, processor_cache_gib=budget,
                               max_num_batched_tokens=max(2048, batch), image_max_pixels=448 * 448,
                               limits=Limits(max_prompt_tokens=900))
-        engines[budget] = (EngineProcess(config).start(), config)
+        engines[budget] = EngineProcess(config).start()
     builder = PromptBuilder(load_processor(config), config, rope_index=rope_index(config))
     messages = [{"role": "user", "content": [{"type": "image", "image": 0}, {"type": "text", "text": "What is it?"}]}]
     request = GenerationRequest.from_tensors({"messages": np.array([json.dumps(messages).encode()], dtype=np.object_),
@@ -84,27 +104,9 @@ def handover(model: str, batch: int, rounds: int) -> list[dict]:
                                               "max_tokens": np.array([1])}, config.limits)
     prompt = builder.build(request)
     pixels = prompt.pixel_values.numel() * prompt.pixel_values.element_size()
-
-    class Sink:
-        def __init__(self):
-            self.done = threading.Event()
-
-        def send(self, chunk, final):
-            if final:
-                self.done.set()
-
-        def fail(self, error):
-            self.done.set()
-
-        def is_cancelled(self):
-            return False
-
-        def busy(self):
-            return False
-
     for round_ in range(rounds + 1):  # the first round of each is untimed
-        for budget, (engine, _) in engines.items():
-            sinks = [Sink() for _ in range(batch)]
+        for budget, engine in engines.items():
+            sinks = [_Sink() for _ in range(batch)]
             began = time.perf_counter()
             engine.submit_many((request, prompt, sink) for sink in sinks)
             elapsed = time.perf_counter() - began
@@ -115,7 +117,7 @@ def handover(model: str, batch: int, rounds: int) -> list[dict]:
                              "prompts": str(batch), "pixels per prompt MB": f"{pixels / 1e6:.1f}",
                              "handed over in ms": f"{1000 * elapsed:.1f}"})
                 print(rows[-1], flush=True)
-    for engine, _ in engines.values():
+    for engine in engines.values():
         engine.stop(timeout=5)
     return rows
 
