@@ -124,6 +124,11 @@ class EngineConfig:
         config.validate()
         return config
 
+    @property
+    def processor_cache_bytes(self) -> int:
+        """The processor cache's budget, which the engine process's copy of its pixels shares."""
+        return int(self.processor_cache_gib * 2**30)
+
     def validate(self) -> None:
         if not self.model_path:
             raise ValueError(

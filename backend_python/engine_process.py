@@ -8,10 +8,11 @@ and sends responses while the engine process runs steps.
 
 Across the pipe go prompts (prompt_transfer.py: tensors as bytes, an image's pixels once while both
 sides remember them), each step's responses as plain tuples, the engine's metric calls (replayed on
-the stub's metrics, in order with the responses), and cancellations. A Triton batch's prompts go back to back
-(``submit_many``) and `execute` then waits until the engine process has taken them all, so a burst
-reaches the engine together and backpressure still holds requests in Triton's queue. ``busy`` does
-not cross the pipe: the stub's sink merges what arrives while its last response is on its way.
+the stub's metrics, in order with the responses), and cancellations. A Triton batch's prompts go
+back to back (``submit_many``) and `execute` then waits until the engine process has taken them all,
+so a burst reaches the engine together and backpressure still holds requests in Triton's queue.
+``busy`` does not cross the pipe: the stub's sink merges what arrives while its last response is on
+its way.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class EngineProcess:
         self._context.set_executable(_python())
         self._conn = self._receiver = self._process = None
         self._send_lock = threading.Lock()
-        self._pixels = PixelMirror(_pixel_budget(config))  # what the engine process holds; under _send_lock
+        self._pixels = PixelMirror(config.processor_cache_bytes)  # what the engine process holds; under _send_lock
         self._lock = threading.Lock()
         self._keys = itertools.count()
         self._sinks: dict[int, ResponseSink] = {}
@@ -340,10 +341,6 @@ class _Ack:
     error: BaseException | None = None
 
 
-def _pixel_budget(config: EngineConfig) -> int:
-    return int(config.processor_cache_gib * 2**30)
-
-
 class _Receiver:
     """Reads what a ``Connection`` sends (its framing: a 4-byte length, or -1 and an 8-byte one, then the
     pickle), each part in one blocking call. ``Connection.recv`` reads a large message a socket buffer
@@ -487,7 +484,7 @@ def serve(config: EngineConfig, conn, parent: int) -> None:
         conn.send(("ready", started))
     sinks: dict[int, _RelaySink] = {}
     submissions: queue.SimpleQueue = queue.SimpleQueue()
-    pixels = PixelMirror(_pixel_budget(config))
+    pixels = PixelMirror(config.processor_cache_bytes)
 
     def submit_in_order() -> None:
         """Submissions wait for room one after another here, while cancellations still get through."""

@@ -114,7 +114,7 @@ class PromptBuilder:
         self._pixel_dtype = pixel_dtype
         self._pool = ThreadPoolExecutor(config.prompt_workers, thread_name_prefix="qwen3vl-prompt")
         self._limits = config.limits
-        self._cache: VisualCache[Processed] = VisualCache(int(config.processor_cache_gib * 2**30))
+        self._cache: VisualCache[Processed] = VisualCache(config.processor_cache_bytes)
         self._metrics = metrics or EngineMetrics()
         self._image_size = _size(processor.image_processor.size, config.image_min_pixels, config.image_max_pixels)
         # The processor samples, sizes and time-stamps frames; sampling runs here, on the header's facts,
