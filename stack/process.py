@@ -45,13 +45,20 @@ class ServerProcess:
                 code = self.process.returncode
                 self.stop()
                 raise ExitedBeforeReady(f"{self.name} exited with code {code} before it was ready"
-                                        + (f"; see {self.log_file}" if self.log_file else ""), code)
+                                        + self._log_tail(), code)
             waiting = [url for url in waiting if not self.answers(url)]
             if not waiting:
                 return
             time.sleep(0.2)
         self.stop()
-        raise TimeoutError(f"{self.name} did not answer {', '.join(waiting)} within {timeout} s")
+        raise TimeoutError(f"{self.name} did not answer {', '.join(waiting)} within {timeout} s" + self._log_tail())
+
+    def _log_tail(self, lines: int = 20) -> str:
+        """The log's last lines, for a start that failed where only the error message is kept (CI)."""
+        if not self.log_file or not Path(self.log_file).exists():
+            return ""
+        tail = Path(self.log_file).read_text(errors="replace").splitlines()[-lines:]
+        return f"; the end of {self.log_file}:\n" + "\n".join(tail)
 
     @staticmethod
     def answers(url: str) -> bool:
