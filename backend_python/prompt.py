@@ -228,9 +228,11 @@ class PromptBuilder:
         [text], _ = processor.get_text_with_replacements(
             [text], [processor.replace_image_token(image_inputs, i) for i in range(len(images))],
             [processor.replace_video_token(video_inputs, i) for i in range(len(videos))])
-        ids = processor.tokenizer([text], return_tensors="pt", return_token_type_ids=False)["input_ids"][0]
-        kinds = torch.tensor(processor.create_mm_token_type_ids([ids.tolist()])[0], dtype=torch.long)
-        return ids, kinds
+        # As lists, then one tensor each: the tokenizer's own conversion to tensors took half its call,
+        # in Python, holding the interpreter lock that a burst's prompt workers share.
+        ids = processor.tokenizer(text, return_token_type_ids=False, return_attention_mask=False)["input_ids"]
+        kinds = processor.create_mm_token_type_ids([ids])[0]
+        return torch.tensor(ids, dtype=torch.long), torch.tensor(kinds, dtype=torch.long)
 
     def _sample(self, header: VideoHeader) -> VideoMetadata:
         """The frames the checkpoint's video processor would take, from the header's facts alone."""
