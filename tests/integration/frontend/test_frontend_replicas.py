@@ -120,7 +120,9 @@ async def wait_for(check, timeout: float, what: str) -> float:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     logs = tmp_path_factory.mktemp("replicas")
-    servers = loopback_replicas(4, exit_timeout=EXIT_TIMEOUT_S)
+    # One torch thread each, as pods given their own cores would have: four replicas of two threads on
+    # this machine's two cores starved the test's own client (12 connects to the frontend timed out).
+    servers = loopback_replicas(4, exit_timeout=EXIT_TIMEOUT_S, env={"OMP_NUM_THREADS": "1"})
     for i, server in enumerate(servers, 1):
         server.log_file = str(logs / f"triton-{i}.log")
     timeout = float(os.environ.get("TRITON_START_TIMEOUT", "300"))
@@ -147,7 +149,7 @@ def frontend(fleet, tmp_path_factory):
 
 @pytest.fixture
 async def http(frontend):
-    async with httpx.AsyncClient(base_url=frontend.url, timeout=httpx.Timeout(10, read=180),
+    async with httpx.AsyncClient(base_url=frontend.url, timeout=httpx.Timeout(30, read=180),
                                  limits=httpx.Limits(max_connections=100)) as client:
         yield client
 
