@@ -120,8 +120,9 @@ async def wait_for(check, timeout: float, what: str) -> float:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     logs = tmp_path_factory.mktemp("replicas")
-    # One torch thread each, as pods given their own cores would have: four replicas of two threads on
-    # this machine's two cores starved the test's own client (12 connects to the frontend timed out).
+    # One torch thread each, as pods given their own cores would have: with four replicas of two threads
+    # on this machine's two cores, 12 connects of the test's own client to the frontend timed out (most
+    # likely its event loop starved of CPU: a loopback connect completes in the kernel).
     servers = loopback_replicas(4, exit_timeout=EXIT_TIMEOUT_S, env={"OMP_NUM_THREADS": "1"})
     for i, server in enumerate(servers, 1):
         server.log_file = str(logs / f"triton-{i}.log")
