@@ -73,6 +73,11 @@ class EngineConfig:
     # Host memory for processed images and videos kept by content (visual_cache.py): a request that
     # sends one again (every turn of a chat does) skips decoding and processing it. 0: off.
     processor_cache_gib: float = 0.5
+    # Device memory for the vision encoder's output kept by content (taken from the KV cache's share): an
+    # image that requests repeat is encoded once, as vLLM's encoder cache does, also where the prefix
+    # cache holds all but its last tokens (a repeated prompt's uncached tail) and among a burst's prompts.
+    # 0: off.
+    encoder_cache_gib: float = 0.5
     cuda_graphs: bool = True  # captured decode steps on CUDA devices
     # With cuda_graphs: prefills of up to this many tokens in all run their layers' matrix work as
     # captured graphs, padded to a bucket (prefill_graphs.py; 0: off). On a CPU the padded path runs
@@ -144,8 +149,8 @@ class EngineConfig:
                              f"max_num_seqs ({self.max_num_seqs}) sequences")
         if self.limits.max_prompt_tokens + 1 > self.max_model_len:
             raise ValueError("max_prompt_tokens must leave room for an answer within max_model_len")
-        if self.processor_cache_gib < 0:
-            raise ValueError("processor_cache_gib must be >= 0 (0: no cache of processed images and videos)")
+        if self.processor_cache_gib < 0 or self.encoder_cache_gib < 0:
+            raise ValueError("processor_cache_gib and encoder_cache_gib must be >= 0 (0: no such cache)")
         if self.decode_gap_during_prefill < 0:
             raise ValueError("decode_gap_during_prefill must be >= 0 (decode steps; 0: unpaced)")
         if self.prefill_graph_tokens < 0:

@@ -228,14 +228,20 @@ class Engine:
         started = time.perf_counter()
         prefilling = tuple(c.seq for c in plan.prefill)
         between = (lambda: self._keep_decoding(prefilling)) if self._overlap and self._pending else None
-        launched = self.runner.prefill(plan.prefill, between)
+        runner = self.runner
+        encoded, reused = runner.visuals_encoded, runner.visuals_from_cache
+        launched = runner.prefill(plan.prefill, between)
         if launched is not None:
             self._pending.append(launched)
+        encoded, reused = runner.visuals_encoded - encoded, runner.visuals_from_cache - reused
+        if encoded or reused:
+            self.metrics.encoder_cache(reused, encoded, runner.encoded.nbytes)
         tokens = sum(c.end - c.start for c in plan.prefill)
         self.metrics.prompt_tokens(tokens)
         self.metrics.prefill_size(len(plan.prefill))
-        self.stats.add(prefills=1, prefill_chunks=len(plan.prefill), prompt_tokens=tokens,
-                       graphed_prefills=self.runner.graphed(tokens), prefill=time.perf_counter() - started)
+        self.stats.add(prefills=1, prefill_chunks=len(plan.prefill), prompt_tokens=tokens, visuals_encoded=encoded,
+                       visuals_from_cache=reused, graphed_prefills=self.runner.graphed(tokens),
+                       prefill=time.perf_counter() - started)
 
     def _decode(self, skip: tuple[Sequence, ...] = (), capture: bool = True) -> bool:
         """Launch one decode step of every decoding sequence (not those of ``skip``); with ``capture``

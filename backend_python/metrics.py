@@ -39,6 +39,7 @@ class EngineMetrics:
     def preempted(self, n: int) -> None: ...
     def videos(self, n: int, tokens: int) -> None: ...
     def processor_cache(self, hits: int, misses: int, held_bytes: int) -> None: ...
+    def encoder_cache(self, hits: int, misses: int, held_bytes: int) -> None: ...
     def finished(self, reason: str) -> None: ...
     def model_load(self, seconds: float) -> None: ...
 
@@ -106,6 +107,15 @@ class TritonMetrics(EngineMetrics):
                 "Images and videos of requests decoded and processed (not in the processor cache)", family.COUNTER),
             "processor_bytes": family("qwen3vl_processor_cache_bytes",
                                       "Host memory the processor cache holds", family.GAUGE),
+            "encoder_hits": family(
+                "qwen3vl_encoder_cache_hits_total",
+                "Images and video temporal patches whose vision encoder output was reused, not computed",
+                family.COUNTER),
+            "encoder_misses": family("qwen3vl_encoder_cache_misses_total",
+                                     "Images and video temporal patches run through the vision encoder",
+                                     family.COUNTER),
+            "encoder_bytes": family("qwen3vl_encoder_cache_bytes",
+                                    "Device memory the encoder cache holds", family.GAUGE),
             "finished": family(
                 "qwen3vl_requests_finished_total", "Finished requests by finish reason", family.COUNTER
             ),
@@ -131,6 +141,9 @@ class TritonMetrics(EngineMetrics):
         self._processor_hits = f["processor_hits"].Metric(labels=labels)
         self._processor_misses = f["processor_misses"].Metric(labels=labels)
         self._processor_bytes = f["processor_bytes"].Metric(labels=labels)
+        self._encoder_hits = f["encoder_hits"].Metric(labels=labels)
+        self._encoder_misses = f["encoder_misses"].Metric(labels=labels)
+        self._encoder_bytes = f["encoder_bytes"].Metric(labels=labels)
         self._finished = {r: f["finished"].Metric(labels={**labels, "reason": r}) for r in FINISH_REASONS}
         self._load = f["load"].Metric(labels=labels)
         self._lock = threading.Lock()
@@ -191,6 +204,11 @@ class TritonMetrics(EngineMetrics):
         self._count(self._processor_hits, hits)
         self._count(self._processor_misses, misses)
         self._set(self._processor_bytes, held_bytes)
+
+    def encoder_cache(self, hits: int, misses: int, held_bytes: int) -> None:
+        self._count(self._encoder_hits, hits)
+        self._count(self._encoder_misses, misses)
+        self._set(self._encoder_bytes, held_bytes)
 
     def finished(self, reason: str) -> None:
         self._count(self._finished[reason], 1)

@@ -25,10 +25,12 @@ from .config import EngineConfig
 from .decode import Context, Decoder
 from .kv_cache import PagedKVCache
 from .loader import LoadedModel
+from .prompt import VisualSpan
 from .sampling import select
 from .scheduler import Chunk, DecodeRows
 from .sequence import Sequence
-from .vision import VisionEncoder
+from .vision import Encoded, VisionEncoder
+from .visual_cache import VisualCache
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,8 @@ class ModelRunner:
 
             check_block_size(config.block_size)
         self.vision = VisionEncoder(self.model.model.visual, compile=config.compile_decode and cuda)
+        self.encoded: VisualCache[Encoded] = VisualCache(int(config.encoder_cache_gib * 2**30))
+        self.visuals_encoded = self.visuals_from_cache = 0  # counters: images and temporal patches
         self._image_token = self.model.config.image_token_id
         self._merge = self.model.config.vision_config.spatial_merge_size
         self._prefill_graphs = config.cuda_graphs and config.prefill_graph_tokens > 0
@@ -209,7 +213,7 @@ class ModelRunner:
             # processes) stays where it is; the engine may use its share of what is left.
             outside = total - free - torch.cuda.memory_reserved(self.device)
             usable = min(self.config.gpu_memory_utilization * total, capped) - outside
-            reserve = GRAPH_RESERVE_BYTES * (2 if self._prefill_graphs else 1)
+            reserve = GRAPH_RESERVE_BYTES * (2 if self._prefill_graphs else 1) + self.encoded.budget
             budget = int(usable - torch.cuda.max_memory_allocated(self.device) - reserve)
             log.info("KV cache budget: %.2f GiB of %.1f GiB (peak of weights and activations %.2f GiB, "
                      "outside torch %.2f GiB)", budget / 2**30, total / 2**30,
@@ -362,31 +366,45 @@ class ModelRunner:
 
     def _visuals(self, chunks: list[Chunk], bounds: list[int], embeds: torch.Tensor, between):
         """Put the visual features of the chunks' image and video tokens in place; return where they are and
-        their deepstack features. An image (a video's temporal patch) is encoded when a chunk first
-        reaches it, with the others of the step, and its features stay with the sequence until its last
-        token is prefilled."""
-        todo = {}
+        their deepstack features. An image (a video's temporal patch) is taken from the encoder cache or
+        encoded when a chunk first reaches it, once for every chunk of the step that shows it, and its
+        features stay with the sequence until its last token is prefilled."""
+        todo: dict[tuple, list[tuple[Sequence, int, VisualSpan]]] = {}
         for c in chunks:
             for i, span in enumerate(c.seq.prompt.visuals):
                 if span.start < c.end and span.end > c.start and i not in c.seq.features:
-                    todo[(id(c.seq), i)] = (c.seq, i, span)
+                    cached = self.encoded.get(span.key)
+                    if cached is not None:
+                        c.seq.features[i] = cached
+                        self.visuals_from_cache += 1
+                    else:
+                        todo.setdefault(span.key, []).append((c.seq, i, span))
         if todo:
-            pixels = [s.prompt.pixels(span) for s, _, span in todo.values()]
-            grids = torch.tensor([span.grid for _, _, span in todo.values()])
+            first = [users[0] for users in todo.values()]
+            pixels = [s.prompt.pixels(span) for s, _, span in first]
+            grids = torch.tensor([span.grid for _, _, span in first])
             layout = self.vision.layout(grids, self._upload)
             features, deepstack = self.vision(torch.cat([self._upload(p) for p in pixels]), layout, between)
             offset = 0
-            for s, i, span in todo.values():
-                rows = span.end - span.start
-                s.features[i] = (features[offset:offset + rows], [d[offset:offset + rows] for d in deepstack])
-                offset += rows
+            for (key, users), (_, _, span) in zip(todo.items(), first):
+                rows = slice(offset, offset + span.end - span.start)
+                encoded = Encoded(features[rows], tuple(d[rows] for d in deepstack))
+                if self.encoded.budget:
+                    # Storage of their own: a view would keep the whole batch's output alive.
+                    encoded = Encoded(encoded.features.clone(), tuple(d.clone() for d in encoded.deepstack))
+                    self.encoded.put(key, encoded)
+                for s, i, _ in users:
+                    s.features[i] = encoded
+                offset = rows.stop
+            self.visuals_encoded += len(first)
+            self.visuals_from_cache += sum(len(users) - 1 for users in todo.values())
         where, parts, deep = [], [], []
         for c, start in zip(chunks, bounds):
             for i, span in enumerate(c.seq.prompt.visuals):
                 a, b = max(span.start, c.start), min(span.end, c.end)
                 if a >= b:
                     continue
-                features, stack = c.seq.features[i]
+                features, stack = c.seq.features[i].features, c.seq.features[i].deepstack
                 where.append(torch.arange(a - c.start, b - c.start) + start)
                 parts.append(features[a - span.start:b - span.start])
                 deep.append([d[a - span.start:b - span.start] for d in stack])

@@ -30,7 +30,8 @@ class VisualSpan:
     (``pixel_values_videos`` for a video) it is encoded from, and the grid the encoder sees. A video is
     one span per temporal patch (two frames): its chat template puts a timestamp between them, and the
     encoder attends within a temporal patch only, so each is encoded when a prompt chunk reaches it.
-    The prefix cache keys blocks by ``digest`` too, since every image's placeholder tokens are the same."""
+    The prefix cache keys blocks by ``digest`` too, since every image's placeholder tokens are the same;
+    the encoder cache keys features by ``key``."""
 
     start: int
     end: int
@@ -39,6 +40,13 @@ class VisualSpan:
     digest: bytes
     grid: tuple[int, int, int]
     video: bool = False
+    part: int = 0  # which temporal patch of its video
+
+    @property
+    def key(self) -> tuple:
+        """What the encoder's output for this span depends on: the same image (temporal patch of a video)
+        anywhere, in any request, is encoded to the same features."""
+        return self.digest, self.video, self.part, self.grid
 
 
 @dataclass(frozen=True)
@@ -267,17 +275,18 @@ class PromptBuilder:
     def _spans(self, kinds: torch.Tensor, grid: torch.Tensor | None, video_grid: torch.Tensor | None,
                digests: dict[str, list[bytes]]) -> tuple[VisualSpan, ...]:
         """Each run of placeholder tokens, in order: an image's, or one temporal patch of a video's."""
-        units = {IMAGE: iter(zip([] if grid is None else grid.tolist(), digests["image"])),
-                 VIDEO: iter([((1, h, w), digest) for (t, h, w), digest in
+        units = {IMAGE: iter((g, digest, 0) for g, digest in zip([] if grid is None else grid.tolist(),
+                                                                   digests["image"])),
+                 VIDEO: iter([((1, h, w), digest, part) for (t, h, w), digest in
                               zip([] if video_grid is None else video_grid.tolist(), digests["video"])
-                              for _ in range(t)])}
+                              for part in range(t)])}
         spans, start, pixel = [], 0, {IMAGE: 0, VIDEO: 0}
         for kind, run in itertools.groupby(kinds.tolist()):
             length = len(list(run))
             if kind in units:
-                (t, h, w), digest = next(units[kind])
+                (t, h, w), digest, part = next(units[kind])
                 spans.append(VisualSpan(start, start + length, pixel[kind], pixel[kind] + t * h * w, digest,
-                                        (t, h, w), video=kind == VIDEO))
+                                        (t, h, w), video=kind == VIDEO, part=part))
                 pixel[kind] += t * h * w
             start += length
         return tuple(spans)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -12,6 +12,9 @@ from .decoding import TextStream
 from .errors import ServingError
 from .prompt import Prompt
 from .request import GenerationChunk, GenerationRequest
+
+if TYPE_CHECKING:
+    from .vision import Encoded
 
 
 class ResponseSink(Protocol):
@@ -54,7 +57,7 @@ class Sequence:
     finish_reason: str = ""
     finished: bool = False
     # What the model runner keeps: image and video features for chunks still to prefill (model_runner.py).
-    features: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = field(default_factory=dict)
+    features: dict[int, Encoded] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.tokens:

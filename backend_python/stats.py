@@ -21,6 +21,10 @@ class EngineStats:
     graphed_prefills: int = 0  # prefills padded to a bucket of captured graphs (prefill_graph_tokens)
     prompt_tokens: int = 0  # prefilled
     cached_tokens: int = 0  # taken from the prefix cache instead
+    # Images and video temporal patches whose features a prefill needed: encoded, or reused (from the
+    # encoder cache, or encoded for another prompt of the same prefill).
+    visuals_encoded: int = 0
+    visuals_from_cache: int = 0
     preemptions: int = 0
     # Host seconds per phase of the engine loop: planning, enqueueing prefills, enqueueing decode steps,
     # waiting for the device, streaming tokens out.

@@ -14,6 +14,8 @@ the matrix product it is.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,6 +45,19 @@ def _after_attention(hidden, attended, proj_w, proj_b, norm_w, norm_b, fc1_w, fc
     mlp = F.linear(act(F.linear(F.layer_norm(hidden, (hidden.shape[-1],), norm_w, norm_b, eps), fc1_w, fc1_b)),
                    fc2_w, fc2_b)
     return hidden + mlp
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One image's (or temporal patch's) encoder output: a row per image token for the decoder's input,
+    and one per deepstack layer."""
+
+    features: torch.Tensor
+    deepstack: tuple[torch.Tensor, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.features, *self.deepstack))
 
 
 class VisionEncoder:

@@ -1,6 +1,6 @@
 """`make bench-gpu`: the generation engine on one NVIDIA GPU, alone and through the real Triton.
 
-    python -m bench.gpu [--model PATH] [--parts checks engine ab triton] [--clients 1 64 128] [--tokens 512]
+    python -m bench.gpu [--model PATH] [--parts checks engine ab served triton] [--clients 1 64 128] [--tokens 512]
                         [--rates 8 16 24] [--prefix-cache off on] [--engine-process on off]
                         [--slot-tree PATH] [--peer FILE ...]
 
@@ -17,10 +17,13 @@ random weights on local disk (same shapes, same cost). Its parts:
   capacity;
 - ab: the bursts of this tree (caches off) and of another checkout (--slot-tree, e.g. the slot engine's),
   alternating in fresh processes;
+- served: the engine as the model serves it (the engine process and the prompt workers) driven from the
+  bench's process as the peer drives vLLM's AsyncLLM: 1 x 512 (8 requests), 64 and 128 x 512 (two each),
+  and the --rates, per --prefix-cache setting, every request timed from before its prompt is built;
 - triton: N concurrent streaming gRPC clients through Triton (one 448x448 image and a question,
   a fixed number of tokens, EOS ignored) and, with --rates, requests at Poisson arrival times,
   once per --prefix-cache setting (the bench's 8 prompts repeat: the caches answer them; off is
-  no KV prefix cache and no processor cache, as the peer's "caches off") and per --engine-process
+  no KV prefix cache, processor cache or encoder cache, as the peer's "caches off") and per --engine-process
   setting (the engine in a process of its own, or on a thread of the model's);
 - --peer: vLLM's figures on the same requests (shared/tools/vllm-peer's output) beside ours.
 Every request is one 448x448 image and a question unless said otherwise. Prints tables and
@@ -59,6 +62,8 @@ def image_bytes(seed: int) -> bytes:
     return buf.getvalue()
 
 
+# The peer's "caches off": no KV prefix cache, no processor cache, no encoder cache.
+CACHES_OFF = {"enable_prefix_caching": "false", "processor_cache_gib": "0", "encoder_cache_gib": "0"}
 PROMPTS = ["Describe this image in detail.", "What objects can you see?", "Write a story about this picture.",
            "List the colours in the image.", "Is there any text in the image?", "What is happening here?",
            "Describe the mood of this scene.", "Give this picture a title and explain it."]
@@ -533,9 +538,8 @@ def bursts(model_path: str, images: list[bytes], tree: str | None, compile: bool
     parameters = dict(re.findall(r'key: "(\w+)", value: \{ string_value: "([^"]*)" \}', text))
     # The slot engine has no caches; ours runs without them too, or its bursts would be answered from
     # the prefix and processor caches that the warm-up filled (the 8 prompts repeat).
-    caches_off = {} if tree else {"enable_prefix_caching": "false", "processor_cache_gib": "0"}
     config = EngineConfig.from_parameters({**parameters, "model_path": model_path,
-                                           "compile_decode": str(compile).lower(), **caches_off})
+                                           "compile_decode": str(compile).lower(), **({} if tree else CACHES_OFF)})
     started = time.monotonic()
     loaded = load(config)
     engine = Engine(loaded, config).start()
@@ -586,7 +590,72 @@ def alternate_trees(model_path: str, trees: dict[str, str | None], rounds: int =
     return out
 
 
-# -- 4. through Triton ---------------------------------------------------------------------
+# -- 4. served in process, as the peer is --------------------------------------------------------
+
+def served_rows(model_path: str, images: list[bytes], caches_off: bool, compile: bool, rates: list[float],
+                rate_seconds: float, overrides: dict[str, str]) -> dict:
+    """The engine as the model's process serves it (``serving.start``: the engine process and the prompt
+    workers), driven from this process the way shared/tools/vllm-peer drives vLLM's AsyncLLM, whose
+    engine core is a process of its own too: the same closed loops after the same warm-ups, the same
+    Poisson arrivals, every request timed from before its prompt is built. No Triton, gRPC or response
+    path: the triton part's figures less these are what serving through them adds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from backend_python import serving
+    from backend_python.metrics import EngineMetrics
+
+    config = gpu_config(model_path=model_path, compile_decode=str(compile).lower(),
+                        **(CACHES_OFF if caches_off else {}), **overrides)
+    served = serving.start(config, EngineMetrics())
+    engine, prompts = served.engine, served.prompts
+
+    def one(i: int, tokens: int, at: float | None = None) -> _Sink:
+        if at is not None:
+            time.sleep(max(0.0, at - time.monotonic()))
+        sink = _Sink()
+        sink.sent = at or sink.sent  # an arrival late off the schedule counts from the schedule
+        request = _request(PROMPTS[i % 8], [images[i % 8]], tokens)
+        engine.submit(request, prompts.build(request), sink)
+        if not sink.done.wait(600) or sink.error:
+            raise RuntimeError(f"a request failed or timed out: {sink.error}")
+        return sink
+
+    def row_of(sinks: list[_Sink]) -> dict:
+        row = _burst_row(sinks)
+        return {"requests": row.pop("streams"), **row}
+
+    def closed(clients: int, rounds: int, tokens: int) -> dict:
+        with ThreadPoolExecutor(clients) as pool:
+            sinks = [s for run in pool.map(lambda c: [one(c + r, tokens) for r in range(rounds)], range(clients))
+                     for s in run]
+        gaps = _gaps(sinks, 0, float("inf"))
+        return {**row_of(sinks), "ITL p50 ms": round(1000 * percentile(gaps, 50), 1)}
+
+    def open_loop(rate: float, seconds: float, tokens: int = 512) -> dict:
+        times = arrivals(rate, seconds, seed=1)
+        start = time.monotonic() + 0.2
+        with ThreadPoolExecutor(256) as pool:  # more than ever run at once: none waits for a thread
+            sinks = list(pool.map(lambda it: one(it[0], tokens, start + it[1]), enumerate(times)))
+        gaps = _gaps(sinks, 0, float("inf"))
+        return {"rate req/s": rate, **row_of(sinks), "ITL p99 ms": round(1000 * percentile(gaps, 99), 1)}
+
+    rows: dict = {}
+    try:
+        closed(8, 1, 64)  # the peer's warm-ups
+        closed(64, 1, 512)
+        for clients, rounds in ((1, 8), (64, 2), (128, 2)):
+            rows[f"{clients} x 512"] = closed(clients, rounds, 512)
+            log(f"served in process, caches {'off' if caches_off else 'on'}: {clients} x 512: {rows[f'{clients} x 512']}")
+        for rate in rates:
+            rows[f"open loop {rate:g}/s"] = open_loop(rate, rate_seconds)
+            log(f"served in process: Poisson arrivals at {rate:g}/s: {rows[f'open loop {rate:g}/s']}")
+    finally:
+        engine.stop()
+        prompts.close()
+    return rows
+
+
+# -- 5. through Triton ---------------------------------------------------------------------
 
 def _one_stream(url: str, i: int, tokens: int, images: list[bytes]) -> tuple:
     from clients.triton_stream import build_inputs, stream, user_turn
@@ -844,10 +913,16 @@ def peer_results(paths: list[str]) -> dict[str, dict]:
 
 
 def comparison(report: dict) -> list[dict[str, str]]:
-    """One row per load: ours through Triton (each prefix-cache setting) beside the peer's runs."""
+    """One row per load: ours served in process and through Triton (each cache setting) beside the peer's
+    runs."""
     columns: dict[str, dict[str, str]] = {}
+    for setting, rows in report.get("served", {}).items():
+        col = columns.setdefault(f"ours in process, caches {setting}", {})
+        for load, row in rows.items():
+            col[load] = (f"TTFT p50 {row['TTFT p50 ms']} / p95 {row['TTFT p95 ms']} ms, ITL p99 {row['ITL p99 ms']} ms"
+                         if load.startswith("open loop") else f"{row['tok/s']:,} tok/s, TTFT p50 {row['TTFT p50 ms']} ms")
     for setting, result in report.get("triton", {}).items():
-        col = columns.setdefault(f"ours, prefix cache {setting}", {})
+        col = columns.setdefault(f"ours through Triton, caches {setting}", {})
         for run in result["runs"]:
             key = f"{run['clients']} x {run['tokens']}"
             col[key] = f"{run['tok_s_value']:,.0f} tok/s, TTFT p50 {run['ttft_p50'] * 1000:.0f} ms"
@@ -869,8 +944,8 @@ def comparison(report: dict) -> list[dict[str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=os.environ.get("MODEL_PATH"))
-    parser.add_argument("--parts", nargs="+", default=["checks", "engine", "triton"],
-                        choices=["checks", "engine", "ab", "triton", "shared"])
+    parser.add_argument("--parts", nargs="+", default=["checks", "engine", "served", "triton"],
+                        choices=["checks", "engine", "ab", "served", "triton", "shared"])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 64, 128])
     parser.add_argument("--tokens", type=int, nargs="+", default=[512], help="generated tokens per request")
     parser.add_argument("--rounds", type=int, default=2, help="requests per client")
@@ -878,8 +953,8 @@ def main() -> None:
                         help="also send requests at Poisson arrival times, this many per second (of the last --tokens)")
     parser.add_argument("--rate-seconds", type=float, default=20, help="how long each --rates run sends")
     parser.add_argument("--prefix-cache", nargs="+", default=["off", "on"], choices=["off", "on"],
-                        help="serve through Triton once per setting of the caches: off is enable_prefix_caching "
-                             "false and processor_cache_gib 0 (the peer's caches off), on the config's")
+                        help="serve (triton and served parts) once per setting of the caches: off is no KV prefix "
+                             "cache, processor cache or encoder cache (the peer's caches off), on the config's")
     parser.add_argument("--engine-process", nargs="+", default=["on"], choices=["on", "off"],
                         help="serve through Triton once per setting of engine_process (on: the engine in a process "
                              "of its own; off: on a thread of the model's process); several settings alternate")
@@ -939,12 +1014,18 @@ def main() -> None:
         report["shared_slice"] = shared_slice(model, images)
         log(f"gpu-shared config under a 20 GiB cap: {report['shared_slice']}")
         save()
+    if "served" in args.parts:
+        report["served"] = {}
+        for setting in args.prefix_cache:
+            log(f"served in process: caches {setting}")
+            report["served"][setting] = served_rows(model, images, setting == "off", args.compile, args.rates,
+                                                    args.rate_seconds, dict(args.param))
+            save()
     if "triton" in args.parts:
         report["triton"] = {}
         for setting in args.prefix_cache:
             for process in args.engine_process:
-                # Off is the peer's "caches off": no KV prefix cache and no processor cache (vLLM's mm cache).
-                caches = {} if setting == "on" else {"enable_prefix_caching": "false", "processor_cache_gib": "0"}
+                caches = {} if setting == "on" else CACHES_OFF
                 parameters = {"enable_prefix_caching": "true", **caches,
                               "engine_process": "true" if process == "on" else "false", **dict(args.param)}
                 key = setting if len(args.engine_process) == 1 else f"{setting}, engine process {process}"
@@ -986,6 +1067,9 @@ def print_report(report: dict) -> None:
         print(table([{"tree": name, "round": str(i + 1), **{f"{load} streams": f"{row['tok/s']} tok/s, TTFT {row['TTFT p50 ms']} ms"
                                                              for load, row in run.items()}}
                      for name, runs in report["ab"].items() for i, run in enumerate(runs)]))
+    for setting, rows in report.get("served", {}).items():
+        print(f"\nserved in process (the engine process and the prompt workers, no Triton), caches {setting}:")
+        print(table([{"load": load, **{c: str(v) for c, v in row.items()}} for load, row in rows.items()]))
     for setting, result in report.get("triton", {}).items():
         print(f"\nthrough Triton gRPC, prefix cache {setting}:")
         if "cold_start_ready_s" in result:

@@ -249,9 +249,10 @@ SRE_OVERVIEW_ROWS: tuple[RowSpec, ...] = (
         ),
         PanelSpec(
             "Cache hits",
-            "Share of prompt tokens taken from the KV prefix cache instead of computed, and of images and "
-            "videos taken from the processor cache instead of decoded and processed. A chat's later turns "
-            "hit both; a fall under steady traffic means the caches are too small for it.",
+            "Share of prompt tokens taken from the KV prefix cache instead of computed, of images and "
+            "videos taken from the processor cache instead of decoded and processed, and of images' "
+            "encodings reused instead of computed. A chat's later turns hit the first two, repeated images "
+            "the last two; a fall under steady traffic means the caches are too small for it.",
             (
                 Query(f"sum by (pod) (rate(qwen3vl_prompt_tokens_cached_total{{{PODS}}}[$__rate_interval])) / "
                       f"(sum by (pod) (rate(qwen3vl_prompt_tokens_cached_total{{{PODS}}}[$__rate_interval])) + "
@@ -261,6 +262,10 @@ SRE_OVERVIEW_ROWS: tuple[RowSpec, ...] = (
                       f"(sum by (pod) (rate(qwen3vl_processor_cache_hits_total{{{PODS}}}[$__rate_interval])) + "
                       f"sum by (pod) (rate(qwen3vl_processor_cache_misses_total{{{PODS}}}[$__rate_interval])))",
                       "images and videos {{pod}}"),
+                Query(f"sum by (pod) (rate(qwen3vl_encoder_cache_hits_total{{{PODS}}}[$__rate_interval])) / "
+                      f"(sum by (pod) (rate(qwen3vl_encoder_cache_hits_total{{{PODS}}}[$__rate_interval])) + "
+                      f"sum by (pod) (rate(qwen3vl_encoder_cache_misses_total{{{PODS}}}[$__rate_interval])))",
+                      "image encodings {{pod}}"),
             ),
             unit="percentunit",
             width=6,

@@ -1,6 +1,6 @@
 """A chat through the real Triton: each turn resends the whole conversation, and the model prefills only
-what is new and processes the image once (its metrics say so), with the answers a server without the
-prefix cache and the processor cache gives."""
+what is new and processes and encodes the image once (its metrics say so), with the answers a server
+without the prefix cache, the processor cache and the encoder cache gives."""
 
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ QUESTIONS = ["Describe this picture.", "What colour is it mostly?", "Give it a s
 
 
 COUNTERS = ("qwen3vl_prompt_tokens_total", "qwen3vl_prompt_tokens_cached_total",
-            "qwen3vl_processor_cache_hits_total", "qwen3vl_processor_cache_misses_total")
+            "qwen3vl_processor_cache_hits_total", "qwen3vl_processor_cache_misses_total",
+            "qwen3vl_encoder_cache_hits_total", "qwen3vl_encoder_cache_misses_total")
 
 
 def chat(server, image: bytes) -> list[tuple[str, int, float, float, float, float]]:
     """Three turns; per turn the answer, its prompt tokens, the prompt tokens prefilled and taken from
-    the cache, and the images taken from the processor cache and processed (from the model's counters)."""
+    the cache, the images taken from the processor cache and processed, and the images' encodings
+    reused and computed (from the model's counters)."""
     history, turns = [], []
     for k, question in enumerate(QUESTIONS):
         content = ([{"type": "image", "image": 0}] if k == 0 else []) + [{"type": "text", "text": question}]
@@ -40,7 +42,8 @@ def chat(server, image: bytes) -> list[tuple[str, int, float, float, float, floa
 
 def test_a_three_turn_chat_with_an_image_prefills_only_the_new_tokens_of_each_turn(triton, start_triton):
     image = png(256, 256, (30, 160, 90))
-    cold = start_triton(parameters={"enable_prefix_caching": "false", "processor_cache_gib": "0"})
+    cold = start_triton(parameters={"enable_prefix_caching": "false", "processor_cache_gib": "0",
+                                    "encoder_cache_gib": "0"})
     try:
         expected = chat(cold, image)
     finally:
@@ -48,8 +51,9 @@ def test_a_three_turn_chat_with_an_image_prefills_only_the_new_tokens_of_each_tu
     turns = chat(triton, image)
     assert [t[0] for t in turns] == [t[0] for t in expected]  # the same answers as without the caches
     assert all(prefilled == length for _, length, prefilled, *_ in expected)
-    assert [t[4:] for t in expected] == [(0, 1)] * 3  # processed every turn
-    assert [t[4:] for t in turns] == [(0, 1), (1, 0), (1, 0)]  # processed once
+    assert [t[4:] for t in expected] == [(0, 1, 0, 1)] * 3  # processed and encoded every turn
+    # Processed once; encoded once, and not needed again: the turns after take its tokens from the cache.
+    assert [t[4:] for t in turns] == [(0, 1, 0, 1), (1, 0, 0, 0), (1, 0, 0, 0)]
     for (_, before, *_), (_, length, prefilled, cached, *_) in zip(turns, turns[1:]):
         # Everything of the turn before (its prompt, image included) comes from the cache, but for the
         # block that holds its last tokens; what is prefilled is what this turn adds, and that block.

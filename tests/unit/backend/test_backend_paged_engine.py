@@ -141,6 +141,27 @@ def test_the_same_text_with_another_image_shares_no_block_from_the_image_on(engi
     assert engine.stats.since(before)["cached_tokens"] <= prompts.build(blue).visuals[0].start
 
 
+def test_an_image_shown_by_many_prompts_is_encoded_once_and_every_answer_stays_its_own(config, model, prompts):
+    """Without the prefix cache every prompt's image tokens are prefilled; the encoder cache still runs each
+    image through the vision encoder once, for the prompts prefilled beside it and for later ones."""
+    red, blue = (png(96, 96, (255, 0, 0)),), (png(96, 96, (0, 0, 255)),)
+    work = [request(q, images=red, max_tokens=8) for q in ("What is this?", "Describe it.", "Colours?")]
+    work += [request("What is this?", images=blue, max_tokens=8), work[0]]
+    uncached = Engine(model, dataclasses.replace(config, enable_prefix_caching=False, encoder_cache_gib=0)).start()
+    try:
+        alone = [run(uncached, prompts, [r])[0].text for r in work]
+        assert uncached.stats.visuals_encoded == 5 and uncached.stats.visuals_from_cache == 0
+    finally:
+        uncached.stop()
+    engine = Engine(model, dataclasses.replace(config, enable_prefix_caching=False)).start()
+    try:
+        got = [s.text for s in run(engine, prompts, work[:4])] + [run(engine, prompts, work[4:])[0].text]
+        assert got == alone
+        assert engine.stats.visuals_encoded == 2 and engine.stats.visuals_from_cache == 3
+    finally:
+        engine.stop()
+
+
 def test_under_memory_pressure_every_request_completes_with_its_answer_alone(config, model, prompts):
     """A pool of 70 blocks (280 tokens) for four running sequences that grow to 100 tokens each, and more
     waiting: admission waits for blocks, the newest running sequence is preempted and recomputed later,
@@ -235,6 +256,20 @@ def test_the_prefix_cache_keys_blocks_by_the_videos_content(engine, video_prompt
     before = engine.stats.snapshot()
     run(engine, video_prompts, [blue])
     assert engine.stats.since(before)["cached_tokens"] <= video_prompts.build(blue).visuals[0].start
+
+
+def test_a_videos_frames_are_encoded_once_each_for_two_prompts_and_keep_their_order(config, model, video_prompts):
+    """The encoder cache keys a video's features by its content and which temporal patch they are: its
+    three patches have the same grid and digest, and taking one's features for another would change the
+    answer."""
+    r = watch(videos.clip(3.0, fps=10))
+    engine = Engine(model, dataclasses.replace(config, enable_prefix_caching=False)).start()
+    try:
+        got = run(engine, video_prompts, [r, r])
+        assert engine.stats.visuals_encoded == 3 and engine.stats.visuals_from_cache == 3
+    finally:
+        engine.stop()
+    assert [s.text for s in got] == [generate(model, video_prompts.build(r), 16)] * 2
 
 
 def test_prefills_padded_to_a_graph_bucket_give_the_answers_of_unpadded_ones(config, model, prompts):
