@@ -7,7 +7,6 @@ every ready pod. A second Triton that joins is resolved within seconds, without 
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections import Counter
@@ -15,6 +14,7 @@ from collections import Counter
 import httpx
 import pytest
 from docker_stack import QUEUE_SIZE, Service, ensure_running, wait_for_triton, wait_until
+from prometheus_client.parser import text_string_to_metric_families
 
 from frontend.replicas import HELD
 from tests.integration.backend.triton_metrics import scrape
@@ -56,10 +56,10 @@ def ask_together(frontend: Service, count: int) -> list[int]:
 def attempts(frontend: Service) -> Counter:
     """The frontend's own count of generations sent to each replica, by (replica, outcome): ok, overloaded..."""
     counts: Counter = Counter()
-    for line in httpx.get(f"{frontend.urls[8080]}/metrics", timeout=5).text.splitlines():
-        if line.startswith("frontend_upstream_requests_total{"):
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-            counts[labels["replica"], labels["outcome"]] += float(line.rsplit(" ", 1)[1])
+    for family in text_string_to_metric_families(httpx.get(f"{frontend.urls[8080]}/metrics", timeout=5).text):
+        for sample in family.samples:
+            if sample.name == "frontend_upstream_requests_total":
+                counts[sample.labels["replica"], sample.labels["outcome"]] += sample.value
     return counts
 
 
