@@ -121,10 +121,6 @@ class Engine:
                                 f"({request.sampling.max_tokens}) exceeds the context of {limit} tokens")
         if prompt.videos:
             self.metrics.videos(prompt.videos, prompt.video_tokens)
-        if prompt.positions is None:
-            prompt.positions = self.model.model.get_rope_index(
-                prompt.input_ids[None], prompt.mm_token_type_ids[None], prompt.image_grid_thw,
-                prompt.video_grid_thw)[0][:, 0]
         seed = request.sampling.seed if request.sampling.seed is not None else secrets.randbits(62)
         sequence = Sequence(request=request, prompt=prompt, sink=sink, text=self.output.text_stream(request),
                             seed=seed)

@@ -65,13 +65,3 @@ def load_processor(config: EngineConfig):
     processor = AutoProcessor.from_pretrained(config.model_path)
     processor.tokenizer.padding_side = "left"
     return processor
-
-
-def rope_index(config: EngineConfig):
-    """The model's ``get_rope_index`` without its weights (a model on the meta device), for building
-    prompts in a process that does not hold the model."""
-    from transformers import AutoConfig, AutoModelForImageTextToText
-
-    with torch.device("meta"):
-        model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(config.model_path))
-    return model.model.get_rope_index

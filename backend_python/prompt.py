@@ -6,7 +6,7 @@ import copy
 import functools
 import hashlib
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -75,7 +75,7 @@ class Prompt:
     mm_token_type_ids: torch.Tensor  # (L,)
     pixel_values: torch.Tensor | None  # (patches, C*T*P*P)
     image_grid_thw: torch.Tensor | None  # (images, 3)
-    positions: torch.Tensor | None = None  # (3, L) rotary positions (3-D for image tokens)
+    positions: torch.Tensor  # (3, L) rotary positions (3-D for image and video tokens)
     visuals: tuple[VisualSpan, ...] = ()
     pixel_values_videos: torch.Tensor | None = None  # (patches, C*T*P*P)
     video_grid_thw: torch.Tensor | None = None  # (videos, 3)
@@ -110,15 +110,15 @@ class Prompt:
 
 class PromptBuilder:
     def __init__(self, processor: Any, config: EngineConfig, pixel_dtype: torch.dtype | None = None,
-                 rope_index: Callable | None = None, metrics: EngineMetrics | None = None):
+                 metrics: EngineMetrics | None = None):
         """``pixel_dtype``: the vision encoder's, to which the engine would cast the pixels anyway (here,
         on this thread pool, with half the bytes left for the engine to copy). The pixels are not
         page-locked here: that is a CUDA call, and one from another thread while the engine captures
-        a graph breaks the capture. ``rope_index``: the model's ``get_rope_index``; a prompt's rotary
-        positions are a function of the prompt alone, so they are computed here, off the engine thread."""
+        a graph breaks the capture."""
         self._processor = processor
-        self._rope_index = rope_index
         self._merge = processor.image_processor.merge_size
+        self._modality_ids = {kind: torch.tensor([i for i in ids if i is not None], dtype=torch.long)
+                              for kind, ids in ((IMAGE, processor.image_token_ids), (VIDEO, processor.video_token_ids))}
         self._pixel_dtype = pixel_dtype
         self._pool = ThreadPoolExecutor(config.prompt_workers, thread_name_prefix="qwen3vl-prompt")
         self._limits = config.limits
@@ -206,12 +206,10 @@ class PromptBuilder:
             )
         pixels, grid = _stack(used["image"])
         video_pixels, video_grid = _stack(used["video"])
-        positions = None
-        if self._rope_index is not None:
-            positions = self._rope_index(ids[None], kinds[None], grid, video_grid)[0][:, 0]
         digests = {kind: [keys[kind][i][1] for i in indices] for kind, indices in order.items()}
+        visuals = self._spans(kinds, grid, video_grid, digests)
         return Prompt(input_ids=ids, mm_token_type_ids=kinds, pixel_values=pixels, image_grid_thw=grid,
-                      positions=positions, visuals=self._spans(kinds, grid, video_grid, digests),
+                      positions=rotary_positions(length, visuals, self._merge), visuals=visuals,
                       pixel_values_videos=video_pixels, video_grid_thw=video_grid)
 
     def _keep(self, key: tuple[str, bytes], outputs: Any, pixels: str, grid: str) -> Processed:
@@ -238,9 +236,13 @@ class PromptBuilder:
             [processor.replace_video_token(video_inputs, i) for i in range(len(videos))])
         # As lists, then one tensor each: the tokenizer's own conversion to tensors took half its call,
         # in Python, holding the interpreter lock that a burst's prompt workers share.
-        ids = processor.tokenizer(text, return_token_type_ids=False, return_attention_mask=False)["input_ids"]
-        kinds = processor.create_mm_token_type_ids([ids])[0]
-        return torch.tensor(ids, dtype=torch.long), torch.tensor(kinds, dtype=torch.long)
+        ids = torch.tensor(processor.tokenizer(text, return_token_type_ids=False, return_attention_mask=False)
+                           ["input_ids"], dtype=torch.long)
+        # The processor's create_mm_token_type_ids, as two comparisons instead of NumPy calls on a list.
+        kinds = torch.zeros_like(ids)
+        for kind, kind_ids in self._modality_ids.items():
+            kinds[torch.isin(ids, kind_ids)] = kind
+        return ids, kinds
 
     def _sample(self, header: VideoHeader) -> VideoMetadata:
         """The frames the checkpoint's video processor would take, from the header's facts alone."""
@@ -290,6 +292,31 @@ class PromptBuilder:
                 pixel[kind] += t * h * w
             start += length
         return tuple(spans)
+
+
+def rotary_positions(length: int, visuals: Sequence[VisualSpan], merge: int) -> torch.Tensor:
+    """Qwen3-VL's 3-D rotary positions (its model's ``get_rope_index``), from the spans the builder has
+    found anyway: a text token advances all three axes by one; an image (a video's temporal patch) takes
+    its merged grid's (t, h, w) indices from where the text stopped, and the text after it goes on
+    max(h, w) further. The model's version groups the tokens in Python: on a cached image prompt it was
+    a third of the build, under the interpreter lock that a burst's prompt workers share."""
+    positions = torch.empty(3, length, dtype=torch.long)
+    at = done = 0
+    for span in visuals:
+        positions[:, done:span.start] = torch.arange(at, at + span.start - done)
+        at += span.start - done
+        positions[:, span.start:span.end] = _grid_positions(*span.grid, merge) + at
+        at += max(span.grid[1], span.grid[2]) // merge
+        done = span.end
+    positions[:, done:] = torch.arange(at, at + length - done)
+    return positions
+
+
+@functools.lru_cache(maxsize=1024)
+def _grid_positions(t: int, h: int, w: int, merge: int) -> torch.Tensor:
+    """(3, t * h * w / merge**2): each merged patch's temporal, row and column index (never written to)."""
+    axes = torch.meshgrid(torch.arange(t), torch.arange(h // merge), torch.arange(w // merge), indexing="ij")
+    return torch.stack(axes).reshape(3, -1)
 
 
 def _size(defaults: Any, min_pixels: int, max_pixels: int) -> dict[str, int]:

@@ -11,7 +11,7 @@ import torch
 from .config import EngineConfig
 from .engine import Engine
 from .engine_process import EngineProcess
-from .loader import load, load_processor, rope_index
+from .loader import load, load_processor
 from .metrics import EngineMetrics
 from .prompt import PromptBuilder
 
@@ -29,19 +29,18 @@ def start(config: EngineConfig, metrics: EngineMetrics) -> Serving:
         engine = EngineProcess(config, metrics)
         engine.launch()
         # Built here while the engine process loads the model.
-        processor, positions = load_processor(config), rope_index(config)
+        processor = load_processor(config)
         started = engine.start().started
         if started.device == "cpu":  # the engine's matrix products need the cores; image ops here are small
             torch.set_num_threads(1)
-        prompts = PromptBuilder(processor, config, pixel_dtype=started.dtype, rope_index=positions, metrics=metrics)
+        prompts = PromptBuilder(processor, config, pixel_dtype=started.dtype, metrics=metrics)
         timings, artifacts, device = started.start_timings, started.compile_artifacts, started.device
         where = f"weights {started.weights_seconds:.1f} s in the engine process (pid {engine.pid})"
         kv_blocks = started.kv_blocks_total
     else:
         loaded = load(config)
         weights = time.monotonic() - began
-        prompts = PromptBuilder(loaded.processor, config, pixel_dtype=loaded.dtype,
-                                rope_index=loaded.model.model.get_rope_index, metrics=metrics)
+        prompts = PromptBuilder(loaded.processor, config, pixel_dtype=loaded.dtype, metrics=metrics)
         engine = Engine(loaded, config, metrics).start()
         timings, device, kv_blocks = engine.start_timings, loaded.device, engine.stats.kv_blocks_total
         artifacts = str(engine.compile_artifacts or "")

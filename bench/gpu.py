@@ -350,7 +350,7 @@ def float32_agreement(model_path: str, images: list[bytes], tokens: int = 48) ->
                         max_num_batched_tokens="128", decode_during_prefill="true", compile_decode="false",
                         kv_cache_budget_gib="2", max_prompt_tokens="512", image_max_pixels=str(448 * 448))
     loaded = load(config)
-    prompts = PromptBuilder(loaded.processor, config, rope_index=loaded.model.model.get_rope_index)
+    prompts = PromptBuilder(loaded.processor, config)
     requests = [_request(PROMPTS[i], [images[i]], tokens) for i in range(3)]
     expected, dev = [], loaded.device
     for p in (prompts.build(r) for r in requests):
@@ -400,7 +400,7 @@ def shared_slice(model_path: str, images: list[bytes], cap_gib: float = 20.0) ->
     config = gpu_config("gpu-shared", model_path=model_path, compile_decode="false")
     loaded = load(config)
     engine = Engine(loaded, config).start()
-    prompts = PromptBuilder(loaded.processor, config, rope_index=loaded.model.model.get_rope_index)
+    prompts = PromptBuilder(loaded.processor, config)
     sinks = _submit(engine, prompts, [_request(PROMPTS[i], [images[i]], 64) for i in range(4)])
     result = {"cap_gib": cap_gib, "kv_tokens": engine.stats.kv_blocks_total * config.block_size,
               "answers": [s.counts[-1] for s in sinks],
@@ -432,7 +432,7 @@ def engine_rows(model_path: str, images: list[bytes], compile: bool = True, over
     loaded = load(config)
     started = time.monotonic()
     engine = Engine(loaded, config).start()
-    prompts = PromptBuilder(loaded.processor, config, rope_index=loaded.model.model.get_rope_index)
+    prompts = PromptBuilder(loaded.processor, config)
     result: dict = {"engine_start_s": time.monotonic() - started, "engine_start_split": engine.start_timings}
     stats = engine.stats
     text_config = loaded.model.config.text_config
@@ -604,9 +604,30 @@ def served_rows(model_path: str, images: list[bytes], caches_off: bool, compile:
     from backend_python import serving
     from backend_python.metrics import EngineMetrics
 
+    class Split(EngineMetrics):
+        """The engine's own account, from its metric calls (replayed from the engine process): each
+        request's wait from its hand-over to its first step and to its first token, and the prompts
+        each prefill took."""
+
+        def __init__(self):
+            self.reset()
+
+        def reset(self):
+            self.to_step, self.to_token, self.prefills = [], [], []
+
+        def queued(self, seconds):
+            self.to_step.append(seconds)
+
+        def time_to_first_token(self, seconds):
+            self.to_token.append(seconds)
+
+        def prefill_size(self, n):
+            self.prefills.append(n)
+
     config = gpu_config(model_path=model_path, compile_decode=str(compile).lower(),
                         **(CACHES_OFF if caches_off else {}), **overrides)
-    served = serving.start(config, EngineMetrics())
+    split = Split()
+    served = serving.start(config, split)
     engine, prompts = served.engine, served.prompts
 
     def one(i: int, tokens: int, at: float | None = None) -> _Sink:
@@ -615,14 +636,24 @@ def served_rows(model_path: str, images: list[bytes], caches_off: bool, compile:
         sink = _Sink()
         sink.sent = at or sink.sent  # an arrival late off the schedule counts from the schedule
         request = _request(PROMPTS[i % 8], [images[i % 8]], tokens)
-        engine.submit(request, prompts.build(request), sink)
+        prompt = prompts.build(request)
+        sink.built = time.monotonic()
+        engine.submit(request, prompt, sink)
         if not sink.done.wait(600) or sink.error:
             raise RuntimeError(f"a request failed or timed out: {sink.error}")
         return sink
 
     def row_of(sinks: list[_Sink]) -> dict:
+        """The row, and where its first tokens' time went (p50 of each part): building the prompt, from
+        the hand-over to the engine's first step with it, to its first token; prefills and their
+        prompts (p50 and max) in the engine meanwhile."""
         row = _burst_row(sinks)
-        return {"requests": row.pop("streams"), **row}
+        ms = lambda values: round(1000 * percentile(values, 50))  # noqa: E731
+        parts = {"build p50 ms": ms([s.built - s.sent for s in sinks]), "to step p50 ms": ms(split.to_step),
+                 "engine TTFT p50 ms": ms(split.to_token), "prefills": len(split.prefills),
+                 "prompts/prefill p50, max": f"{percentile(split.prefills, 50):.0f}, {max(split.prefills, default=0)}"}
+        split.reset()
+        return {"requests": row.pop("streams"), **row, **parts}
 
     def closed(clients: int, rounds: int, tokens: int) -> dict:
         with ThreadPoolExecutor(clients) as pool:

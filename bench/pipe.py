@@ -86,7 +86,7 @@ def handover(model: str, batch: int, rounds: int) -> list[dict]:
     """Milliseconds for ``submit_many`` of ``batch`` prompts (one image, one token each), per round."""
     from backend_python.config import EngineConfig, Limits
     from backend_python.engine_process import EngineProcess
-    from backend_python.loader import load_processor, rope_index
+    from backend_python.loader import load_processor
     from backend_python.prompt import PromptBuilder
     from backend_python.request import GenerationRequest
     from bench.gpu import image_bytes
@@ -97,7 +97,7 @@ def handover(model: str, batch: int, rounds: int) -> list[dict]:
                               max_num_batched_tokens=max(2048, batch), image_max_pixels=448 * 448,
                               limits=Limits(max_prompt_tokens=900))
         engines[budget] = EngineProcess(config).start()
-    builder = PromptBuilder(load_processor(config), config, rope_index=rope_index(config))
+    builder = PromptBuilder(load_processor(config), config)
     messages = [{"role": "user", "content": [{"type": "image", "image": 0}, {"type": "text", "text": "What is it?"}]}]
     request = GenerationRequest.from_tensors({"messages": np.array([json.dumps(messages).encode()], dtype=np.object_),
                                               "images": np.array([image_bytes(0)], dtype=np.object_),

@@ -122,7 +122,7 @@ def main() -> None:
         build_checkpoint(path)
     loaded = load(gpu_config(model_path=str(path), device="cpu", dtype="float32"))
     builders = {gib: PromptBuilder(loaded.processor, gpu_config(model_path=str(path), processor_cache_gib=gib),
-                                   pixel_dtype=torch.bfloat16, rope_index=loaded.model.model.get_rope_index)
+                                   pixel_dtype=torch.bfloat16)
                 for gib in ("0", "0.5")}
     media = {
         "448x448 PNG (the GPU bench's image)": _request([_photo(448, 448, 0, "PNG")], []),

@@ -51,8 +51,7 @@ def engine_alone():
     config = EngineConfig.from_parameters({k: v.string_value for k, v in parsed.parameters.items()},
                                           environ={"MODEL_PATH": str(tiny_checkpoint())})
     loaded = load(config)
-    prompts = PromptBuilder(loaded.processor, config, pixel_dtype=loaded.dtype,
-                            rope_index=loaded.model.model.get_rope_index)
+    prompts = PromptBuilder(loaded.processor, config, pixel_dtype=loaded.dtype)
     engine = Engine(loaded, config).start()
     yield engine, prompts, config
     engine.stop()

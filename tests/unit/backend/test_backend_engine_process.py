@@ -21,7 +21,7 @@ from backend_samples import Sink, generate, png, tensors, tiny_checkpoint, user
 from backend_python.config import EngineConfig, Limits
 from backend_python.engine_process import EngineProcess, _Receiver
 from backend_python.errors import EngineFailure, LimitExceeded
-from backend_python.loader import load, load_processor, rope_index
+from backend_python.loader import load, load_processor
 from backend_python.metrics import EngineMetrics
 from backend_python.prompt import PromptBuilder
 from backend_python.request import GenerationRequest
@@ -68,8 +68,8 @@ def engine(config, metrics):
 
 @pytest.fixture(scope="module")
 def prompts(config):
-    # As the Triton model builds them: no model in this process, rotary positions from a meta-device one.
-    return PromptBuilder(load_processor(config), config, rope_index=rope_index(config))
+    # As the Triton model builds them: no model in this process.
+    return PromptBuilder(load_processor(config), config)
 
 
 def request(text, images=(), **scalars):

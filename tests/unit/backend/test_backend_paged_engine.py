@@ -39,13 +39,13 @@ def model(config):
 
 @pytest.fixture(scope="module")
 def prompts(config, model):
-    return PromptBuilder(model.processor, config, rope_index=model.model.model.get_rope_index)
+    return PromptBuilder(model.processor, config)
 
 
 @pytest.fixture(scope="module")
 def video_prompts(config, model):
     sampling = dataclasses.replace(config, video_fps=2.0, video_min_pixels=4096, video_max_pixels=1_310_720)
-    return PromptBuilder(model.processor, sampling, rope_index=model.model.model.get_rope_index)
+    return PromptBuilder(model.processor, sampling)
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ def builder(model, cache_gib: float = 0.5, **limits) -> tuple[PromptBuilder, Cou
     config = EngineConfig(model_path=str(tiny_checkpoint()), image_min_pixels=4096, image_max_pixels=160 * 160,
                           video_fps=2.0, processor_cache_gib=cache_gib, limits=Limits(**{"max_videos": 2, **limits}))
     metrics = CountingMetrics()
-    return PromptBuilder(model.processor, config, rope_index=model.model.model.get_rope_index, metrics=metrics), metrics
+    return PromptBuilder(model.processor, config, metrics=metrics), metrics
 
 
 def jpeg(width: int, height: int, seed: int) -> bytes:

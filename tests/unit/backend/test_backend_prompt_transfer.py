@@ -10,7 +10,7 @@ from multiprocessing.reduction import ForkingPickler
 
 from backend_python.config import EngineConfig, Limits
 from backend_python.errors import EngineFailure
-from backend_python.loader import load_processor, rope_index
+from backend_python.loader import load_processor
 from backend_python.prompt import PromptBuilder
 from backend_python.prompt_transfer import PixelMirror
 from backend_python.request import GenerationRequest
@@ -25,7 +25,7 @@ RED, BLUE = png(448, 448, (200, 40, 40)), png(448, 448, (20, 40, 220))
 @pytest.fixture(scope="module")
 def prompts():
     config = EngineConfig(model_path=str(tiny_checkpoint()), video_fps=2.0, limits=LIMITS)
-    return PromptBuilder(load_processor(config), config, rope_index=rope_index(config))
+    return PromptBuilder(load_processor(config), config)
 
 
 def ask(prompts, text, images=(), video=None):

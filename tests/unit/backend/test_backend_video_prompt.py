@@ -32,7 +32,7 @@ def model():
 def builder(model, **limits) -> PromptBuilder:
     config = EngineConfig(model_path=str(tiny_checkpoint()), image_max_pixels=160 * 160,
                           limits=Limits(**{"max_videos": 2, **limits}), **SAMPLING)
-    return PromptBuilder(model.processor, config, rope_index=model.model.model.get_rope_index)
+    return PromptBuilder(model.processor, config)
 
 
 def request(parts, images=(), videos=()):
