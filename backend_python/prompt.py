@@ -298,8 +298,9 @@ def rotary_positions(length: int, visuals: Sequence[VisualSpan], merge: int) -> 
     """Qwen3-VL's 3-D rotary positions (its model's ``get_rope_index``), from the spans the builder has
     found anyway: a text token advances all three axes by one; an image (a video's temporal patch) takes
     its merged grid's (t, h, w) indices from where the text stopped, and the text after it goes on
-    max(h, w) further. The model's version groups the tokens in Python: on a cached image prompt it was
-    a third of the build, under the interpreter lock that a burst's prompt workers share."""
+    max(h, w) further. The model's version groups the tokens in Python and makes dozens of small torch
+    calls: with the processor's modality lookup, a third of a cached image prompt's build, under the
+    interpreter lock that a burst's prompt workers share (docs/bench, 8b5128a)."""
     positions = torch.empty(3, length, dtype=torch.long)
     at = done = 0
     for span in visuals:
