@@ -643,14 +643,16 @@ def served_rows(model_path: str, images: list[bytes], caches_off: bool, compile:
             raise RuntimeError(f"a request failed or timed out: {sink.error}")
         return sink
 
+    def p50_ms(values: list[float]) -> int:
+        return round(1000 * percentile(values, 50))
+
     def row_of(sinks: list[_Sink]) -> dict:
         """The row, and where its first tokens' time went (p50 of each part): building the prompt, from
         the hand-over to the engine's first step with it, to its first token; prefills and their
         prompts (p50 and max) in the engine meanwhile."""
         row = _burst_row(sinks)
-        ms = lambda values: round(1000 * percentile(values, 50))  # noqa: E731
-        parts = {"build p50 ms": ms([s.built - s.sent for s in sinks]), "to step p50 ms": ms(split.to_step),
-                 "engine TTFT p50 ms": ms(split.to_token), "prefills": len(split.prefills),
+        parts = {"build p50 ms": p50_ms([s.built - s.sent for s in sinks]), "to step p50 ms": p50_ms(split.to_step),
+                 "engine TTFT p50 ms": p50_ms(split.to_token), "prefills": len(split.prefills),
                  "prompts/prefill p50, max": f"{percentile(split.prefills, 50):.0f}, {max(split.prefills, default=0)}"}
         split.reset()
         return {"requests": row.pop("streams"), **row, **parts}
@@ -662,7 +664,7 @@ def served_rows(model_path: str, images: list[bytes], caches_off: bool, compile:
             runs = list(pool.map(lambda c: [one(c + r, tokens) for r in range(rounds)], range(clients)))
         sinks = [s for run in runs for s in run]
         gaps = _gaps(sinks, 0, float("inf"))
-        by_round = " / ".join(f"{1000 * percentile([run[r].ttft for run in runs], 50):.0f}" for r in range(rounds))
+        by_round = " / ".join(str(p50_ms([run[r].ttft for run in runs])) for r in range(rounds))
         return {**row_of(sinks), "TTFT p50 by round ms": by_round, "ITL p50 ms": round(1000 * percentile(gaps, 50), 1)}
 
     def open_loop(rate: float, seconds: float, tokens: int = 512) -> dict:
