@@ -606,8 +606,8 @@ def served_rows(model_path: str, images: list[bytes], caches_off: bool, compile:
 
     class Split(EngineMetrics):
         """The engine's own account, from its metric calls (replayed from the engine process): each
-        request's wait from its hand-over to its first step and to its first token, and the prompts
-        each prefill took."""
+        request's wait from its built prompt (its ``arrival``) to its first step and to its first token,
+        and the prompts each prefill took."""
 
         def __init__(self):
             self.reset()
@@ -638,7 +638,8 @@ def served_rows(model_path: str, images: list[bytes], caches_off: bool, compile:
         request = _request(PROMPTS[i % 8], [images[i % 8]], tokens)
         prompt = prompts.build(request)
         sink.built = time.monotonic()
-        engine.submit(request, prompt, sink)
+        engine.submit(request, prompt, sink, arrival=sink.built)  # the engine's clock is this one (monotonic)
+        sink.taken = time.monotonic()
         if not sink.done.wait(600) or sink.error:
             raise RuntimeError(f"a request failed or timed out: {sink.error}")
         return sink
@@ -647,12 +648,15 @@ def served_rows(model_path: str, images: list[bytes], caches_off: bool, compile:
         return round(1000 * percentile(values, 50))
 
     def row_of(sinks: list[_Sink]) -> dict:
-        """The row, and where its first tokens' time went (p50 of each part): building the prompt, from
-        the hand-over to the engine's first step with it, to its first token; prefills and their
-        prompts (p50 and max) in the engine meanwhile."""
+        """The row, and where its first tokens' time went (p50s): building the prompt, then from the built
+        prompt until the engine process has taken it (the pipe), until the engine's first step with it,
+        until its first token is sampled there and until that token is here; prefills and their prompts
+        (p50 and max) in the engine meanwhile."""
         row = _burst_row(sinks)
-        parts = {"build p50 ms": p50_ms([s.built - s.sent for s in sinks]), "to step p50 ms": p50_ms(split.to_step),
-                 "engine TTFT p50 ms": p50_ms(split.to_token), "prefills": len(split.prefills),
+        parts = {"build p50 ms": p50_ms([s.built - s.sent for s in sinks]),
+                 "taken p50 ms": p50_ms([s.taken - s.built for s in sinks]), "step p50 ms": p50_ms(split.to_step),
+                 "sampled p50 ms": p50_ms(split.to_token),
+                 "received p50 ms": p50_ms([s.ttft - (s.built - s.sent) for s in sinks]), "prefills": len(split.prefills),
                  "prompts/prefill p50, max": f"{percentile(split.prefills, 50):.0f}, {max(split.prefills, default=0)}"}
         split.reset()
         return {"requests": row.pop("streams"), **row, **parts}
@@ -664,8 +668,10 @@ def served_rows(model_path: str, images: list[bytes], caches_off: bool, compile:
             runs = list(pool.map(lambda c: [one(c + r, tokens) for r in range(rounds)], range(clients)))
         sinks = [s for run in runs for s in run]
         gaps = _gaps(sinks, 0, float("inf"))
-        by_round = " / ".join(str(p50_ms([run[r].ttft for run in runs])) for r in range(rounds))
-        return {**row_of(sinks), "TTFT p50 by round ms": by_round, "ITL p50 ms": round(1000 * percentile(gaps, 50), 1)}
+        by_round = [[run[r].ttft for run in runs] for r in range(rounds)]
+        spread = " / ".join(f"{1000 * percentile(t, 5):.0f}-{1000 * percentile(t, 95):.0f}" for t in by_round)
+        return {**row_of(sinks), "TTFT p50 by round ms": " / ".join(str(p50_ms(t)) for t in by_round),
+                "TTFT p5-p95 by round ms": spread, "ITL p50 ms": round(1000 * percentile(gaps, 50), 1)}
 
     def open_loop(rate: float, seconds: float, tokens: int = 512) -> dict:
         times = arrivals(rate, seconds, seed=1)
