@@ -607,7 +607,7 @@ def served_rows(model_path: str, images: list[bytes], caches_off: bool, compile:
     class Split(EngineMetrics):
         """The engine's own account, from its metric calls (replayed from the engine process): each
         request's wait from its built prompt (its ``arrival``) to its first step and to its first token,
-        and the prompts each prefill took."""
+        and the prompts each prefill took (with when its call got here)."""
 
         def __init__(self):
             self.reset()
@@ -622,7 +622,7 @@ def served_rows(model_path: str, images: list[bytes], caches_off: bool, compile:
             self.to_token.append(seconds)
 
         def prefill_size(self, n):
-            self.prefills.append(n)
+            self.prefills.append((time.monotonic(), n))
 
     config = gpu_config(model_path=model_path, compile_decode=str(compile).lower(),
                         **(CACHES_OFF if caches_off else {}), **overrides)
@@ -653,11 +653,12 @@ def served_rows(model_path: str, images: list[bytes], caches_off: bool, compile:
         until its first token is sampled there and until that token is here; prefills and their prompts
         (p50 and max) in the engine meanwhile."""
         row = _burst_row(sinks)
+        sizes = [n for _, n in split.prefills]
         parts = {"build p50 ms": p50_ms([s.built - s.sent for s in sinks]),
                  "taken p50 ms": p50_ms([s.taken - s.built for s in sinks]), "step p50 ms": p50_ms(split.to_step),
                  "sampled p50 ms": p50_ms(split.to_token),
                  "received p50 ms": p50_ms([s.ttft - (s.built - s.sent) for s in sinks]), "prefills": len(split.prefills),
-                 "prompts/prefill p50, max": f"{percentile(split.prefills, 50):.0f}, {max(split.prefills, default=0)}"}
+                 "prompts/prefill p50, max": f"{percentile(sizes, 50):.0f}, {max(sizes, default=0)}"}
         split.reset()
         return {"requests": row.pop("streams"), **row, **parts}
 
@@ -669,6 +670,16 @@ def served_rows(model_path: str, images: list[bytes], caches_off: bool, compile:
         sinks = [s for run in runs for s in run]
         gaps = _gaps(sinks, 0, float("inf"))
         by_round = [[run[r].ttft for run in runs] for r in range(rounds)]
+        if clients > 1:  # each round's parts, and when the prefills of more than 3 prompts came (ms from the start)
+            begin = min(s.sent for s in sinks)
+            for r in range(rounds):
+                own = [run[r] for run in runs]
+                log(f"  round {r + 1}: TTFT p5/p50/p95 {1000 * percentile(by_round[r], 5):.0f} / {p50_ms(by_round[r])} / "
+                    f"{1000 * percentile(by_round[r], 95):.0f} ms; p50 build {p50_ms([s.built - s.sent for s in own])}, "
+                    f"taken {p50_ms([s.taken - s.built for s in own])}, "
+                    f"received {p50_ms([s.ttft - (s.built - s.sent) for s in own])} ms")
+            log("  prefills of more than 3 prompts (ms: prompts): " + ", ".join(
+                f"{1000 * (t - begin):.0f}: {n}" for t, n in split.prefills if n > 3))
         spread = " / ".join(f"{1000 * percentile(t, 5):.0f}-{1000 * percentile(t, 95):.0f}" for t in by_round)
         return {**row_of(sinks), "TTFT p50 by round ms": " / ".join(str(p50_ms(t)) for t in by_round),
                 "TTFT p5-p95 by round ms": spread, "ITL p50 ms": round(1000 * percentile(gaps, 50), 1)}
