@@ -144,6 +144,11 @@ class Engine:
             self._lock.notify_all()
         self._report_waiting()
 
+    def has_room(self, prompt_tokens: int) -> bool:
+        """Whether ``submit`` would take a prompt of ``prompt_tokens`` now, without waiting for room."""
+        with self._lock:
+            return self._stopping or self.scheduler.has_room(prompt_tokens)
+
     def submit_many(self, items: Iterable[tuple[GenerationRequest, Prompt, ResponseSink]],
                     arrival: float | None = None, announced: bool = False) -> None:
         """``submit`` each in order (a Triton batch), failing the sink of one the engine refuses; returns

@@ -25,6 +25,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import select
 import signal
 import socket
 import struct
@@ -259,7 +260,7 @@ class EngineProcess:
         """Dispatch the child's messages; between them, pass on cancellations the sinks have seen."""
         try:
             while True:
-                if self._conn.poll(CANCEL_CHECK_S):
+                if self._receiver.poll(CANCEL_CHECK_S):
                     kind, payload = self._receiver.recv()
                     if kind == "out":
                         self._deliver(payload)
@@ -267,13 +268,13 @@ class EngineProcess:
                         with self._send_lock:
                             if self._pixels.generation == payload:
                                 self._pixels.reset()
-                    elif kind == "ack":
-                        key, error = payload
+                    elif kind == "acks":
                         with self._lock:
-                            ack = self._acks.pop(key, None)
-                        if ack is not None:
-                            ack.error = error
-                            ack.done.set()
+                            acks = [(self._acks.pop(key, None), error) for key, error in payload]
+                        for ack, error in acks:
+                            if ack is not None:
+                                ack.error = error
+                                ack.done.set()
                 self._pass_cancellations()
         except (EOFError, OSError):
             pass
@@ -343,22 +344,62 @@ class _Ack:
 
 class _Receiver:
     """Reads what a ``Connection`` sends (its framing: a 4-byte length, or -1 and an 8-byte one, then the
-    pickle), each part in one blocking call. ``Connection.recv`` reads a large message a socket buffer
-    at a time and takes the interpreter lock back after each piece, which, while another thread of the
-    process runs Python (the engine thread), can wait a switch interval each time (bench/pipe.py)."""
+    pickle) with as few blocking calls as it can: each of them lets the interpreter lock go and, while
+    another thread of the process runs Python (the engine thread), may wait a switch interval to take
+    it back (bench/pipe.py). ``Connection.recv`` reads a large message a socket buffer at a time and
+    small ones a header and a body at a time; this reads whatever has arrived, up to ``CHUNK`` bytes,
+    in one call (a burst's prompts, once their pixels are mirrored, are a few kilobytes each), and the
+    rest of a larger message in one more."""
+
+    CHUNK = 1 << 18
 
     def __init__(self, conn):
         self._socket = socket.socket(fileno=os.dup(conn.fileno()))  # a duplex Pipe is a socket pair
+        self._chunk = bytearray(self.CHUNK)
+        self._buffer = bytearray()
+        self._ready: collections.deque = collections.deque()
+
+    def poll(self, timeout: float) -> bool:
+        """Whether a message can be had without waiting, after waiting up to ``timeout`` seconds."""
+        return bool(self._ready) or bool(select.select([self._socket], [], [], timeout)[0])
 
     def recv(self):
-        size, = struct.unpack("!i", self._read(4))
-        if size == -1:
-            size, = struct.unpack("!Q", self._read(8))
-        return ForkingPickler.loads(self._read(size))
+        while not self._ready:
+            self._fill()
+        return self._ready.popleft()
 
-    def _read(self, n: int) -> bytearray:
+    def _fill(self) -> None:
+        """Read once, and unpickle every whole message read so far."""
+        got = self._socket.recv_into(self._chunk)
+        if not got:
+            raise EOFError
+        buf = self._buffer
+        buf += memoryview(self._chunk)[:got]
+        at = 0
+        while len(buf) - at >= 4:
+            size, = struct.unpack_from("!i", buf, at)
+            head = 4
+            if size == -1:
+                if len(buf) - at < 12:
+                    break
+                size, = struct.unpack_from("!Q", buf, at + 4)
+                head = 12
+            end = at + head + size
+            if end > len(buf):
+                if size < self.CHUNK:  # the rest comes with the next read
+                    break
+                self._ready.append(ForkingPickler.loads(self._read(size, buf[at + head:])))
+                at = len(buf)
+                break
+            self._ready.append(ForkingPickler.loads(buf[at + head:end]))  # a slice: a copy, buf stays resizable
+            at = end
+        del buf[:at]
+
+    def _read(self, n: int, start: bytes = b"") -> bytearray:
+        """``n`` bytes: ``start``, then the rest from the socket."""
         buf = bytearray(n)
-        view, got = memoryview(buf), 0
+        view, got = memoryview(buf), len(start)
+        view[:got] = start
         while got < n:  # MSG_WAITALL returns early only on a signal or at the end
             part = self._socket.recv_into(view[got:], n - got, socket.MSG_WAITALL)
             if not part:
@@ -487,26 +528,46 @@ def serve(config: EngineConfig, conn, parent: int) -> None:
     pixels = PixelMirror(config.processor_cache_bytes)
 
     def submit_in_order() -> None:
-        """Submissions wait for room one after another here, while cancellations still get through."""
-        while (item := submissions.get()) is not None:
-            key, request, packed, generation, timeout, arrival, announced = item
-            error = None
-            try:  # every prompt is unpacked, in the order sent: the pixel mirror follows the sender's
-                prompt = pixels.unpack(packed, generation)
-                engine.submit(request, prompt, sinks[key], timeout=timeout, arrival=arrival, announced=announced)
-            except PixelsMissing as exc:
-                error = exc
+        """Submissions wait for room one after another here, while cancellations still get through. What
+        has arrived is taken together and acknowledged in one message: a burst's prompts are taken
+        without a wait for the interpreter lock between each (the engine thread holds it meanwhile)."""
+        acks: list[tuple[int, BaseException | None]] = []
+
+        def acknowledge() -> None:
+            if acks:
                 with send_lock:
-                    conn.send(("resync", generation))
-            except ServingError as exc:
-                error = exc
-            except Exception as exc:
-                log.exception("submitting a request failed")
-                error = EngineFailure(f"internal error: {exc}")
-            if error is not None:
-                sinks.pop(key, None)
-            with send_lock:
-                conn.send(("ack", (key, error)))
+                    conn.send(("acks", acks[:]))
+                acks.clear()
+
+        while True:
+            items = [submissions.get()]
+            while not submissions.empty():
+                items.append(submissions.get())
+            for item in items:
+                if item is None:
+                    acknowledge()
+                    return
+                key, request, packed, generation, timeout, arrival, announced = item
+                error = None
+                try:  # every prompt is unpacked, in the order sent: the pixel mirror follows the sender's
+                    prompt = pixels.unpack(packed, generation)
+                    if not engine.has_room(prompt.length):  # it will wait: those before it are taken already
+                        acknowledge()
+                    engine.submit(request, prompt, sinks[key], timeout=timeout, arrival=arrival, announced=announced)
+                except PixelsMissing as exc:
+                    error = exc
+                    acknowledge()
+                    with send_lock:
+                        conn.send(("resync", generation))
+                except ServingError as exc:
+                    error = exc
+                except Exception as exc:
+                    log.exception("submitting a request failed")
+                    error = EngineFailure(f"internal error: {exc}")
+                if error is not None:
+                    sinks.pop(key, None)
+                acks.append((key, error))
+            acknowledge()
 
     submitter = threading.Thread(target=submit_in_order, name="qwen3vl-submit", daemon=True)
     submitter.start()

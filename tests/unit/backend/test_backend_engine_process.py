@@ -109,6 +109,33 @@ def test_the_pipe_reader_takes_each_message_whole_and_in_order_and_reads_a_close
     theirs.close()
 
 
+def test_the_pipe_reader_takes_a_burst_read_at_once_whole_and_in_order_with_large_ones_between():
+    """A burst's prompts arrive before the reader looks (one read takes several, and ``poll`` says there
+    is more while any is left unread by ``recv``); then messages around and just over the reader's chunk."""
+    ours, theirs = multiprocessing.get_context("spawn").Pipe()
+    receiver = _Receiver(theirs)
+    burst = [("submit", i, "p" * (i * 97 % 1500)) for i in range(60)]  # within the socket's buffer
+    for message in burst:
+        ours.send(message)
+    got = []
+    while receiver.poll(0.2):
+        got.append(receiver.recv())
+    assert got == burst
+    big = np.arange(_Receiver.CHUNK, dtype=np.uint8)  # with its pickle's header, just over one chunk
+    messages = [("pixels", big)] + [("submit", i, "q" * 500) for i in range(60, 120)] \
+        + [("note", "x" * (_Receiver.CHUNK - 40)), ("cancel", 7)]
+    sender = threading.Thread(target=lambda: [ours.send(m) for m in messages])
+    sender.start()
+    got = [receiver.recv() for _ in messages]
+    sender.join()
+    assert got[0][0] == "pixels" and np.array_equal(got[0][1], big)
+    assert got[1:] == messages[1:]
+    assert not receiver.poll(0.05)
+    ours.close()
+    receiver.close()
+    theirs.close()
+
+
 def test_answers_streamed_across_the_process_are_generates(config, engine, prompts, metrics):
     requests = [request("Describe the picture.", [png(64, 48)], max_tokens=12, temperature=0.0),
                 request("Name three colours.", max_tokens=9, temperature=0.0),
