@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from . import gc_pauses
 from .config import EngineConfig
 from .errors import EngineFailure, ServingError
 from .metrics import EngineMetrics
@@ -517,6 +518,7 @@ def serve(config: EngineConfig, conn, parent: int) -> None:
         with send_lock:  # the relay may be sending what the engine reported before it failed
             conn.send(("failed", traceback.format_exc()))
         raise SystemExit(1) from None
+    gc_pauses.settle("the engine process")
     started = Started(device=str(loaded.device), dtype=loaded.dtype, weights_seconds=weights,
                       start_timings=dict(engine.start_timings),
                       compile_artifacts=str(engine.compile_artifacts or ""),

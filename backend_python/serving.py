@@ -11,6 +11,7 @@ import torch
 
 from .config import EngineConfig
 from .engine import Engine
+from . import gc_pauses
 from .engine_process import SWITCH_INTERVAL_S, EngineProcess
 from .loader import load, load_processor
 from .metrics import EngineMetrics
@@ -51,6 +52,7 @@ def start(config: EngineConfig, metrics: EngineMetrics) -> Serving:
         timings, device, kv_blocks = engine.start_timings, loaded.device, engine.stats.kv_blocks_total
         artifacts = str(engine.compile_artifacts or "")
         where = f"weights {weights:.1f} s, engine on a thread of this process"
+    gc_pauses.settle("the model's process")
     warm_ups = "".join(f", {name} warm-up {s:.1f} s" for name, s in timings.items())
     summary = (f"{config.model_path} on {device}, {config.max_num_seqs} sequences, "
                f"KV cache of {kv_blocks * config.block_size} tokens"

@@ -1,0 +1,37 @@
+"""The garbage collector in a serving process: its start-up heap set aside, and its long pauses logged.
+
+Once the model has started, a process holds objects that live as long as it does (the model's
+modules and parameters, torch.compile's graphs and guards, the tokenizer and processor), and every
+full collection walks them all, holding the interpreter lock: the engine thread launches nothing
+meanwhile. Moved to the permanent generation (``gc.freeze``) after start-up, as vLLM's engine core
+does with its own, they are no longer walked. A collection over ``SLOW_S`` is logged, so that a stall
+in a stream can be told from one in the engine.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+
+log = logging.getLogger(__name__)
+
+SLOW_S = 0.05
+
+
+def settle(process: str) -> None:
+    """After start-up: collect once, freeze what is left, and log every slow collection from now on."""
+    gc.collect()
+    gc.freeze()
+    began: list[float] = []
+
+    def timed(phase: str, info: dict) -> None:
+        if phase == "start":
+            began[:] = [time.perf_counter()]
+        elif began:
+            took = time.perf_counter() - began[0]
+            if took >= SLOW_S:
+                log.warning("%s: a garbage collection of generation %d took %.0f ms (%d objects frozen)",
+                            process, info["generation"], 1000 * took, gc.get_freeze_count())
+
+    gc.callbacks.append(timed)
