@@ -19,10 +19,17 @@ log = logging.getLogger(__name__)
 SLOW_S = 0.05
 
 
+_watched: list[str] = []  # the process's name, once its collections are watched
+
+
 def settle(process: str) -> None:
     """After start-up: collect once, freeze what is left, and log every slow collection from now on."""
     gc.collect()
     gc.freeze()
+    if _watched:  # a model loaded again in the same process
+        _watched[0] = process
+        return
+    _watched.append(process)
     began: list[float] = []
 
     def timed(phase: str, info: dict) -> None:
@@ -31,7 +38,7 @@ def settle(process: str) -> None:
         elif began:
             took = time.perf_counter() - began[0]
             if took >= SLOW_S:
-                log.warning("%s: a garbage collection of generation %d took %.0f ms (%d objects frozen)",
-                            process, info["generation"], 1000 * took, gc.get_freeze_count())
+                log.warning("%s: a garbage collection of generation %d took %.0f ms", _watched[0],
+                            info["generation"], 1000 * took)
 
     gc.callbacks.append(timed)
