@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
+from . import gc_pauses
 from .config import EngineConfig
 from .engine import Engine
-from . import gc_pauses
 from .engine_process import SWITCH_INTERVAL_S, EngineProcess
 from .loader import load, load_processor
 from .metrics import EngineMetrics
