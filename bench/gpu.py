@@ -647,6 +647,12 @@ def served_rows(model_path: str, images: list[bytes], caches_off: bool, compile:
     def p50_ms(values: list[float]) -> int:
         return round(1000 * percentile(values, 50))
 
+    def timed_here(sinks: list[_Sink]) -> tuple[int, int, int]:
+        """p50s of the parts this process times: the build, from the built prompt until the engine
+        process has taken it, and until its first token is here."""
+        return (p50_ms([s.built - s.sent for s in sinks]), p50_ms([s.taken - s.built for s in sinks]),
+                p50_ms([s.ttft - (s.built - s.sent) for s in sinks]))
+
     def row_of(sinks: list[_Sink]) -> dict:
         """The row, and where its first tokens' time went (p50s): building the prompt, then from the built
         prompt until the engine process has taken it (the pipe), until the engine's first step with it,
@@ -654,10 +660,9 @@ def served_rows(model_path: str, images: list[bytes], caches_off: bool, compile:
         (p50 and max) in the engine meanwhile."""
         row = _burst_row(sinks)
         sizes = [n for _, n in split.prefills]
-        parts = {"build p50 ms": p50_ms([s.built - s.sent for s in sinks]),
-                 "taken p50 ms": p50_ms([s.taken - s.built for s in sinks]), "step p50 ms": p50_ms(split.to_step),
-                 "sampled p50 ms": p50_ms(split.to_token),
-                 "received p50 ms": p50_ms([s.ttft - (s.built - s.sent) for s in sinks]), "prefills": len(split.prefills),
+        build, taken, received = timed_here(sinks)
+        parts = {"build p50 ms": build, "taken p50 ms": taken, "step p50 ms": p50_ms(split.to_step),
+                 "sampled p50 ms": p50_ms(split.to_token), "received p50 ms": received, "prefills": len(split.prefills),
                  "prompts/prefill p50, max": f"{percentile(sizes, 50):.0f}, {max(sizes, default=0)}"}
         split.reset()
         return {"requests": row.pop("streams"), **row, **parts}
@@ -669,20 +674,20 @@ def served_rows(model_path: str, images: list[bytes], caches_off: bool, compile:
             runs = list(pool.map(lambda c: [one(c + r, tokens) for r in range(rounds)], range(clients)))
         sinks = [s for run in runs for s in run]
         gaps = _gaps(sinks, 0, float("inf"))
-        by_round = [[run[r].ttft for run in runs] for r in range(rounds)]
+        # Each round's TTFT p5, p50 and p95 in ms.
+        by_round = [[round(1000 * percentile([run[r].ttft for run in runs], q)) for q in (5, 50, 95)]
+                    for r in range(rounds)]
         if clients > 1:  # each round's parts, and when the prefills of more than 3 prompts came (ms from the start)
             begin = min(s.sent for s in sinks)
-            for r in range(rounds):
-                own = [run[r] for run in runs]
-                log(f"  round {r + 1}: TTFT p5/p50/p95 {1000 * percentile(by_round[r], 5):.0f} / {p50_ms(by_round[r])} / "
-                    f"{1000 * percentile(by_round[r], 95):.0f} ms; p50 build {p50_ms([s.built - s.sent for s in own])}, "
-                    f"taken {p50_ms([s.taken - s.built for s in own])}, "
-                    f"received {p50_ms([s.ttft - (s.built - s.sent) for s in own])} ms")
+            for r, (p5, p50, p95) in enumerate(by_round):
+                build, taken, received = timed_here([run[r] for run in runs])
+                log(f"  round {r + 1}: TTFT p5/p50/p95 {p5} / {p50} / {p95} ms; p50 build {build}, taken {taken}, "
+                    f"received {received} ms")
             log("  prefills of more than 3 prompts (ms: prompts): " + ", ".join(
                 f"{1000 * (t - begin):.0f}: {n}" for t, n in split.prefills if n > 3))
-        spread = " / ".join(f"{1000 * percentile(t, 5):.0f}-{1000 * percentile(t, 95):.0f}" for t in by_round)
-        return {**row_of(sinks), "TTFT p50 by round ms": " / ".join(str(p50_ms(t)) for t in by_round),
-                "TTFT p5-p95 by round ms": spread, "ITL p50 ms": round(1000 * percentile(gaps, 50), 1)}
+        return {**row_of(sinks), "TTFT p50 by round ms": " / ".join(str(p50) for _, p50, _ in by_round),
+                "TTFT p5-p95 by round ms": " / ".join(f"{p5}-{p95}" for p5, _, p95 in by_round),
+                "ITL p50 ms": round(1000 * percentile(gaps, 50), 1)}
 
     def open_loop(rate: float, seconds: float, tokens: int = 512) -> dict:
         times = arrivals(rate, seconds, seed=1)
