@@ -164,12 +164,16 @@ class ModelRunner:
         if self._prefill_graphs:
             cuda = self.device.type == "cuda"
             tokens = min(self.config.prefill_graph_tokens, self.config.max_num_batched_tokens)
-            decoder = self.decoder.graph_prefills(tokens, num_blocks * self.config.block_size, capture=cuda)
-            # An image token stands for merge x merge patches; an image is encoded whole when a chunk first
-            # reaches it, so its patches are not bounded by the step's token budget.
-            vision = self.vision.graph_blocks(self.config.prefill_graph_tokens * self._merge ** 2, capture=cuda)
             try:
+                # Their static buffers are made in inference mode, as every tensor the warm-up gave the
+                # compiled regions was: other tensors fail the compiled code's guard on dispatch keys, and
+                # each region would compile once more.
                 with torch.inference_mode(), self._timed("prefill graphs"):
+                    decoder = self.decoder.graph_prefills(tokens, num_blocks * self.config.block_size, capture=cuda)
+                    # An image token stands for merge x merge patches; an image is encoded whole when a chunk
+                    # first reaches it, so its patches are not bounded by the step's token budget.
+                    vision = self.vision.graph_blocks(self.config.prefill_graph_tokens * self._merge ** 2,
+                                                      capture=cuda)
                     vision.capture_all(decoder.capture_all())
             except Exception:
                 log.exception("capturing the prefill's graphs failed: prefills run without them")

@@ -69,3 +69,33 @@ def test_images_of_any_size_share_the_vision_blocks_two_graphs(engine):
             grid = torch.tensor(grid)
             encoder(torch.zeros((int(grid.prod(1).sum()), channels)), encoder.layout(grid))
     assert counter.frame_count == 2, "an image size compiled a graph the start's warm-up did not"
+
+
+def test_prefills_through_the_graphs_buffers_reuse_the_warm_ups_graphs():
+    """A start with prefill graphs: their static buffers are what the compiled regions read from then
+    on, and a buffer made outside inference mode fails the guard on dispatch keys that the warm-up's
+    tensors set (on an H200 each region compiled once more while the graphs were captured, seconds of
+    every start)."""
+    config = EngineConfig(model_path=str(tiny_checkpoint()), max_num_seqs=8, max_model_len=256,
+                          prefill_graph_tokens=40, limits=Limits(max_prompt_tokens=200, max_new_tokens=50))
+    torch._dynamo.reset()
+    try:
+        runner = ModelRunner(load(config), config)
+        counter = CompileCounter()
+        runner.decoder._project = torch.compile(decode._project, backend=counter, dynamic=True)
+        runner.decoder._feed_forward = torch.compile(decode._feed_forward, backend=counter, dynamic=True)
+        encoder, blocks = runner.vision, CompileCounter()
+        encoder._before = torch.compile(vision._before_attention, backend=blocks, dynamic=True)
+        encoder._after = torch.compile(vision._after_attention, backend=blocks, dynamic=True)
+        runner.decoder.compiled = True  # the start warms up as a GPU's does
+        runner.start()
+        assert runner.decoder.prefill_graphs is not None and encoder.graphs is not None
+        with torch.inference_mode():
+            for prompts, tokens in ((1, 37), (2, 12)):  # padded to the graphs' buckets of 40 and 32 rows
+                _prefill(runner, prompts, tokens)
+            grid = torch.tensor([[1, 8, 10]])  # 80 patches, within the vision graphs' 160
+            encoder(torch.zeros((80, encoder.patch_w.shape[1])), encoder.layout(grid))
+        assert counter.frame_count == 4, "the prefill graphs' buffers compiled graphs the warm-up did not"
+        assert blocks.frame_count == 2, "the vision graphs' buffers compiled graphs the warm-up did not"
+    finally:
+        torch._dynamo.reset()
