@@ -538,7 +538,7 @@ def serve(config: EngineConfig, conn, parent: int) -> None:
         def acknowledge() -> None:
             if acks:
                 with send_lock:
-                    conn.send(("acks", acks[:]))
+                    conn.send(("acks", acks))  # pickled before it returns
                 acks.clear()
 
         while True:
